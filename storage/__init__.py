@@ -1,0 +1,1 @@
+"""Every path, URL and storage format of the pipeline."""
