@@ -308,12 +308,25 @@ def _imagenet_latent(
     return Preset(
         name=name,
         description=f"ImageNet {res}x{res}, class-conditional latent U-ViT (official {official})",
-        model=ModelConfig(img_size=latent, patch_size=patch, in_chans=4, num_classes=1001,
-                          use_checkpoint=True, conv=conv, **size),  # fmt: skip
+        model=ModelConfig(
+            img_size=latent,
+            patch_size=patch,
+            in_chans=4,
+            num_classes=1001,
+            use_checkpoint=True,
+            conv=conv,
+            **size,
+        ),  # fmt: skip
         diffusion=dataclasses.replace(_DISCRETE if discrete else _VP, p_uncond=p_uncond, null_class=1000),
-        data=DataConfig(dataset="imagenet", resolution=res, space="latent", conditioning="class",
-                        num_classes=1000, autoencoder=_SD_VAE_EMA if discrete else _SD_VAE,
-                        latent_scale=SD_LATENT_SCALE),  # fmt: skip
+        data=DataConfig(
+            dataset="imagenet",
+            resolution=res,
+            space="latent",
+            conditioning="class",
+            num_classes=1000,
+            autoencoder=_SD_VAE_EMA if discrete else _SD_VAE,
+            latent_scale=SD_LATENT_SCALE,
+        ),  # fmt: skip
         train=TrainConfig(batch_size=1024, n_steps=n_steps, lr=2e-4, betas=(0.99, 0.99), warmup_steps=5000),
         sample=SampleConfig(sampler="dpm_solver", steps=50, cfg_scale=cfg_scale, n_samples=50_000),
         eval=EvalConfig(fid_reference=f"imagenet{res}_guided_diffusion", n_samples=50_000, published_fid=fid),
@@ -331,14 +344,21 @@ def _pixel(
     return Preset(
         name=name,
         description=f"{dataset} {res}x{res}, pixel-space U-ViT (official {official})",
-        model=ModelConfig(img_size=res, patch_size=patch, in_chans=3, num_classes=num_classes,
-                          use_checkpoint=ckpt, **size),  # fmt: skip
+        model=ModelConfig(
+            img_size=res, patch_size=patch, in_chans=3, num_classes=num_classes, use_checkpoint=ckpt, **size
+        ),  # fmt: skip
         diffusion=_VP,
-        data=DataConfig(dataset=dataset, resolution=res, space="pixel", conditioning=cond,
-                        num_classes=max(num_classes, 0)),  # fmt: skip
+        data=DataConfig(
+            dataset=dataset, resolution=res, space="pixel", conditioning=cond, num_classes=max(num_classes, 0)
+        ),  # fmt: skip
         train=TrainConfig(batch_size=batch, n_steps=n_steps, lr=lr, betas=betas, warmup_steps=warmup),
-        sample=SampleConfig(sampler=sampler, steps=steps, cfg_scale=0.0, n_samples=50_000,
-                            mini_batch_size=500 if sampler == "euler_maruyama" else 200),  # fmt: skip
+        sample=SampleConfig(
+            sampler=sampler,
+            steps=steps,
+            cfg_scale=0.0,
+            n_samples=50_000,
+            mini_batch_size=500 if sampler == "euler_maruyama" else 200,
+        ),  # fmt: skip
         eval=EvalConfig(fid_reference=fid_ref, n_samples=50_000, published_fid=fid),
         official_config=official,
         official_param_count=params,
@@ -349,11 +369,25 @@ def _coco(name: str, official: str, depth: int, fid: float, params: int) -> Pres
     return Preset(
         name=name,
         description=f"MS-COCO 256x256 text-to-image latent U-ViT (official {official})",
-        model=ModelConfig(img_size=32, patch_size=2, in_chans=4, text=True, clip_dim=768,
-                          num_clip_token=77, **{**_S, "depth": depth}),  # fmt: skip
+        model=ModelConfig(
+            img_size=32,
+            patch_size=2,
+            in_chans=4,
+            text=True,
+            clip_dim=768,
+            num_clip_token=77,
+            **{**_S, "depth": depth},
+        ),  # fmt: skip
         diffusion=dataclasses.replace(_DISCRETE, p_uncond=0.1),
-        data=DataConfig(dataset="coco", resolution=256, space="latent", conditioning="text",
-                        autoencoder=_SD_VAE, latent_scale=COCO_LATENT_SCALE, text_encoder=_CLIP_L14),  # fmt: skip
+        data=DataConfig(
+            dataset="coco",
+            resolution=256,
+            space="latent",
+            conditioning="text",
+            autoencoder=_SD_VAE,
+            latent_scale=COCO_LATENT_SCALE,
+            text_encoder=_CLIP_L14,
+        ),  # fmt: skip
         train=TrainConfig(batch_size=256, n_steps=1_000_000, lr=2e-4, betas=(0.9, 0.9), warmup_steps=5000),
         sample=SampleConfig(sampler="dpm_solver", steps=50, cfg_scale=1.0, n_samples=30_000),
         eval=EvalConfig(fid_reference="mscoco256_val", n_samples=30_000, published_fid=fid),
@@ -367,14 +401,39 @@ def _tiny() -> Preset:
     return Preset(
         name="tiny",
         description="Built-in coloured-shapes dataset, 32x32 images as 4x8x8 latents, CPU-sized U-ViT",
-        model=ModelConfig(img_size=8, patch_size=2, in_chans=4, embed_dim=128, depth=6, num_heads=4,
-                          num_classes=5, conv=True),  # fmt: skip
+        model=ModelConfig(
+            img_size=8,
+            patch_size=2,
+            in_chans=4,
+            embed_dim=128,
+            depth=6,
+            num_heads=4,
+            num_classes=5,
+            conv=True,
+        ),  # fmt: skip
         diffusion=dataclasses.replace(_DISCRETE, p_uncond=0.1, null_class=4),
-        data=DataConfig(dataset="shapes", resolution=32, space="latent", conditioning="class", num_classes=4,
-                        autoencoder="builtin:tiny-vae", latent_scale=1.0),  # fmt: skip
-        train=TrainConfig(batch_size=64, n_steps=1500, lr=1e-3, betas=(0.9, 0.99), warmup_steps=100,
-                          ema_rate=0.995, mixed_precision="no", seed=0, log_interval=50,
-                          save_interval=500, eval_interval=500),  # fmt: skip
+        data=DataConfig(
+            dataset="shapes",
+            resolution=32,
+            space="latent",
+            conditioning="class",
+            num_classes=4,
+            autoencoder="builtin:tiny-vae",
+            latent_scale=1.0,
+        ),  # fmt: skip
+        train=TrainConfig(
+            batch_size=64,
+            n_steps=1500,
+            lr=1e-3,
+            betas=(0.9, 0.99),
+            warmup_steps=100,
+            ema_rate=0.995,
+            mixed_precision="no",
+            seed=0,
+            log_interval=50,
+            save_interval=500,
+            eval_interval=500,
+        ),  # fmt: skip
         sample=SampleConfig(sampler="dpm_solver", steps=25, cfg_scale=1.0, n_samples=256, mini_batch_size=64),
         eval=EvalConfig(fid_reference=None, n_samples=256, published_fid=None, offline_smoke=True),
     )
@@ -389,8 +448,8 @@ PRESETS: dict[str, Preset] = {
                500_000, "euler_maruyama", 1000, 2.87, "celeba64_train_50000_ddim", 44_292_228, False),
         _pixel("imagenet64-m4", "imagenet64_uvit_mid", "imagenet", 64, 4, _M, 1000, 3e-4, (0.99, 0.99), 5000,
                1024, 300_000, "dpm_solver", 50, 5.85, "imagenet64_guided_diffusion", 130_940_292, True),
-        _pixel("imagenet64-l4", "imagenet64_uvit_large", "imagenet", 64, 4, _L, 1000, 3e-4, (0.99, 0.99), 5000,
-               1024, 300_000, "dpm_solver", 50, 4.26, "imagenet64_guided_diffusion", 286_827_652, True),
+        _pixel("imagenet64-l4", "imagenet64_uvit_large", "imagenet", 64, 4, _L, 1000, 3e-4, (0.99, 0.99),
+               5000, 1024, 300_000, "dpm_solver", 50, 4.26, "imagenet64_guided_diffusion", 286_827_652, True),
         _imagenet_latent("imagenet256-l2", "imagenet256_uvit_large", _L, 256, 2, True, False, 0.15, 0.4,
                          300_000, 3.40, 286_763_172),
         _imagenet_latent("imagenet256-h2", "imagenet256_uvit_huge", _H, 256, 2, False, True, 0.1, 0.4,
@@ -418,4 +477,3 @@ def get_preset(name: str, overrides: dict[str, Any] | list[str] | None = None) -
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
     return preset.with_overrides(overrides)
-

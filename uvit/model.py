@@ -293,7 +293,9 @@ class UViT(_UViTBase):
         if self.num_classes > 0:
             self.label_emb = nn.Embedding(self.num_classes, embed_dim)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Predict eps for images `x` (B, C, H, W) at `timesteps` (B,) with optional labels `y` (B,)."""
         time_token = self._time_token(timesteps, x.shape[0])  # (B, 1, D)
         if self.num_classes > 0:
@@ -343,7 +345,7 @@ class UViTT2I(_UViTBase):
         self.context_embed = nn.Linear(self.clip_dim, embed_dim)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Predict eps for latents `x` at `timesteps` given per-token text embeddings `context` (B, N, clip_dim)."""
+        """Predict eps for latents `x` at `timesteps` given text embeddings `context` (B, N, clip_dim)."""
         if context.ndim != 3 or context.shape[1:] != (self.num_clip_token, self.clip_dim):
             raise ValueError(
                 f"context must be (B, {self.num_clip_token}, {self.clip_dim}), got {tuple(context.shape)}"

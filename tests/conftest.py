@@ -1,0 +1,22 @@
+"""Test-wide settings: offline, project-local Prefect home, deterministic torch."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFICIAL_DATA = ROOT / "tests" / "data" / "official"
+
+# Never reach a model hub, and never leave state in the user's home.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect" / "tests"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+@pytest.fixture(scope="session")
+def official_data() -> Path:
+    """Folder of data produced by the official U-ViT code (see tests/data/official/README.md)."""
+    return OFFICIAL_DATA

@@ -1,0 +1,95 @@
+"""Preset registry and overrides."""
+
+import dataclasses
+
+import pytest
+
+from uvit.config import PRESETS, ConfigError, get_preset, parse_override_strings, preset_names
+
+OFFICIAL_NAMES = {
+    "cifar10-s2", "celeba64-s4", "imagenet64-m4", "imagenet64-l4", "imagenet256-l2", "imagenet256-h2",
+    "imagenet512-l4", "imagenet512-h4", "coco256-s2", "coco256-s2-deep",
+}  # fmt: skip
+
+
+def test_registry_has_all_official_configs_and_tiny():
+    assert OFFICIAL_NAMES | {"tiny"} == set(preset_names())
+    assert {p.official_config for p in PRESETS.values() if p.official_config} == {
+        "cifar10_uvit_small", "celeba64_uvit_small", "imagenet64_uvit_mid", "imagenet64_uvit_large",
+        "imagenet256_uvit_large", "imagenet256_uvit_huge", "imagenet512_uvit_large", "imagenet512_uvit_huge",
+        "mscoco_uvit_small", "mscoco_uvit_small_deep",
+    }  # fmt: skip
+
+
+def test_presets_match_official_recipe(official_data):
+    import json
+
+    configs = json.loads((official_data / "official_configs.json").read_text())["configs"]
+    for preset in PRESETS.values():
+        if not preset.official_config:
+            continue
+        cfg = configs[preset.official_config]
+        assert preset.train.batch_size == cfg["train"]["batch_size"], preset.name
+        assert preset.train.n_steps == cfg["train"]["n_steps"], preset.name
+        assert preset.train.lr == cfg["optimizer"]["lr"], preset.name
+        assert list(preset.train.betas) == cfg["optimizer"]["betas"], preset.name
+        assert preset.train.weight_decay == cfg["optimizer"]["weight_decay"], preset.name
+        assert preset.train.warmup_steps == cfg["lr_scheduler"]["warmup_steps"], preset.name
+        assert preset.train.ema_rate == cfg["ema_rate"], preset.name
+        assert preset.sample.steps == cfg["sample"]["sample_steps"], preset.name
+        assert preset.sample.cfg_scale == cfg["sample"].get("scale", 0.0), preset.name
+        assert preset.eval.published_fid == cfg["readme_fid"], preset.name
+        assert preset.diffusion.schedule == ("discrete" if cfg["diffusion_time"] == "discrete" else "vp")
+        assert preset.diffusion.p_uncond == cfg["dataset"].get("p_uncond", 0.0), preset.name
+        if cfg.get("z_shape"):
+            assert list(preset.latent_shape) == cfg["z_shape"], preset.name
+            assert preset.data.latent_scale == cfg["autoencoder_scale_factor_effective"], preset.name
+        if cfg.get("cfg_resolved") and "uncond_label" in cfg["cfg_resolved"]:
+            assert preset.diffusion.null_class == cfg["cfg_resolved"]["uncond_label"], preset.name
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(ConfigError, match="valid presets: .*imagenet256-h2"):
+        get_preset("imagenet256-xl")
+
+
+def test_overrides_apply_and_coerce():
+    preset = get_preset("tiny", ["train.lr=5e-4", "sample.steps=10", "train.betas=[0.9, 0.95]"])
+    assert preset.train.lr == 5e-4 and preset.sample.steps == 10 and preset.train.betas == (0.9, 0.95)
+    assert get_preset("tiny").train.lr != 5e-4  # the registry is untouched
+    assert get_preset("tiny", {"train.n_steps": 20.0}).train.n_steps == 20
+    assert get_preset("tiny", {"data.text_encoder": None}).data.text_encoder is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"train.lrr": 1.0}, "unknown override key 'train.lrr'.*train.lr"),
+        ({"trian.lr": 1.0}, "unknown override section 'trian'"),
+        ({"lr": 1.0}, "use section.key"),
+        ({"sample.steps": "many"}, "sample.steps must be an integer"),
+        ({"sample.steps": 2.5}, "sample.steps must be an integer"),
+        ({"train.mixed_precision": "fp8"}, r"must be one of \['no', 'fp16', 'bf16'\]"),
+        ({"model.conv": "yes"}, "must be true or false"),
+        ({"train.betas": [0.9]}, "must be a list of 2"),
+    ],
+)
+def test_bad_overrides_fail_clearly(override, message):
+    with pytest.raises(ConfigError, match=message):
+        get_preset("tiny", override)
+
+
+def test_override_strings_parse_json_or_string():
+    assert parse_override_strings(["a.b=1", "a.c=true", "a.d=hello", "a.e=[1,2]"]) == {
+        "a.b": 1, "a.c": True, "a.d": "hello", "a.e": [1, 2],
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override_strings(["novalue"])
+
+
+def test_presets_are_frozen_and_serialisable():
+    preset = get_preset("imagenet256-h2")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        preset.train.lr = 1.0  # type: ignore[misc]
+    assert '"name": "imagenet256-h2"' in preset.to_json()
+    assert get_preset("tiny", {"train.lr": 1e-4}).to_json() != get_preset("tiny").to_json()
