@@ -1,0 +1,211 @@
+"""URL normalisation, joining, redaction and fsspec filesystem resolution for everything in `storage/`.
+
+Every storage location in the pipeline is a string URL: a local path (`/data/x`, `./x`), `file://`,
+`memory://`, `s3://`, `gs://` or anything else fsspec knows. Credentials and endpoints come from
+fsspec's configuration (`fsspec.config.conf`, `FSSPEC_S3_*` environment variables) or the cloud
+SDK's own environment, never from the URL string that is written into manifests and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = [
+    "normalize_url",
+    "join",
+    "protocol",
+    "is_local",
+    "filesystem",
+    "redact_url",
+    "redact",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "read_json",
+    "create_exclusive",
+    "remove_tree",
+    "list_names",
+    "zarr_store",
+]
+
+# Query parameters that carry secrets in presigned or SAS URLs.
+_SECRET_QUERY = re.compile(r"(sig|signature|token|secret|password|passwd|credential|key|auth)", re.IGNORECASE)
+
+
+def protocol(url: str | os.PathLike) -> str:
+    """The URL's scheme, `"file"` for local paths."""
+    text = os.fspath(url)
+    if "://" not in text:
+        return "file"
+    return text.split("://", 1)[0].lower()
+
+
+def is_local(url: str | os.PathLike) -> bool:
+    """Whether the URL names the local filesystem (a path or `file://`)."""
+    return protocol(url) in ("file", "local")
+
+
+def normalize_url(url: str | os.PathLike) -> str:
+    """Canonical form: absolute local paths (no `file://`), other URLs without trailing slashes."""
+    text = os.fspath(url)
+    if not text:
+        raise ValueError("empty storage URL")
+    if is_local(text):
+        if "://" in text:
+            text = text.split("://", 1)[1]
+        return str(Path(text).expanduser().resolve())
+    scheme, rest = text.split("://", 1)
+    rest = rest.rstrip("/")
+    if not rest:
+        raise ValueError(f"storage URL {redact_url(text)!r} has no bucket or path")
+    return f"{scheme.lower()}://{rest}"
+
+
+def join(url: str | os.PathLike, *parts: str) -> str:
+    """`url/part1/part2` with exactly one slash between parts; parts may not escape with `..`."""
+    base = normalize_url(url)
+    for part in parts:
+        for piece in str(part).split("/"):
+            if piece in ("", "."):
+                continue
+            if piece == "..":
+                raise ValueError(f"path part {part!r} may not contain '..'")
+            base = f"{base}/{piece}" if not base.endswith("/") else f"{base}{piece}"
+    return base
+
+
+def filesystem(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for a URL and the path inside it (options from fsspec's config)."""
+    fs, path = fsspec.core.url_to_fs(normalize_url(url))
+    return fs, path
+
+
+def redact_url(url: str) -> str:
+    """The URL without `user:password@` and without secret-looking query parameters."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = urlencode([(k, v) for k, v in pairs if not _SECRET_QUERY.search(k)])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact(value: Any) -> Any:
+    """A copy of a JSON-like value with every URL-looking string passed through `redact_url`."""
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Write a whole object so readers see either nothing/the old bytes or all the new bytes.
+
+    Local files go to a unique temporary name and are renamed over the target; object stores
+    (one PUT) and `memory://` (one dict assignment) are atomic per object already.
+    """
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    else:
+        fs.pipe_file(path, data)
+
+
+def write_json_atomic(url: str, value: Any) -> None:
+    """Write `value` as (redacted, sorted, indented) JSON atomically."""
+    write_bytes_atomic(url, json.dumps(redact(value), sort_keys=True, indent=1).encode())
+
+
+def read_json(url: str) -> Any:
+    """Read a JSON object; `FileNotFoundError` if it is absent."""
+    fs, path = filesystem(url)
+    return json.loads(fs.cat_file(path))
+
+
+def create_exclusive(url: str, data: bytes) -> bool:
+    """Create an object only if it does not exist; True if this call created it.
+
+    Local files use `O_EXCL`; object stores use a conditional PUT (`If-None-Match: *`, s3fs mode
+    `"xb"`); other filesystems fall back to check-then-write, which is not race-free.
+    """
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    if protocol(url) in ("s3", "s3a"):
+        try:
+            with fs.open(path, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        except OSError as e:  # s3fs maps 412 PreconditionFailed to an OSError subclass on some versions
+            if "PreconditionFailed" in repr(e) or "412" in repr(e):
+                return False
+            raise
+        return True
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return True
+
+
+def remove_tree(url: str) -> None:
+    """Delete a folder and everything under it; no error if it does not exist."""
+    fs, path = filesystem(url)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(path)
+
+
+def list_names(url: str) -> list[str]:
+    """Names of the direct children of a folder (sorted); empty if the folder does not exist."""
+    fs, path = filesystem(url)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(path)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    own = path.rstrip("/")
+    return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != own})
+
+
+def zarr_store(url: str, *, read_only: bool) -> Any:
+    """A zarr v3 store for the URL: `LocalStore` for local paths, `FsspecStore` otherwise."""
+    import zarr.storage
+
+    url = normalize_url(url)
+    if is_local(url):
+        return zarr.storage.LocalStore(url, read_only=read_only)
+    return zarr.storage.FsspecStore.from_url(url, read_only=read_only)

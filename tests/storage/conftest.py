@@ -1,0 +1,84 @@
+"""Fixtures for storage tests: a real S3-compatible server (moto) on 127.0.0.1, and URL roots per backend."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import fsspec
+import fsspec.config
+import pytest
+
+_S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """Start moto's S3 server on loopback for the session; configure s3fs (and child processes) to use it."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved_env = {k: os.environ.get(k) for k in [*_S3_ENV, "FSSPEC_S3_ENDPOINT_URL"]}
+    os.environ.update(_S3_ENV)
+    # fsspec reads FSSPEC_S3_* at import in child processes; this process needs the config dict.
+    os.environ["FSSPEC_S3_ENDPOINT_URL"] = endpoint
+    saved_conf = fsspec.config.conf.get("s3")
+    fsspec.config.conf["s3"] = {"endpoint_url": endpoint}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("uvit-test")
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        if saved_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = saved_conf
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        fsspec.filesystem("s3").clear_instance_cache()
+
+
+@pytest.fixture
+def s3_root(s3_endpoint: str) -> str:
+    """A fresh prefix in the test bucket."""
+    return f"s3://uvit-test/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def memory_root() -> Iterator[str]:
+    """A fresh folder on fsspec's in-memory filesystem, removed afterwards."""
+    root = f"memory://{uuid.uuid4().hex[:12]}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def any_root(request: pytest.FixtureRequest, tmp_path) -> str:
+    """The same test on a local folder, `memory://` and `s3://` (moto)."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    if request.param == "memory":
+        return request.getfixturevalue("memory_root")
+    return request.getfixturevalue("s3_root")

@@ -1,0 +1,45 @@
+"""Tests for storage.paths: URL normalisation, redaction, atomic and exclusive writes on every backend."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from storage import paths
+
+
+def test_normalize_and_join(tmp_path) -> None:
+    assert paths.normalize_url(f"file://{tmp_path}/a/") == str(tmp_path / "a")
+    assert paths.normalize_url("s3://bucket/x/") == "s3://bucket/x"
+    assert paths.join("s3://bucket/x", "a/b", "c") == "s3://bucket/x/a/b/c"
+    assert paths.join(tmp_path, "a") == str(tmp_path / "a")
+    with pytest.raises(ValueError, match=r"\.\."):
+        paths.join("s3://bucket/x", "../y")
+    with pytest.raises(ValueError, match="no bucket"):
+        paths.normalize_url("s3://")
+
+
+def test_redact_url_strips_userinfo_and_secret_query() -> None:
+    url = "https://alice:hunter2@host.example/data?X-Amz-Signature=abc&sig=zz&part=3&token=t"
+    red = paths.redact_url(url)
+    assert "hunter2" not in red and "alice" not in red
+    assert "abc" not in red and "zz" not in red and "token" not in red
+    assert "part=3" in red and red.startswith("https://host.example/data")
+    nested = paths.redact({"a": [url, "plain"], "b": 1})
+    assert "hunter2" not in json.dumps(nested) and nested["a"][1] == "plain" and nested["b"] == 1
+
+
+def test_atomic_and_exclusive_writes(any_root: str) -> None:
+    url = paths.join(any_root, "sub", "obj.json")
+    paths.write_json_atomic(url, {"u": "s3://k:secret@b/p", "n": 1})
+    assert paths.read_json(url) == {"u": "s3://b/p", "n": 1}
+    lease = paths.join(any_root, "sub", "lease")
+    assert paths.create_exclusive(lease, b"first")
+    assert not paths.create_exclusive(lease, b"second")
+    fs, path = paths.filesystem(lease)
+    assert fs.cat_file(path) == b"first"
+    assert paths.list_names(paths.join(any_root, "sub")) == ["lease", "obj.json"]
+    paths.remove_tree(paths.join(any_root, "sub"))
+    assert paths.list_names(paths.join(any_root, "sub")) == []
+    assert paths.list_names(paths.join(any_root, "missing")) == []
