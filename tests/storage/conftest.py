@@ -82,3 +82,11 @@ def any_root(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "memory":
         return request.getfixturevalue("memory_root")
     return request.getfixturevalue("s3_root")
+
+
+@pytest.fixture(params=["local", "s3"])
+def shared_root(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A root that other processes can see too (local folder or `s3://`; `memory://` is per process)."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    return request.getfixturevalue("s3_root")

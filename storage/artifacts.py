@@ -1,0 +1,491 @@
+"""Content-addressed stage artifacts on any fsspec URL, published by a manifest written last.
+
+Layout under a store root:
+
+    <root>/<stage>/<key>/                 the artifact folder; the stage writes anything in it
+    <root>/<stage>/<key>/_LEASE.json      owner, host, pid, heartbeat time while a writer holds it
+    <root>/<stage>/<key>/_MANIFEST.json   written last: its presence is what "exists" means
+
+The key hashes everything that determines the output (stage name, resolved config, input keys,
+model identities, stage code version), so a rerun with the same inputs finds the published
+artifact and a change to any input gives a new key. A folder without a manifest is partial: a
+writer holding a live lease is still working on it; otherwise it is left over from a crash and is
+resumed by the next writer (`resume=True`) or removed by `garbage_collect`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from storage import paths
+
+__all__ = [
+    "MANIFEST_NAME",
+    "LEASE_NAME",
+    "ArtifactError",
+    "ArtifactExistsError",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "Manifest",
+    "ArtifactRef",
+    "ArtifactWriter",
+    "ArtifactStore",
+    "canonical_json",
+    "artifact_key",
+    "hash_bytes",
+    "hash_file",
+    "hash_state_dict",
+]
+
+MANIFEST_NAME = "_MANIFEST.json"
+LEASE_NAME = "_LEASE.json"
+MANIFEST_FORMAT = 1
+KEY_LENGTH = 24  # hex characters of the sha256 (96 bits)
+_STAGE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+class ArtifactError(RuntimeError):
+    """An artifact that is missing, incomplete, malformed or misused."""
+
+
+class ArtifactExistsError(ArtifactError):
+    """The artifact is already published; read it instead of writing it again."""
+
+
+class LeaseHeldError(ArtifactError):
+    """Another live writer holds the artifact's lease."""
+
+
+class LeaseLostError(ArtifactError):
+    """This writer's lease was taken over (it stopped heartbeating for too long)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Keys and hashes
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: non-finite float {value!r} has no canonical JSON form")
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(dataclasses.asdict(value), where)
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: mapping key {k!r} is not a string")
+            out[k] = _jsonable(v, f"{where}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"{where}: {type(value).__name__} is not JSON-canonical; convert it explicitly")
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys, no whitespace, dataclasses as dicts, tuples as lists; rejects other types."""
+    return json.dumps(_jsonable(value, "value"), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def artifact_key(
+    stage: str,
+    config: Any,
+    inputs: Mapping[str, str] | None = None,
+    models: Mapping[str, str] | None = None,
+    code_version: str = "",
+) -> str:
+    """Content key of a stage output: sha256 over stage, config, input keys, model hashes and code version.
+
+    `inputs` maps input names to their artifact keys; `models` maps model names (e.g. the VAE's hub
+    id) to their weights hash (`hash_state_dict` / `hash_file`).
+    """
+    _check_stage(stage)
+    payload = {
+        "stage": stage,
+        "config": config,
+        "inputs": dict(inputs or {}),
+        "models": dict(models or {}),
+        "code_version": code_version,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
+
+
+def hash_bytes(data: bytes | memoryview) -> str:
+    """sha256 hex digest of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_file(url_or_file: str | os.PathLike | BinaryIO, chunk_bytes: int = 1 << 22) -> str:
+    """sha256 hex digest of a file or URL, streamed in chunks."""
+    digest = hashlib.sha256()
+    if hasattr(url_or_file, "read"):
+        f = url_or_file
+        while block := f.read(chunk_bytes):
+            digest.update(block)
+        return digest.hexdigest()
+    fs, path = paths.filesystem(os.fspath(url_or_file))
+    with fs.open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_state_dict(state_dict: Mapping[str, Any]) -> str:
+    """sha256 of a tensor state dict: sorted names, dtypes, shapes and raw bytes (device independent)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_stage(stage: str) -> None:
+    if not stage or not set(stage) <= _STAGE_CHARS:
+        raise ValueError(f"stage name {stage!r} must be non-empty lowercase letters, digits, '-' or '_'")
+
+
+# ------------------------------------------------------------------------------------------------
+# Manifests
+
+
+@dataclass
+class Manifest:
+    """What a published artifact holds and how it was made (stored as `_MANIFEST.json`)."""
+
+    kind: str
+    stage: str = ""
+    key: str = ""
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    created_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    format: int = MANIFEST_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (credentials in URLs redacted)."""
+        return paths.redact(_jsonable(dataclasses.asdict(self), "manifest"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "manifest") -> Manifest:
+        """Parse a manifest dict; unknown or missing fields are an error naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ArtifactError(f"{where}: unknown manifest fields {sorted(unknown)}")
+        if "kind" not in data:
+            raise ArtifactError(f"{where}: manifest has no 'kind'")
+        if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
+            raise ArtifactError(
+                f"{where}: manifest format {data.get('format')} != supported {MANIFEST_FORMAT}"
+            )
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A stage/key pair found in a store, published or partial."""
+
+    stage: str
+    key: str
+    url: str
+    published: bool
+
+
+# ------------------------------------------------------------------------------------------------
+# Leases
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class _Lease:
+    """A lease file with an owner id and a heartbeat refreshed by a daemon thread."""
+
+    def __init__(self, url: str, heartbeat_s: float, timeout_s: float) -> None:
+        self.url = url
+        self.owner = uuid.uuid4().hex
+        self.heartbeat_s = heartbeat_s
+        self.timeout_s = timeout_s
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _payload(self) -> bytes:
+        return json.dumps(
+            {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        ).encode()
+
+    def try_acquire(self) -> bool:
+        """Take the lease if free or stale; True on success."""
+        if paths.create_exclusive(self.url, self._payload()):
+            self._start()
+            return True
+        holder = read_lease(self.url)
+        if holder is not None and time.time() - holder.get("heartbeat", 0.0) <= self.timeout_s:
+            return False
+        # Stale (or unreadable) lease: break it and race for a fresh exclusive create.
+        paths.remove_tree(self.url)
+        if paths.create_exclusive(self.url, self._payload()):
+            self._start()
+            return True
+        return False
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{self.owner[:8]}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            if not self.still_owned():
+                self.lost = True
+                return
+            paths.write_bytes_atomic(self.url, self._payload())
+
+    def still_owned(self) -> bool:
+        """Whether the lease file still names this owner."""
+        holder = read_lease(self.url)
+        return holder is not None and holder.get("owner") == self.owner
+
+    def release(self) -> None:
+        """Stop heartbeating and delete the lease file if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.still_owned():
+            paths.remove_tree(self.url)
+
+
+def read_lease(url: str) -> dict[str, Any] | None:
+    """The lease file's content, or None if absent or unreadable (a half-written lease)."""
+    try:
+        return paths.read_json(url)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Writer and store
+
+
+class ArtifactWriter:
+    """A leased, unpublished artifact folder; the stage writes into `url`, then calls `publish`."""
+
+    def __init__(self, store: ArtifactStore, stage: str, key: str, lease: _Lease) -> None:
+        self.store = store
+        self.stage = stage
+        self.key = key
+        self.url = store.url_for(stage, key)
+        self._lease = lease
+        self._started = time.time()
+        self.published: Manifest | None = None
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem of the artifact folder."""
+        return paths.filesystem(self.url)[0]
+
+    def path(self, *parts: str) -> str:
+        """URL of a file inside the artifact folder."""
+        return paths.join(self.url, *parts)
+
+    def publish(self, manifest: Manifest) -> Manifest:
+        """Write the manifest (last) and release the lease; the artifact now exists for readers."""
+        if self.published is not None:
+            raise ArtifactError(f"{paths.redact_url(self.url)} is already published")
+        if self._lease.lost or not self._lease.still_owned():
+            raise LeaseLostError(f"lease on {paths.redact_url(self.url)} was taken over; not publishing")
+        manifest = dataclasses.replace(
+            manifest,
+            stage=self.stage,
+            key=self.key,
+            created_at=manifest.created_at or _now_iso(),
+            timings={"write_s": round(time.time() - self._started, 3), **manifest.timings},
+        )
+        paths.write_json_atomic(paths.join(self.url, MANIFEST_NAME), manifest.to_dict())
+        self._lease.release()
+        self.published = manifest
+        return manifest
+
+    def abort(self, remove: bool = False) -> None:
+        """Give up the lease without publishing; `remove=True` also deletes what was written."""
+        if remove and self._lease.still_owned():
+            for name in paths.list_names(self.url):
+                if name != LEASE_NAME:
+                    paths.remove_tree(paths.join(self.url, name))
+        self._lease.release()
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if self.published is None:
+            self.abort(remove=False)  # keep partial output: the next writer may resume it
+
+
+class ArtifactStore:
+    """Stage outputs under `<root>/<stage>/<key>/`, each published by a manifest written last."""
+
+    def __init__(
+        self, root_url: str | os.PathLike, *, lease_heartbeat_s: float = 30.0, lease_timeout_s: float = 120.0
+    ):
+        if lease_timeout_s <= lease_heartbeat_s:
+            raise ValueError("lease_timeout_s must exceed lease_heartbeat_s")
+        self.root = paths.normalize_url(root_url)
+        self.lease_heartbeat_s = lease_heartbeat_s
+        self.lease_timeout_s = lease_timeout_s
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({paths.redact_url(self.root)!r})"
+
+    def url_for(self, stage: str, key: str) -> str:
+        """URL of the artifact folder."""
+        _check_stage(stage)
+        if not key or not all(c in "0123456789abcdef" for c in key):
+            raise ValueError(f"artifact key {key!r} is not a lowercase hex digest")
+        return paths.join(self.root, stage, key)
+
+    def exists(self, stage: str, key: str) -> bool:
+        """Whether the artifact is published (its manifest exists)."""
+        fs, path = paths.filesystem(paths.join(self.url_for(stage, key), MANIFEST_NAME))
+        if hasattr(fs, "invalidate_cache"):
+            fs.invalidate_cache(path)
+        return fs.exists(path)
+
+    def manifest(self, stage: str, key: str) -> Manifest:
+        """The published artifact's manifest; `ArtifactError` if it is not published."""
+        url = paths.join(self.url_for(stage, key), MANIFEST_NAME)
+        try:
+            data = paths.read_json(url)
+        except FileNotFoundError:
+            raise ArtifactError(
+                f"artifact {stage}/{key} is not published in {paths.redact_url(self.root)}"
+                f" (no {MANIFEST_NAME})"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"{paths.redact_url(url)}: manifest is not valid JSON ({e})") from None
+        return Manifest.from_dict(data, where=paths.redact_url(url))
+
+    def open_for_write(
+        self, stage: str, key: str, *, wait_s: float = 0.0, poll_s: float = 1.0, resume: bool = True
+    ) -> ArtifactWriter:
+        """Lease the artifact folder for writing.
+
+        Raises `ArtifactExistsError` if it is (or, while waiting, becomes) published, and
+        `LeaseHeldError` if another live writer still holds it after `wait_s`. With `resume=False`
+        leftovers of a crashed writer are deleted; with `resume=True` they are kept for the stage to
+        resume (e.g. finished latent shards).
+        """
+        url = self.url_for(stage, key)
+        deadline = time.time() + wait_s
+        while True:
+            if self.exists(stage, key):
+                raise ArtifactExistsError(f"artifact {stage}/{key} is already published")
+            lease = _Lease(paths.join(url, LEASE_NAME), self.lease_heartbeat_s, self.lease_timeout_s)
+            if lease.try_acquire():
+                if self.exists(stage, key):  # published between our check and our lease
+                    lease.release()
+                    raise ArtifactExistsError(f"artifact {stage}/{key} is already published")
+                writer = ArtifactWriter(self, stage, key, lease)
+                if not resume:
+                    for name in paths.list_names(url):
+                        if name != LEASE_NAME:
+                            paths.remove_tree(paths.join(url, name))
+                return writer
+            if time.time() >= deadline:
+                holder = read_lease(paths.join(url, LEASE_NAME)) or {}
+                raise LeaseHeldError(
+                    f"artifact {stage}/{key} is being written by host {holder.get('host')}"
+                    f" pid {holder.get('pid')}"
+                )
+            time.sleep(poll_s)
+
+    def ensure(
+        self,
+        stage: str,
+        key: str,
+        build: Callable[[ArtifactWriter], Manifest],
+        *,
+        wait_s: float = 3600.0,
+        poll_s: float = 1.0,
+    ) -> Manifest:
+        """The published manifest, built with `build(writer)` if needed (waiting on other writers)."""
+        try:
+            with self.open_for_write(stage, key, wait_s=wait_s, poll_s=poll_s) as writer:
+                manifest = build(writer)
+                if writer.published is None:
+                    writer.publish(manifest)
+                return writer.published
+        except ArtifactExistsError:
+            return self.manifest(stage, key)
+
+    def list(self, stage: str | None = None, *, include_partial: bool = False) -> list[ArtifactRef]:
+        """Artifacts in the store (optionally of one stage), published ones only unless `include_partial`."""
+        stages = (
+            [stage]
+            if stage is not None
+            else [s for s in paths.list_names(self.root) if set(s) <= _STAGE_CHARS]
+        )
+        refs = []
+        for st in stages:
+            for key in paths.list_names(paths.join(self.root, st)):
+                if not all(c in "0123456789abcdef" for c in key):
+                    continue
+                published = self.exists(st, key)
+                if published or include_partial:
+                    refs.append(ArtifactRef(st, key, self.url_for(st, key), published))
+        return refs
+
+    def remove(self, stage: str, key: str) -> None:
+        """Delete an artifact: the manifest first, so readers never see a half-deleted one as published."""
+        url = self.url_for(stage, key)
+        paths.remove_tree(paths.join(url, MANIFEST_NAME))
+        paths.remove_tree(url)
+
+    def is_stale_partial(self, stage: str, key: str) -> bool:
+        """Unpublished and not held by a live lease (left over from a crashed writer)."""
+        if self.exists(stage, key):
+            return False
+        holder = read_lease(paths.join(self.url_for(stage, key), LEASE_NAME))
+        return holder is None or time.time() - holder.get("heartbeat", 0.0) > self.lease_timeout_s
+
+    def garbage_collect(self, keep_keys: Iterable[str], *, dry_run: bool = False) -> list[ArtifactRef]:
+        """Remove published artifacts not in `keep_keys` and stale partial ones; live writers are spared.
+
+        A stale partial artifact whose key is in `keep_keys` is kept so that it can be resumed.
+        """
+        keep = set(keep_keys)
+        removed = []
+        for ref in self.list(include_partial=True):
+            if ref.key in keep:
+                continue
+            if ref.published or self.is_stale_partial(ref.stage, ref.key):
+                if not dry_run:
+                    self.remove(ref.stage, ref.key)
+                removed.append(ref)
+        return removed

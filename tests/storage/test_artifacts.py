@@ -1,0 +1,241 @@
+"""Tests for storage.artifacts: content keys, manifests published last, leases, crash leftovers, GC."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import torch
+
+from storage import paths
+from storage.artifacts import (
+    LEASE_NAME,
+    ArtifactError,
+    ArtifactExistsError,
+    ArtifactStore,
+    LeaseHeldError,
+    LeaseLostError,
+    Manifest,
+    artifact_key,
+    canonical_json,
+    hash_bytes,
+    hash_file,
+    hash_state_dict,
+)
+from uvit.config import get_preset
+
+BASE = dict(
+    stage="encode",
+    config={"resolution": 256, "flip": True, "scale": 0.18215},
+    inputs={"images": "aa11"},
+    models={"vae": "ffee"},
+    code_version="1",
+)
+
+
+def test_key_changes_when_and_only_when_an_input_changes() -> None:
+    base = artifact_key(**BASE)
+    assert len(base) == 24 and base == artifact_key(**BASE)
+    # Same content written differently: key order, tuple vs list.
+    same = dict(BASE, config={"scale": 0.18215, "flip": True, "resolution": 256})
+    assert artifact_key(**same) == base
+    changes = [
+        dict(BASE, stage="encode2"),
+        dict(BASE, config={**BASE["config"], "resolution": 512}),
+        dict(BASE, config={**BASE["config"], "scale": 0.2301}),
+        dict(BASE, inputs={"images": "aa12"}),
+        dict(BASE, inputs={"images": "aa11", "captions": "bb"}),
+        dict(BASE, models={"vae": "fff0"}),
+        dict(BASE, models={"vae-ema": "ffee"}),
+        dict(BASE, code_version="2"),
+    ]
+    keys = {artifact_key(**c) for c in changes}
+    assert base not in keys and len(keys) == len(changes)
+
+
+def test_key_of_presets_and_rejected_values() -> None:
+    tiny = get_preset("tiny")
+    assert artifact_key("train", tiny) == artifact_key(
+        "train", get_preset("tiny", {"train.lr": tiny.train.lr})
+    )
+    assert artifact_key("train", tiny) != artifact_key("train", get_preset("tiny", {"train.lr": 2e-3}))
+    assert canonical_json({"b": (1, 2), "a": None}) == '{"a":null,"b":[1,2]}'
+    with pytest.raises(ValueError, match="non-finite"):
+        artifact_key("s", {"x": float("nan")})
+    with pytest.raises(TypeError, match="not JSON-canonical"):
+        artifact_key("s", {"x": object()})
+    with pytest.raises(ValueError, match="stage name"):
+        artifact_key("Bad/Stage", {})
+
+
+def test_hashes(any_root: str) -> None:
+    data = os.urandom(3 * 1024 + 7)
+    assert hash_bytes(data) == hashlib.sha256(data).hexdigest()
+    url = paths.join(any_root, "blob.bin")
+    paths.write_bytes_atomic(url, data)
+    assert hash_file(url, chunk_bytes=1000) == hashlib.sha256(data).hexdigest()
+    g = torch.Generator().manual_seed(0)
+    sd = {"w": torch.randn(3, 4, generator=g), "b": torch.zeros(4, dtype=torch.bfloat16)}
+    h = hash_state_dict(sd)
+    assert h == hash_state_dict({"b": sd["b"].clone(), "w": sd["w"].clone()})
+    changed = {k: v.clone() for k, v in sd.items()}
+    changed["w"][1, 2] += 1e-3
+    assert hash_state_dict(changed) != h
+    assert hash_state_dict({"w": sd["w"].reshape(4, 3), "b": sd["b"]}) != h  # shape is part of identity
+    assert hash_state_dict({"w": sd["w"], "b": sd["b"].float()}) != h  # dtype too
+
+
+def test_publish_lifecycle(any_root: str) -> None:
+    store = ArtifactStore(any_root)
+    key = artifact_key(**BASE)
+    assert not store.exists("encode", key) and store.list() == []
+    with store.open_for_write("encode", key) as writer:
+        paths.write_bytes_atomic(writer.path("data.bin"), b"12345")
+        assert not store.exists("encode", key), "exists before the manifest is written"
+        assert store.list() == []
+        with pytest.raises(ArtifactError, match="not published"):
+            store.manifest("encode", key)
+        writer.publish(
+            Manifest(
+                kind="latents",
+                shapes={"moments": [10, 2, 8, 4, 4]},
+                counts={"images": 10},
+                inputs=BASE["inputs"],
+                extra={"source": "s3://AKIA:supersecret@bucket/imgs?X-Amz-Signature=deadbeef&v=2"},
+            )
+        )
+    assert store.exists("encode", key)
+    manifest = store.manifest("encode", key)
+    assert manifest.kind == "latents" and manifest.key == key and manifest.stage == "encode"
+    assert manifest.shapes == {"moments": [10, 2, 8, 4, 4]} and manifest.created_at
+    assert "write_s" in manifest.timings
+    raw = json.dumps(paths.read_json(paths.join(store.url_for("encode", key), "_MANIFEST.json")))
+    assert "supersecret" not in raw and "deadbeef" not in raw and "AKIA" not in raw and "v=2" in raw
+    assert LEASE_NAME not in paths.list_names(store.url_for("encode", key)), "lease left after publish"
+    assert [r.key for r in store.list()] == [key] and store.list("other") == []
+    with pytest.raises(ArtifactExistsError):
+        store.open_for_write("encode", key)
+    store.remove("encode", key)
+    assert not store.exists("encode", key) and paths.list_names(store.url_for("encode", key)) == []
+
+
+def test_second_writer_waits_and_reuses(tmp_path) -> None:
+    store = ArtifactStore(tmp_path, lease_heartbeat_s=0.05, lease_timeout_s=30)
+    key = artifact_key(**BASE)
+    release = threading.Event()
+    calls = []
+
+    def build(writer):
+        calls.append(threading.current_thread().name)
+        release.wait(10)
+        paths.write_bytes_atomic(writer.path("x"), b"x")
+        return Manifest(kind="test")
+
+    results = {}
+    first = threading.Thread(target=lambda: results.update(a=store.ensure("encode", key, build)), name="a")
+    first.start()
+    while not calls:
+        time.sleep(0.01)
+    with pytest.raises(LeaseHeldError, match="being written"):
+        store.open_for_write("encode", key, wait_s=0)
+    second = threading.Thread(
+        target=lambda: results.update(b=store.ensure("encode", key, build, poll_s=0.02)), name="b"
+    )
+    second.start()
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert calls == ["a"], "the second run must reuse the published artifact, not rebuild it"
+    assert results["a"] == results["b"] and results["a"].key == key
+
+
+def test_lost_lease_refuses_publish(memory_root: str) -> None:
+    store = ArtifactStore(memory_root)
+    writer = store.open_for_write("s", "ab")
+    paths.write_json_atomic(
+        paths.join(writer.url, LEASE_NAME), {"owner": "someone-else", "heartbeat": time.time()}
+    )
+    with pytest.raises(LeaseLostError):
+        writer.publish(Manifest(kind="x"))
+    assert not store.exists("s", "ab")
+
+
+CRASHING_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from storage import paths
+    from storage.artifacts import ArtifactStore
+    store = ArtifactStore(sys.argv[1], lease_heartbeat_s=0.05, lease_timeout_s=60)
+    writer = store.open_for_write("encode", "abc123")
+    paths.write_bytes_atomic(writer.path("part-0"), b"done")
+    print("READY", flush=True)
+    time.sleep(600)  # killed here, before publish
+    """
+)
+
+
+def _run_and_kill(root: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, root], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
+def _age_lease(store: ArtifactStore, stage: str, key: str) -> None:
+    """Rewrite the dead writer's heartbeat as if the lease timeout had passed."""
+    url = paths.join(store.url_for(stage, key), LEASE_NAME)
+    lease = paths.read_json(url)
+    lease["heartbeat"] -= 3600
+    paths.write_json_atomic(url, lease)
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_killed_writer_leaves_nothing_readable(shared_root: str, resume: bool) -> None:
+    store = ArtifactStore(shared_root, lease_heartbeat_s=0.05, lease_timeout_s=60)
+    _run_and_kill(shared_root)
+    assert not store.exists("encode", "abc123") and store.list() == []
+    assert [r.key for r in store.list(include_partial=True)] == ["abc123"]
+    with pytest.raises(LeaseHeldError):  # the dead writer's lease is still fresh
+        store.open_for_write("encode", "abc123")
+    assert not store.is_stale_partial("encode", "abc123")
+    _age_lease(store, "encode", "abc123")
+    assert store.is_stale_partial("encode", "abc123")
+    with store.open_for_write("encode", "abc123", resume=resume) as writer:
+        names = paths.list_names(writer.url)
+        assert ("part-0" in names) == resume
+        writer.publish(Manifest(kind="test"))
+    assert store.exists("encode", "abc123")
+
+
+def test_garbage_collect(tmp_path) -> None:
+    store = ArtifactStore(tmp_path, lease_heartbeat_s=0.05, lease_timeout_s=60)
+    for key in ("aa", "bb"):
+        with store.open_for_write("s", key) as w:
+            w.publish(Manifest(kind="x"))
+    crashed = store.open_for_write("s", "cc")
+    paths.write_bytes_atomic(crashed.path("f"), b"1")
+    crashed._lease._stop.set()  # the process "dies": no heartbeat, no release
+    _age_lease(store, "s", "cc")
+    resumable = store.open_for_write("s", "dd")
+    resumable.abort()  # partial, no lease: stale, but listed in keep_keys
+    live = store.open_for_write("s", "ee")  # a live writer is never collected
+    planned = store.garbage_collect({"aa", "dd"}, dry_run=True)
+    assert sorted(r.key for r in planned) == ["bb", "cc"]
+    assert store.exists("s", "bb")
+    removed = store.garbage_collect({"aa", "dd"})
+    assert sorted(r.key for r in removed) == ["bb", "cc"]
+    assert [r.key for r in store.list(include_partial=True)] == ["aa", "dd", "ee"]
+    live.publish(Manifest(kind="x"))
+    assert store.exists("s", "ee")
