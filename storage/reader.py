@@ -1,0 +1,317 @@
+"""Training data reader over a latent store: shuffled whole-chunk reads, deterministic and resumable.
+
+An epoch is planned from (seed, epoch) alone: the store's chunks (= shards) are shuffled, cut into
+groups of `shuffle_chunks` chunks, and the images of each group are permuted; the concatenation is
+the epoch's sample stream. Each reader process (a dataloader worker of a DDP rank; G of them in all)
+takes one contiguous 1/G of the stream and cuts it into batches, so ranks and workers never overlap,
+each reads only the chunks it needs, and every one of them yields the same number of batches. Per
+epoch at most G - 1 + G * (batch_size - 1) samples are dropped (a different set every epoch).
+
+Per-batch randomness (flip, caption, latent noise) comes from a generator seeded by (seed, epoch,
+reader, batch), so a batch's content depends only on its position: resuming from `state_dict()`
+reproduces the remaining batches exactly, given the same seed, batch size, world size and workers.
+
+Batches are dicts: `index` (B,) int64 image indices, `flip` (B,) int64, `label` (B,) int64 (-1
+unlabeled) for class stores or `context` (B, T, D) for text stores (one random caption per image),
+and either `x0` (B, C, h, w) float32 = latent_scale * sample(moments) (`output="latent"`) or the
+chosen flip's raw `moments` (B, 2C, h, w) in the store dtype (`output="moments"`) so the training loop
+can call `sample_latent` on its device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from storage.latents import LatentStore, open_latent_store
+
+__all__ = ["sample_latent", "epoch_stream", "LatentBatches", "LatentLoader", "ReaderStateError"]
+
+Output = Literal["latent", "moments"]
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # the clamp of diffusers' / LDM's DiagonalGaussianDistribution
+
+
+class ReaderStateError(ValueError):
+    """A reader position that does not fit this reader (other seed, world size, workers or batch size)."""
+
+
+def sample_latent(
+    moments: torch.Tensor, scale: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """z = scale * (mean + exp(0.5 * clamp(logvar, -30, 20)) * eps) from moments (B, 2C, h, w), in float32."""
+    moments = moments.float()
+    mean, logvar = moments.chunk(2, dim=1)  # (B, C, h, w) each
+    std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return scale * (mean + std * eps)
+
+
+def epoch_stream(
+    num_images: int, shard_size: int, seed: int, epoch: int, shuffle_chunks: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The epoch's sample order (N,) and the group id (N,) of every position (see module docstring)."""
+    num_chunks = math.ceil(num_images / shard_size)
+    chunk_order = np.random.default_rng([seed, epoch]).permutation(num_chunks)
+    order, groups = [], []
+    for g, first in enumerate(range(0, num_chunks, shuffle_chunks)):
+        chunks = chunk_order[first : first + shuffle_chunks]
+        images = np.concatenate(
+            [np.arange(c * shard_size, min((c + 1) * shard_size, num_images), dtype=np.int64) for c in chunks]
+        )
+        order.append(np.random.default_rng([seed, epoch, 1, g]).permutation(images))
+        groups.append(np.full(len(images), g, dtype=np.int64))
+    return np.concatenate(order), np.concatenate(groups)
+
+
+class LatentBatches(IterableDataset):
+    """One epoch of batches for one rank, from a given batch on; use with `DataLoader(batch_size=None)`.
+
+    Most callers want `LatentLoader`, which drives this across epochs and tracks the position.
+    """
+
+    def __init__(
+        self,
+        store_url: str,
+        *,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        shuffle_chunks: int = 4,
+        output: Output = "latent",
+        start_batch: int = 0,
+    ) -> None:
+        if output not in ("latent", "moments"):
+            raise ValueError(f"output must be 'latent' or 'moments', got {output!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        if batch_size <= 0 or shuffle_chunks <= 0:
+            raise ValueError("batch_size and shuffle_chunks must be positive")
+        self.store_url = store_url
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = epoch
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.shuffle_chunks = shuffle_chunks
+        self.output = output
+        self.start_batch = start_batch
+        self._store: LatentStore | None = None
+
+    @property
+    def store(self) -> LatentStore:
+        """The latent store, opened lazily (once per worker process)."""
+        if self._store is None:
+            self._store = open_latent_store(self.store_url)
+        return self._store
+
+    def batches_per_reader(self) -> int:
+        """Batches each of the world_size * max(1, num_workers) readers yields per epoch."""
+        readers = self.world_size * max(1, self.num_workers)
+        per_reader = self.store.spec.num_images // readers
+        batches = per_reader // self.batch_size
+        if batches == 0:
+            raise ValueError(
+                f"{self.store.spec.num_images} images over {readers} readers give {per_reader} per reader, "
+                f"fewer than one batch of {self.batch_size}"
+            )
+        return batches
+
+    def __len__(self) -> int:
+        return self.batches_per_reader() * max(1, self.num_workers) - self.start_batch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        workers = max(1, self.num_workers)
+        loader_worker = 0 if info is None else info.id
+        if (info.num_workers if info is not None else 1) != workers:
+            raise ValueError(f"LatentBatches built for {workers} workers runs under {info.num_workers}")
+        # The DataLoader fetches batches round-robin from its workers, starting at worker 0; after a
+        # resume at batch k the next batch belongs to logical reader k % workers, so rotate.
+        worker = (loader_worker + self.start_batch) % workers
+        done = self.start_batch // workers + (1 if worker < self.start_batch % workers else 0)
+        per_reader = self.batches_per_reader()
+        reader = self.rank * workers + worker
+        spec = self.store.spec
+        order, groups = epoch_stream(
+            spec.num_images, spec.shard_size, self.seed, self.epoch, self.shuffle_chunks
+        )
+        length = per_reader * self.batch_size
+        segment = order[reader * length : (reader + 1) * length]
+        segment_groups = groups[reader * length : (reader + 1) * length]
+        cache: dict[int, _GroupBlock] = {}
+        for b in range(done, per_reader):
+            lo, hi = b * self.batch_size, (b + 1) * self.batch_size
+            indices = segment[lo:hi]
+            needed = np.unique(segment_groups[lo:hi])
+            for g in list(cache):
+                if g not in needed:
+                    del cache[g]
+            for g in needed:
+                if g not in cache:
+                    cache[g] = _GroupBlock(self.store, segment[segment_groups == g])
+            rng = np.random.default_rng([self.seed, self.epoch, 2, reader, b])
+            yield self._batch(indices, cache, rng)
+
+    def _batch(self, indices: np.ndarray, cache: dict[int, _GroupBlock], rng: np.random.Generator) -> dict:
+        store = self.store
+        n = len(indices)
+        flips = rng.integers(0, 2, n)
+        moments = np.empty((n, *store.spec.moments_shape[2:]), dtype=store.spec.moments_dtype)
+        labels = np.empty(n, dtype=np.int64)
+        counts = np.empty(n, dtype=np.int64)
+        for block in cache.values():
+            mask, rows = block.lookup(indices)
+            moments[mask] = block.moments[rows, flips[mask]]
+            labels[mask] = block.labels[rows]
+            if block.caption_counts is not None:
+                counts[mask] = block.caption_counts[rows]
+        batch = {"index": torch.from_numpy(indices.copy()), "flip": torch.from_numpy(flips)}
+        if store.spec.has_text:
+            slots = np.floor(rng.random(n) * counts).astype(np.int64)
+            context = torch.from_numpy(store.read_captions(indices, slots))
+            batch["context"] = context.float() if self.output == "latent" else context
+        else:
+            batch["label"] = torch.from_numpy(labels)
+        moments_t = torch.from_numpy(moments)
+        if self.output == "moments":
+            batch["moments"] = moments_t
+        else:
+            noise_seed = int(rng.integers(0, 2**63 - 1))
+            generator = torch.Generator().manual_seed(noise_seed)
+            batch["x0"] = sample_latent(moments_t, store.spec.latent_scale, generator)
+        return batch
+
+
+class _GroupBlock:
+    """The chunks of one shuffle group that a reader needs, held in memory."""
+
+    def __init__(self, store: LatentStore, images: np.ndarray) -> None:
+        shard = store.spec.shard_size
+        chunk_ids = np.unique(images // shard)
+        parts = [store.read_chunk(int(c)) for c in chunk_ids]
+        self.starts = np.array([p.start for p in parts], dtype=np.int64)
+        self.sizes = np.array([len(p.labels) for p in parts], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        self.moments = np.concatenate([p.moments for p in parts])  # (n, 2, 2C, h, w)
+        self.labels = np.concatenate([p.labels for p in parts])
+        self.caption_counts = (
+            np.concatenate([p.caption_counts for p in parts]) if parts[0].caption_counts is not None else None
+        )
+
+    def lookup(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which of `indices` this block holds, and their rows."""
+        pos = np.searchsorted(self.starts, indices, side="right") - 1
+        pos = np.clip(pos, 0, len(self.starts) - 1)
+        inside = (indices >= self.starts[pos]) & (indices < self.starts[pos] + self.sizes[pos])
+        rows = self.offsets[pos] + indices - self.starts[pos]
+        return inside, rows[inside]
+
+
+class LatentLoader:
+    """Batches for one DDP rank across epochs, with dataloader workers and a resumable position.
+
+    Iterating yields batches forever (or for `epochs` epochs); `state_dict()` after k batches
+    records the position, and a loader given it by `load_state_dict` continues with batch k + 1.
+    """
+
+    def __init__(
+        self,
+        store_url: str,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        num_workers: int = 0,
+        shuffle_chunks: int = 4,
+        output: Output = "latent",
+        epochs: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        if (rank is None) != (world_size is None):
+            raise ValueError("pass both rank and world_size, or neither")
+        if rank is None:
+            dist = torch.distributed
+            initialized = dist.is_available() and dist.is_initialized()
+            rank = dist.get_rank() if initialized else 0
+            world_size = dist.get_world_size() if initialized else 1
+        self.store_url = store_url
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.shuffle_chunks = shuffle_chunks
+        self.output = output
+        self.epochs = epochs
+        self.pin_memory = pin_memory
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.batches_per_epoch = self._dataset(0, 0).batches_per_reader() * max(1, num_workers)
+
+    def _dataset(self, epoch: int, start_batch: int) -> LatentBatches:
+        return LatentBatches(
+            self.store_url,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            num_workers=self.num_workers,
+            shuffle_chunks=self.shuffle_chunks,
+            output=self.output,
+            start_batch=start_batch,
+        )
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while self.epochs is None or self.epoch < self.epochs:
+            loader = DataLoader(
+                self._dataset(self.epoch, self.batch_in_epoch),
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=False,
+            )
+            for batch in loader:
+                self.batch_in_epoch += 1
+                yield batch
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position (epoch, batches consumed in it, samples consumed in all) and what it depends on."""
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "samples_consumed": (self.epoch * self.batches_per_epoch + self.batch_in_epoch) * self.batch_size,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "shuffle_chunks": self.shuffle_chunks,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a position saved by `state_dict()`; the sampling settings must match."""
+        for key in ("seed", "batch_size", "world_size", "num_workers", "shuffle_chunks"):
+            if state[key] != getattr(self, key):
+                raise ReaderStateError(
+                    f"reader position was saved with {key}={state[key]!r}, now {getattr(self, key)!r}"
+                )
+        epoch, batch = int(state["epoch"]), int(state["batch_in_epoch"])
+        if not 0 <= batch <= self.batches_per_epoch:
+            raise ReaderStateError(
+                f"batch_in_epoch {batch} outside [0, {self.batches_per_epoch}] for this store"
+            )
+        if batch == self.batches_per_epoch:  # saved right after an epoch's last batch
+            epoch, batch = epoch + 1, 0
+        self.epoch, self.batch_in_epoch = epoch, batch
