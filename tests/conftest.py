@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 
+# Tests use tiny models: one thread avoids OpenMP spin-waiting against other processes on 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL_DATA = ROOT / "tests" / "data" / "official"
 

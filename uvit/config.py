@@ -121,6 +121,11 @@ class TrainConfig:
     log_interval: int = 10
     save_interval: int = 50_000
     eval_interval: int = 5000
+    sample_interval: int = 5000  # sample grid from the EMA model every this many steps (0: never)
+    grad_accum: int = 1  # gradient accumulation steps; per-device batch = batch / (devices * grad_accum)
+    compile: bool = False  # torch.compile the model
+    keep_last: int = 3  # checkpoints kept besides marked ones
+    num_workers: int = 2  # data loader workers per process
 
 
 @dataclass(frozen=True)
@@ -410,7 +415,7 @@ def _tiny() -> Preset:
             num_heads=4,
             num_classes=5,
             conv=True,
-        ),  # fmt: skip
+        ),
         diffusion=dataclasses.replace(_DISCRETE, p_uncond=0.1, null_class=4),
         data=DataConfig(
             dataset="shapes",
@@ -420,7 +425,7 @@ def _tiny() -> Preset:
             num_classes=4,
             autoencoder="builtin:tiny-vae",
             latent_scale=1.0,
-        ),  # fmt: skip
+        ),
         train=TrainConfig(
             batch_size=64,
             n_steps=1500,
@@ -433,7 +438,9 @@ def _tiny() -> Preset:
             log_interval=50,
             save_interval=500,
             eval_interval=500,
-        ),  # fmt: skip
+            sample_interval=500,
+            num_workers=0,
+        ),
         sample=SampleConfig(sampler="dpm_solver", steps=25, cfg_scale=1.0, n_samples=256, mini_batch_size=64),
         eval=EvalConfig(fid_reference=None, n_samples=256, published_fid=None, offline_smoke=True),
     )

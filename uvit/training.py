@@ -1,0 +1,429 @@
+"""The U-ViT training loop: the only place that touches accelerate, EMA, the optimiser and checkpoints.
+
+`train()` runs in every process of a (possibly distributed) run: it reads latents through the
+storage reader, samples a latent from the stored VAE moments times the preset's scale factor, drops
+conditions for guidance, takes the loss of `uvit.diffusion`, steps AdamW with the official warm-up,
+updates the EMA, and checkpoints through the checkpoint store. A run killed at any point and started
+again continues from the last complete checkpoint and (on CPU, fp32) ends bit-identical to an
+uninterrupted run: model, EMA, optimiser, scheduler, every rank's RNG states and the data position
+are all in the checkpoint.
+
+`launch()` starts `accelerate launch` for several processes (or calls `train()` in-process for one)
+and is what the train flow calls. `python -m uvit.training --help` is the per-process entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from uvit import diffusion
+from uvit.config import Preset, build_model, get_preset
+
+__all__ = [
+    "TrainResult",
+    "TrainingError",
+    "make_optimizer",
+    "warmup_schedule",
+    "ema_update",
+    "per_device_batch",
+    "train",
+    "launch",
+]
+
+
+class TrainingError(RuntimeError):
+    """A training run that cannot start (bad data, bad settings) or whose child process failed."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed and finished) run reports."""
+
+    step: int
+    checkpoint_url: str | None
+    resumed_from: int | None
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss since last log)
+    seconds: float = 0.0
+    samples_seen: int = 0
+    micro_batch: int = 0  # per-process batch of one forward pass
+    param_checksum: float = 0.0  # sum of all weights on this process (ranks must agree)
+
+
+def make_optimizer(model: nn.Module, preset: Preset) -> torch.optim.AdamW:
+    """AdamW over every parameter (the official recipe decays all of them, pos_embed included)."""
+    t = preset.train
+    return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas))
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 over `warmup_steps`, then constant (the first step uses lr 0, as official)."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if warmup_steps == 0:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(step / warmup_steps, 1.0))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, rate: float) -> None:
+    """p_ema = rate * p_ema + (1 - rate) * p over parameters, as the official `ema()` does."""
+    ema_params = list(ema.parameters())
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_mul_(ema_params, rate)
+    torch._foreach_add_(ema_params, params, alpha=1.0 - rate)
+
+
+def per_device_batch(global_batch: int, num_processes: int, grad_accum: int) -> int:
+    """Per-process micro-batch that keeps the preset's global batch; fails if it does not divide."""
+    denominator = num_processes * grad_accum
+    if global_batch % denominator:
+        raise TrainingError(
+            f"global batch {global_batch} is not divisible by processes x grad_accum = "
+            f"{num_processes} x {grad_accum}; change train.batch_size or train.grad_accum"
+        )
+    return global_batch // denominator
+
+
+def _condition_setup(preset: Preset, store) -> tuple[str | None, Any]:
+    """Which batch field conditions the model, and the null condition for guidance dropout."""
+    cond = preset.data.conditioning
+    if cond == "class":
+        return "label", preset.diffusion.null_class
+    if cond == "text":
+        return "context", torch.from_numpy(store.null_context()).float()
+    return None, None
+
+
+def _check_store(preset: Preset, store) -> None:
+    """Fail before any step when the latent store does not fit the preset."""
+    spec = store.spec
+    latent_shape = preset.latent_shape
+    moments = tuple(spec.moments_shape[-3:])
+    want = (2 * latent_shape[0], latent_shape[1], latent_shape[2])
+    problems = []
+    if moments != want:
+        problems.append(f"moments per image are {moments}, the model needs {want} (latent {latent_shape})")
+    if preset.data.conditioning == "text" and not spec.has_text:
+        problems.append("the preset is text-conditional but the store has no caption embeddings")
+    if preset.data.conditioning == "text" and spec.has_text:
+        m = preset.model
+        if tuple(spec.context_shape) != (m.num_clip_token, m.clip_dim):
+            problems.append(f"caption embeddings are {tuple(spec.context_shape)}, the model needs "
+                            f"({m.num_clip_token}, {m.clip_dim})")  # fmt: skip
+    if (
+        preset.data.conditioning == "class"
+        and spec.num_classes
+        and spec.num_classes > preset.data.num_classes
+    ):
+        problems.append(
+            f"the store has {spec.num_classes} classes, the preset only {preset.data.num_classes}"
+        )
+    if problems:
+        raise TrainingError(f"latent store does not fit preset {preset.name!r}: " + "; ".join(problems))
+
+
+def train(
+    preset: Preset,
+    latents_url: str,
+    checkpoints_url: str,
+    *,
+    max_steps: int | None = None,
+    logdir: str | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_sample: Callable[[int, nn.Module], None] | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train (or resume) `preset` on the latent store at `latents_url` until `train.n_steps` (or `max_steps`).
+
+    `on_log(step, {"loss", "lr"})` and `on_sample(step, ema_model)` run on the main process only.
+    `stop_after` stops after that many steps of this call (used by tests to simulate a crash point).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    from storage.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
+    from storage.latents import open_latent_store
+    from storage.reader import LatentLoader, sample_latent
+
+    t_cfg = preset.train
+    total_steps = max_steps if max_steps is not None else t_cfg.n_steps
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        # accelerate keeps one global state per process; a later run in the same process (a Prefect
+        # worker, the tests) may ask for other settings, so start from a clean state.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(
+        mixed_precision=t_cfg.mixed_precision,
+        gradient_accumulation_steps=t_cfg.grad_accum,
+        log_with="tensorboard" if logdir else None,
+        project_dir=logdir,
+    )
+    if accelerator.device.type == "cpu" and t_cfg.mixed_precision == "fp16":
+        raise TrainingError("fp16 mixed precision needs a GPU; on CPU use train.mixed_precision=no (or bf16)")
+    device = accelerator.device
+    store = open_latent_store(latents_url)  # raises a clear error for a missing/incomplete store
+    _check_store(preset, store)
+    cond_key, null_cond = _condition_setup(preset, store)
+    if preset.data.latent_scale is None:
+        raise TrainingError(f"preset {preset.name!r} has no data.latent_scale")
+
+    micro_batch = per_device_batch(t_cfg.batch_size, accelerator.num_processes, t_cfg.grad_accum)
+    torch.manual_seed(t_cfg.seed)  # the same initial weights on every rank
+    model = build_model(preset)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    optimizer = make_optimizer(model, preset)
+    scheduler = warmup_schedule(optimizer, t_cfg.warmup_steps)
+    schedule = diffusion.from_config(preset.diffusion)
+    # Per-rank randomness of the loss (time, noise, dropout, latent sampling): its state is checkpointed.
+    generator = torch.Generator(device=device).manual_seed(t_cfg.seed * 1000 + accelerator.process_index)
+    loader = LatentLoader(
+        latents_url,
+        micro_batch,
+        seed=t_cfg.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        num_workers=t_cfg.num_workers,
+        output="moments",
+    )
+
+    ckpts = CheckpointStore(checkpoints_url, keep_last=t_cfg.keep_last)
+    step, resumed_from = 0, None
+    latest = ckpts.latest()
+    if latest is not None:
+        ckpt = ckpts.load(latest)
+        model.load_state_dict(ckpt.model, strict=True)
+        ema.load_state_dict(ckpt.ema, strict=True)
+        optimizer.load_state_dict(ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.scheduler)
+        loader.load_state_dict(ckpt.data_position)
+        rng = ckpt.rng[accelerator.process_index]
+        restore_rng_state(rng["process"])
+        generator.set_state(rng["loss_generator"].to(torch.uint8))
+        step = resumed_from = ckpt.step
+
+    ema.to(device)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if t_cfg.compile:
+        model = torch.compile(model)
+    if logdir:
+        accelerator.init_trackers(preset.name.replace("/", "-"), config={"preset": preset.name})
+
+    def save_checkpoint(at_step: int) -> str | None:
+        rng_states = gather_object(
+            [{"process": capture_rng_state(), "loss_generator": generator.get_state()}]
+        )
+        url = None
+        if accelerator.is_main_process:
+            url = ckpts.save(
+                at_step,
+                model=accelerator.unwrap_model(model),
+                ema=ema,
+                optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                scheduler=scheduler,
+                rng=rng_states,
+                data_position=loader.state_dict(),
+                extra={"preset": preset.to_json(), "num_processes": accelerator.num_processes},
+            )
+        accelerator.wait_for_everyone()
+        return url
+
+    result = TrainResult(step=step, checkpoint_url=None, resumed_from=resumed_from)
+    started = time.perf_counter()
+    loss_sum, loss_count, steps_this_call = 0.0, 0, 0
+    batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
+    model.train()
+    while step < total_steps:
+        for _ in range(t_cfg.grad_accum):
+            batch = next(batches)
+            moments = batch["moments"].to(device, non_blocking=True)
+            x0 = sample_latent(moments, preset.data.latent_scale, generator)  # (B, C, h, w)
+            cond = batch[cond_key].to(device) if cond_key else None
+            with accelerator.accumulate(model), accelerator.autocast():
+                loss = diffusion.training_loss(
+                    model, x0, cond, schedule, generator,
+                    p_uncond=preset.diffusion.p_uncond if cond is not None else 0.0, null_cond=null_cond,
+                )  # fmt: skip
+                accelerator.backward(loss)
+                if t_cfg.grad_clip > 0 and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), t_cfg.grad_clip)
+                optimizer.step()
+                scheduler.step() if accelerator.sync_gradients else None
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach().float().item()
+            loss_count += 1
+        ema_update(ema, accelerator.unwrap_model(model), t_cfg.ema_rate)
+        step += 1
+        steps_this_call += 1
+        result.samples_seen += t_cfg.batch_size
+
+        if step % t_cfg.log_interval == 0 or step == total_steps:
+            mean_loss = accelerator.reduce(torch.tensor(loss_sum / loss_count, device=device), "mean").item()
+            metrics = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
+            result.losses.append((step, mean_loss))
+            loss_sum, loss_count = 0.0, 0
+            if logdir:
+                accelerator.log(metrics, step=step)
+            if on_log and accelerator.is_main_process:
+                on_log(step, metrics)
+        if not math.isfinite(loss.item()):
+            raise TrainingError(f"loss is {loss.item()} at step {step}; stopping (lower train.lr?)")
+        if step % t_cfg.save_interval == 0 or step == total_steps:
+            result.checkpoint_url = save_checkpoint(step) or result.checkpoint_url
+        if on_sample and t_cfg.sample_interval and step % t_cfg.sample_interval == 0:
+            if accelerator.is_main_process:
+                on_sample(step, ema)
+            accelerator.wait_for_everyone()
+        if stop_after is not None and steps_this_call >= stop_after:
+            break
+
+    result.step = step
+    result.seconds = time.perf_counter() - started
+    result.micro_batch = micro_batch
+    with torch.no_grad():
+        result.param_checksum = float(
+            sum(p.double().sum() for p in accelerator.unwrap_model(model).parameters())
+        )
+    if result.checkpoint_url is None and step == total_steps and ckpts.latest() == step:
+        result.checkpoint_url = ckpts.url_for(step)
+    if logdir:
+        accelerator.end_training()
+    return result
+
+
+# ------------------------------------------------------------------------------------- launching
+def launch(
+    preset: Preset,
+    latents_url: str,
+    checkpoints_url: str,
+    *,
+    num_processes: int = 1,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    main_process_ip: str = "127.0.0.1",
+    main_process_port: int = 29500,
+    cpu: bool | None = None,
+    max_steps: int | None = None,
+    logdir: str | None = None,
+    log_line: Callable[[str], None] | None = None,
+    result_path: str | None = None,
+) -> dict[str, Any]:
+    """Run training with `num_processes` per machine: in-process for one, `accelerate launch` otherwise.
+
+    The child's output is streamed line by line to `log_line`; a failed child raises `TrainingError`
+    with its last lines. Returns the run's summary (step, checkpoint URL, losses).
+    """
+    if num_processes * num_machines == 1:
+        result = train(preset, latents_url, checkpoints_url, max_steps=max_steps, logdir=logdir)
+        return _summary(result)
+    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    import tempfile
+
+    result_path = result_path or os.path.join(tempfile.mkdtemp(prefix="uvit-train-"), "result.json")
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--num_processes", str(num_processes * num_machines),
+        "--num_machines", str(num_machines),
+        "--machine_rank", str(machine_rank),
+        "--main_process_ip", main_process_ip,
+        "--main_process_port", str(main_process_port),
+        "--mixed_precision", preset.train.mixed_precision,
+        "--dynamo_backend", "no",
+        "--multi_gpu",
+        "-m", "uvit.training",
+        "--preset-json", preset.to_json(),
+        "--latents", latents_url,
+        "--checkpoints", checkpoints_url,
+        "--result", result_path,
+    ]  # fmt: skip
+    if max_steps is not None:
+        cmd += ["--max-steps", str(max_steps)]
+    if logdir:
+        cmd += ["--logdir", logdir]
+    env = dict(os.environ)
+    if cpu:
+        # accelerate's --cpu runs ONE process; real multi-process DDP on CPU needs this (gloo).
+        env["ACCELERATE_USE_CPU"] = "1"
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail = (tail + [line])[-40:]
+            if log_line:
+                log_line(line)
+        code = proc.wait()
+    if code != 0:
+        raise TrainingError(f"training processes failed (exit {code}); last output:\n" + "\n".join(tail))
+    with open(result_path) as f:
+        return json.load(f)
+
+
+def _summary(result: TrainResult) -> dict[str, Any]:
+    return {
+        "step": result.step,
+        "checkpoint_url": result.checkpoint_url,
+        "resumed_from": result.resumed_from,
+        "losses": result.losses,
+        "seconds": result.seconds,
+        "samples_seen": result.samples_seen,
+        "micro_batch": result.micro_batch,
+        "param_checksum": result.param_checksum,
+    }
+
+
+def preset_from_json(text: str) -> Preset:
+    """Rebuild a preset (with its overrides) from `Preset.to_json()`."""
+    data = json.loads(text)
+    base = get_preset(data["name"])
+    overrides = {
+        f"{section}.{key}": value
+        for section, values in data.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+    }
+    return base.with_overrides(overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Per-process entry point used by `accelerate launch -m uvit.training`."""
+    parser = argparse.ArgumentParser(prog="python -m uvit.training", description="Train a U-ViT preset.")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--preset", help="preset name")
+    group.add_argument("--preset-json", help="a full preset as JSON (from Preset.to_json())")
+    parser.add_argument("--override", action="append", default=[], help="section.key=value (repeatable)")
+    parser.add_argument("--latents", required=True, help="URL of the latent store")
+    parser.add_argument("--checkpoints", required=True, help="URL of the checkpoint folder")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--logdir", default=None, help="TensorBoard folder")
+    parser.add_argument("--result", default=None, help="write the run summary JSON here (main process)")
+    args = parser.parse_args(argv)
+    try:
+        preset = preset_from_json(args.preset_json) if args.preset_json else get_preset(args.preset)
+        preset = preset.with_overrides(args.override)
+        result = train(preset, args.latents, args.checkpoints, max_steps=args.max_steps, logdir=args.logdir)
+    except (TrainingError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.result:
+        rank = int(os.environ.get("RANK", "0"))
+        with open(args.result if rank == 0 else f"{args.result}.rank{rank}", "w") as f:
+            json.dump(_summary(result), f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
