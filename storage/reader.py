@@ -169,11 +169,7 @@ class LatentBatches(IterableDataset):
         labels = np.empty(n, dtype=np.int64)
         counts = np.empty(n, dtype=np.int64)
         for block in cache.values():
-            mask, rows = block.lookup(indices)
-            moments[mask] = block.moments[rows, flips[mask]]
-            labels[mask] = block.labels[rows]
-            if block.caption_counts is not None:
-                counts[mask] = block.caption_counts[rows]
+            block.gather(indices, flips, moments, labels, counts)
         batch = {"index": torch.from_numpy(indices.copy()), "flip": torch.from_numpy(flips)}
         if store.spec.has_text:
             slots = np.floor(rng.random(n) * counts).astype(np.int64)
@@ -192,28 +188,25 @@ class LatentBatches(IterableDataset):
 
 
 class _GroupBlock:
-    """The chunks of one shuffle group that a reader needs, held in memory."""
+    """The chunks of one shuffle group that a reader needs, held in memory as read (no copies)."""
 
     def __init__(self, store: LatentStore, images: np.ndarray) -> None:
-        shard = store.spec.shard_size
-        chunk_ids = np.unique(images // shard)
-        parts = [store.read_chunk(int(c)) for c in chunk_ids]
-        self.starts = np.array([p.start for p in parts], dtype=np.int64)
-        self.sizes = np.array([len(p.labels) for p in parts], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
-        self.moments = np.concatenate([p.moments for p in parts])  # (n, 2, 2C, h, w)
-        self.labels = np.concatenate([p.labels for p in parts])
-        self.caption_counts = (
-            np.concatenate([p.caption_counts for p in parts]) if parts[0].caption_counts is not None else None
-        )
+        chunk_ids = np.unique(images // store.spec.shard_size)
+        self.parts = [store.read_chunk(int(c)) for c in chunk_ids]
 
-    def lookup(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which of `indices` this block holds, and their rows."""
-        pos = np.searchsorted(self.starts, indices, side="right") - 1
-        pos = np.clip(pos, 0, len(self.starts) - 1)
-        inside = (indices >= self.starts[pos]) & (indices < self.starts[pos] + self.sizes[pos])
-        rows = self.offsets[pos] + indices - self.starts[pos]
-        return inside, rows[inside]
+    def gather(self, indices: np.ndarray, flips: np.ndarray, moments: np.ndarray, labels: np.ndarray,
+               counts: np.ndarray) -> None:  # fmt: skip
+        """Fill the rows of the batch arrays whose images this block holds."""
+        for part in self.parts:
+            rows = indices - part.start
+            mask = (rows >= 0) & (rows < len(part.labels))
+            if not mask.any():
+                continue
+            rows = rows[mask]
+            moments[mask] = part.moments[rows, flips[mask]]  # (k, 2C, h, w)
+            labels[mask] = part.labels[rows]
+            if part.caption_counts is not None:
+                counts[mask] = part.caption_counts[rows]
 
 
 class LatentLoader:
