@@ -12,7 +12,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-all test-slow demo bench lint format clean
+.PHONY: setup test test-all test-slow demo bench lint format clean server server-stop
 
 # Re-install only when the project's dependencies changed (the venv is ~6 GB).
 $(STAMP): pyproject.toml
@@ -35,6 +35,12 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m flows.demo
+
+server: $(STAMP)
+	PREFECT=$(VENV)/bin/prefect bash deploy/server.sh start
+
+server-stop:
+	PREFECT=$(VENV)/bin/prefect bash deploy/server.sh stop
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

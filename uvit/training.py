@@ -143,12 +143,15 @@ def train(
     max_steps: int | None = None,
     logdir: str | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
-    on_sample: Callable[[int, nn.Module], None] | None = None,
+    previews_url: str | None = None,
+    on_preview: Callable[[int, str], None] | None = None,
     stop_after: int | None = None,
 ) -> TrainResult:
     """Train (or resume) `preset` on the latent store at `latents_url` until `train.n_steps` (or `max_steps`).
 
-    `on_log(step, {"loss", "lr"})` and `on_sample(step, ema_model)` run on the main process only.
+    Every `train.sample_interval` steps and at the end, the main process draws a sample grid from
+    the EMA model on fixed noise and conditions into `previews_url/step_<step>.png` (when given)
+    and calls `on_preview(step, png_url)`. `on_log(step, {"loss", "lr"})` runs on the main process.
     `stop_after` stops after that many steps of this call (used by tests to simulate a crash point).
     """
     from accelerate import Accelerator
@@ -283,9 +286,12 @@ def train(
             raise TrainingError(f"loss is {loss.item()} at step {step}; stopping (lower train.lr?)")
         if step % t_cfg.save_interval == 0 or step == total_steps:
             result.checkpoint_url = save_checkpoint(step) or result.checkpoint_url
-        if on_sample and t_cfg.sample_interval and step % t_cfg.sample_interval == 0:
+        due = t_cfg.sample_interval and step % t_cfg.sample_interval == 0
+        if previews_url and (due or step == total_steps):
             if accelerator.is_main_process:
-                on_sample(step, ema)
+                url = write_preview(preset, ema, store, previews_url, step, device)
+                if on_preview:
+                    on_preview(step, url)
             accelerator.wait_for_everyone()
         if stop_after is not None and steps_this_call >= stop_after:
             break
@@ -304,6 +310,26 @@ def train(
     return result
 
 
+PREVIEW_COUNT = 16
+PREVIEW_SEED = 20230101
+
+
+def write_preview(preset: Preset, ema: nn.Module, store, folder_url: str, step: int, device) -> str:
+    """Sample a grid from the EMA model on fixed noise and conditions; write it as a PNG."""
+    from storage import paths
+    from storage.images import write_png
+    from uvit.encoders import load_vae
+    from uvit.generation import generate_images, image_grid, preview_conditions
+
+    g = torch.Generator().manual_seed(PREVIEW_SEED)
+    noise = torch.randn(PREVIEW_COUNT, *preset.latent_shape, generator=g).to(device)
+    vae = load_vae(preset.data.autoencoder, device=device) if preset.data.space == "latent" else None
+    rng_state = torch.get_rng_state()  # previews must not disturb the training randomness
+    images = generate_images(preset, ema, noise, preview_conditions(preset, PREVIEW_COUNT, store), vae=vae)
+    torch.set_rng_state(rng_state)
+    return write_png(paths.join(folder_url, f"step_{step:09d}.png"), image_grid(images, nrow=4))
+
+
 # ------------------------------------------------------------------------------------- launching
 def launch(
     preset: Preset,
@@ -320,14 +346,19 @@ def launch(
     logdir: str | None = None,
     log_line: Callable[[str], None] | None = None,
     result_path: str | None = None,
+    previews_url: str | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_preview: Callable[[int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Run training with `num_processes` per machine: in-process for one, `accelerate launch` otherwise.
 
     The child's output is streamed line by line to `log_line`; a failed child raises `TrainingError`
-    with its last lines. Returns the run's summary (step, checkpoint URL, losses).
+    with its last lines. Returns the run's summary (step, checkpoint URL, losses). `on_log` and
+    `on_preview` are called in-process only (a multi-process run logs through its output lines).
     """
     if num_processes * num_machines == 1:
-        result = train(preset, latents_url, checkpoints_url, max_steps=max_steps, logdir=logdir)
+        result = train(preset, latents_url, checkpoints_url, max_steps=max_steps, logdir=logdir,
+                       previews_url=previews_url, on_log=on_log, on_preview=on_preview)  # fmt: skip
         return _summary(result)
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     import tempfile
@@ -353,6 +384,8 @@ def launch(
         cmd += ["--max-steps", str(max_steps)]
     if logdir:
         cmd += ["--logdir", logdir]
+    if previews_url:
+        cmd += ["--previews", previews_url]
     env = dict(os.environ)
     if cpu:
         # accelerate's --cpu runs ONE process; real multi-process DDP on CPU needs this (gloo).
@@ -409,12 +442,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", required=True, help="URL of the checkpoint folder")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--logdir", default=None, help="TensorBoard folder")
+    parser.add_argument("--previews", default=None, help="folder URL for sample-grid PNGs")
     parser.add_argument("--result", default=None, help="write the run summary JSON here (main process)")
     args = parser.parse_args(argv)
     try:
         preset = preset_from_json(args.preset_json) if args.preset_json else get_preset(args.preset)
         preset = preset.with_overrides(args.override)
-        result = train(preset, args.latents, args.checkpoints, max_steps=args.max_steps, logdir=args.logdir)
+        result = train(preset, args.latents, args.checkpoints, max_steps=args.max_steps, logdir=args.logdir,
+                       previews_url=args.previews)  # fmt: skip
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -189,3 +189,18 @@ def test_two_processes_stay_in_sync(tmp_path, store):
     assert rank0["param_checksum"] == rank1["param_checksum"]  # DDP kept the replicas identical
     single = train(preset, store, str(tmp_path / "single"), max_steps=4)
     assert single.param_checksum != rank0["param_checksum"]  # the check can tell runs apart
+
+
+def test_previews_are_written_and_do_not_change_training(tmp_path, store):
+    preset = _preset(**{"train.sample_interval": 2, "sample.steps": 3})
+    seen = []
+    with_previews = train(preset, store, str(tmp_path / "a"), max_steps=4, previews_url=str(tmp_path / "png"),
+                          on_preview=lambda step, url: seen.append((step, url)))  # fmt: skip
+    without = train(preset, store, str(tmp_path / "b"), max_steps=4)
+    assert [s for s, _ in seen] == [2, 4]
+    from storage.images import read_png
+
+    grid = read_png(seen[-1][1])
+    assert grid.shape == (2 + 4 * (32 + 2), 2 + 4 * (32 + 2), 3)  # 4x4 grid of 32x32 images
+    assert grid.std() > 1  # not blank
+    assert with_previews.param_checksum == without.param_checksum

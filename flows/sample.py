@@ -1,0 +1,260 @@
+"""Stage sample: N images from a trained (or official) U-ViT with the preset's sampler and guidance.
+
+    python -m flows.sample --preset tiny --train-run ./uvit-store/train/<key>
+    python -m flows.sample --preset imagenet256-h2 --checkpoint nnet_ema.pth --n 50000
+    python -m flows.sample --preset tiny --train-run URL --class 2 --n 8       # a few images of a class
+
+Samples are drawn in shards (a shard's noise and labels depend only on the seed and the shard
+index, so a rerun skips finished shards and reproduces the same images); each shard is written as
+PNGs and an ADM-style `.npz` (uint8 NHWC `arr_0`), then all are joined into `samples.npz`. Several
+processes split the shards with `--rank/--world-size` (e.g. one per GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+from flows._common import (
+    OneLineErrorParser,
+    Progress,
+    StageOutput,
+    add_common_args,
+    apply_prefect_defaults,
+    code_version,
+    logger,
+    publish_link,
+    publish_png,
+    run_cli,
+)
+
+STAGE = "sample"
+SHARD_DONE = ".npz"
+
+
+def weights_for(train_run_url: str | None, checkpoint: str | None) -> str:
+    """The weights file to sample from: an explicit checkpoint, or the training run's EMA weights."""
+    from storage import paths
+
+    if checkpoint:
+        return checkpoint
+    if train_run_url:
+        return paths.join(train_run_url, "nnet_ema.safetensors")
+    raise ValueError("pass --train-run (a training artifact) or --checkpoint (a weights file)")
+
+
+def sample_key(preset, weights_hash: str, n: int, conditions_id: str) -> str:
+    """Content key: model, diffusion, sampling settings, decoder, weights, number of samples, conditions."""
+    from storage.artifacts import artifact_key
+    from uvit import diffusion, generation, sampling
+
+    config = {
+        "model": preset.model,
+        "diffusion": preset.diffusion,
+        "sample": preset.sample,
+        "space": preset.data.space,
+        "autoencoder": preset.data.autoencoder,
+        "latent_scale": preset.data.latent_scale,
+        "n": n,
+        "conditions": conditions_id,
+    }
+    return artifact_key(STAGE, config, models={"weights": weights_hash},
+                        code_version=code_version(sampling, diffusion, generation))  # fmt: skip
+
+
+def conditions_for(preset, n: int, latents_url: str | None, class_label: int | None, seed: int):
+    """Class-balanced labels, one class, or captions drawn from the latent store's embeddings."""
+    import numpy as np
+    import torch
+
+    from uvit.generation import Conditions, class_balanced_labels
+
+    cond = preset.data.conditioning
+    if cond == "class":
+        if class_label is not None:
+            if not 0 <= class_label < preset.data.num_classes:
+                raise ValueError(f"--class must lie in [0, {preset.data.num_classes}), got {class_label}")
+            return Conditions(labels=torch.full((n,), class_label)), f"class-{class_label}"
+        return Conditions(labels=class_balanced_labels(n, preset.data.num_classes, seed)), "balanced"
+    if cond == "text":
+        if not latents_url:
+            raise ValueError("a text-to-image preset samples captions from a latent store: pass --latents")
+        from storage.latents import open_latent_store
+
+        store = open_latent_store(latents_url)
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, len(store), n)
+        counts = np.asarray(store.caption_counts[...])[images]
+        slots = (rng.random(n) * counts).astype(np.int64)
+        contexts = torch.from_numpy(store.read_captions(images, slots)).float()
+        empty = torch.from_numpy(np.asarray(store.null_context())).float()
+        return Conditions(contexts=contexts, empty_context=empty), f"captions-{latents_url}-{seed}"
+    return Conditions(), "none"
+
+
+def run_sample(
+    preset,
+    store_root: str,
+    *,
+    train_run_url: str | None = None,
+    checkpoint: str | None = None,
+    latents_url: str | None = None,
+    n: int | None = None,
+    class_label: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | None = None,
+) -> StageOutput:
+    """Draw `n` samples (default `sample.n_samples`) into a sample artifact; plain Python."""
+    import numpy as np
+    import torch
+
+    from storage import paths
+    from storage.artifacts import ArtifactStore, Manifest, hash_file
+    from storage.images import read_npz_images, write_npz, write_png
+    from uvit.checkpoint import load_model
+    from uvit.encoders import load_vae
+    from uvit.generation import generate_images
+
+    n = n or preset.sample.n_samples
+    if n < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {n}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    weights = weights_for(train_run_url, checkpoint)
+    weights_hash = hash_file(weights)
+    conditions, conditions_id = conditions_for(preset, n, latents_url, class_label, preset.sample.seed)
+    store = ArtifactStore(store_root)
+    key = sample_key(preset, weights_hash, n, conditions_id)
+    cached = store.exists(STAGE, key)
+    log = logger()
+    shard_size = preset.sample.mini_batch_size
+    num_shards = math.ceil(n / shard_size)
+
+    def draw_shards(url: str, shard_rank: int, shard_world: int) -> None:
+        """Draw this process's unfinished shards into the artifact folder (atomic, disjoint files)."""
+        shards_url = paths.join(url, "shards")
+        done = {name for name in paths.list_names(shards_url) if name.endswith(SHARD_DONE)}
+        mine = [s for s in range(num_shards) if s % shard_world == shard_rank]
+        todo = [s for s in mine if f"shard_{s:06d}{SHARD_DONE}" not in done]
+        log.info("sample: %d shards, %d done, %d to draw here", num_shards, len(mine) - len(todo), len(todo))
+        if not todo:
+            return
+        model = load_model(preset, weights).to(device).eval()
+        vae = load_vae(preset.data.autoencoder, device=device) if preset.data.space == "latent" else None
+        progress = Progress(f"sampling {n} images with {preset.name}")
+        for i, shard in enumerate(todo):
+            start, stop = shard * shard_size, min(n, (shard + 1) * shard_size)
+            g = torch.Generator().manual_seed(preset.sample.seed * 1_000_003 + shard)
+            noise = torch.randn(stop - start, *preset.latent_shape, generator=g).to(device)
+            images = generate_images(preset, model, noise, conditions.slice(start, stop), vae=vae)
+            for j, image in enumerate(images):
+                write_png(paths.join(url, "images", f"{start + j:06d}.png"), image)
+            extra = {} if conditions.labels is None else {"labels": conditions.labels[start:stop].numpy()}
+            write_npz(paths.join(shards_url, f"shard_{shard:06d}{SHARD_DONE}"), images, **extra)
+            progress.update((i + 1) / len(todo))
+
+    if world_size > 1 and not cached:
+        # Several processes draw disjoint shards without a lease; a final single-process call joins them.
+        draw_shards(store.url_for(STAGE, key), rank, world_size)
+        return StageOutput(stage=STAGE, key=key, url=store.url_for(STAGE, key), cached=False,
+                           facts={"partial": True, "rank": rank})  # fmt: skip
+
+    def build(writer) -> Manifest:
+        draw_shards(writer.url, 0, 1)
+        shards_url = writer.path("shards")
+        arrays = [
+            read_npz_images(paths.join(shards_url, f"shard_{s:06d}{SHARD_DONE}")) for s in range(num_shards)
+        ]
+        samples = np.concatenate(arrays)  # (n, H, W, 3)
+        labels = {} if conditions.labels is None else {"labels": conditions.labels.numpy()}
+        write_npz(writer.path("samples.npz"), samples, **labels)
+        from uvit.generation import image_grid
+
+        write_png(writer.path("grid.png"), image_grid(samples[: min(64, n)]))
+        s = preset.sample
+        return Manifest(
+            kind="uvit-samples",
+            shapes={"samples": list(samples.shape)},
+            dtypes={"samples": "uint8"},
+            counts={"samples": int(n), "shards": num_shards},
+            extra={
+                "preset": preset.name,
+                "sampler": s.sampler,
+                "steps": s.steps,
+                "cfg_scale_official_s": s.cfg_scale,
+                "cfg_scale_usual_w": 1.0 + s.cfg_scale,
+                "weights": paths.redact_url(weights),
+                "weights_sha256": weights_hash,
+                "ema": "ema" in os.path.basename(weights),
+                "seed": s.seed,
+                "conditions": conditions_id,
+            },
+        )
+
+    manifest = store.ensure(STAGE, key, build)
+    url = store.url_for(STAGE, key)
+    publish_png(
+        f"{preset.name}-samples", paths.join(url, "grid.png"), f"{n} samples, {preset.sample.steps} steps"
+    )
+    publish_link(f"{preset.name}-sample-artifact", url, "samples (PNG, samples.npz)")
+    facts = {"samples_npz": paths.join(url, "samples.npz"), "grid": paths.join(url, "grid.png"),
+             "n": manifest.counts["samples"]}  # fmt: skip
+    return StageOutput(stage=STAGE, key=key, url=url, cached=cached, facts=facts)
+
+
+def _flow():
+    from prefect import flow, task
+
+    @task(name="sample-uvit")
+    def sample_task(preset_json: str, store_root: str, train_run_url: str | None, checkpoint: str | None,
+                    latents_url: str | None, n: int | None) -> dict:  # fmt: skip
+        from uvit.training import preset_from_json
+
+        return run_sample(preset_from_json(preset_json), store_root, train_run_url=train_run_url,
+                          checkpoint=checkpoint, latents_url=latents_url, n=n).to_dict()  # fmt: skip
+
+    @flow(name="sample", log_prints=True)
+    def sample_flow(preset: str = "tiny", overrides: list[str] | None = None, store_root: str = "./uvit-store",
+                    train_run_url: str | None = None, checkpoint: str | None = None,
+                    latents_url: str | None = None, n: int | None = None) -> dict:  # fmt: skip
+        """Draw samples from a trained U-ViT."""
+        from uvit.config import get_preset
+
+        p = get_preset(preset, overrides or [])
+        return sample_task(p.to_json(), store_root, train_run_url, checkpoint, latents_url, n)
+
+    return sample_flow
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: `python -m flows.sample --preset NAME (--train-run URL | --checkpoint FILE) [--n N]`."""
+    parser = OneLineErrorParser(prog="python -m flows.sample", description=__doc__.splitlines()[0])
+    add_common_args(parser)
+    parser.add_argument("--train-run", default=None, help="URL of a training artifact (uses its EMA weights)")
+    parser.add_argument("--checkpoint", default=None, help="weights file: official .pth or .safetensors")
+    parser.add_argument("--latents", default=None, help="latent store (captions for text-to-image presets)")
+    parser.add_argument("--n", type=int, default=None, help="number of samples (default: the preset's)")
+    parser.add_argument("--class", dest="class_label", type=int, default=None, help="sample one class only")
+    parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
+    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    args = parser.parse_args(argv)
+    apply_prefect_defaults()
+
+    def body():
+        from uvit.config import get_preset
+
+        preset = get_preset(args.preset, args.override)
+        if args.no_prefect or args.class_label is not None or args.world_size > 1:
+            return run_sample(preset, args.store, train_run_url=args.train_run, checkpoint=args.checkpoint,
+                              latents_url=args.latents, n=args.n, class_label=args.class_label,
+                              rank=args.rank, world_size=args.world_size).to_dict()  # fmt: skip
+        return _flow()(preset=args.preset, overrides=args.override, store_root=args.store,
+                       train_run_url=args.train_run, checkpoint=args.checkpoint, latents_url=args.latents,
+                       n=args.n)  # fmt: skip
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
