@@ -91,6 +91,8 @@ def load_item(path: str, image_size: int) -> tuple[np.ndarray | None, ImageProbl
         return None, ImageProblem(path, "skipped", f"decompression bomb ({str(e).splitlines()[0][:120]})")
     except UnidentifiedImageError:
         return None, ImageProblem(path, "skipped", "not an image")
+    except FileNotFoundError:
+        return None, ImageProblem(path, "skipped", "missing file")
     except (OSError, ValueError, SyntaxError) as e:  # truncated/corrupt data
         return None, ImageProblem(path, "skipped", f"corrupt or truncated ({str(e).splitlines()[0][:120]})")
     return array, (ImageProblem(path, "repaired", note) if note else None)
