@@ -1,0 +1,1 @@
+"""Maintenance scripts run with `python -m uvit.tools.<name>` (not imported by the pipeline)."""
