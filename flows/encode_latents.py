@@ -231,11 +231,15 @@ def assemble_store(
     return {"images": total, "problems": problems, "shards": spec.num_shards}
 
 
-def list_items(dataset_url: str, split: str, conditioning: str) -> list[dict[str, Any]]:
-    """The items of a download artifact's split: {path, label} or {path, captions}, in a fixed order."""
-    from storage.datasets import dataset_items
+def list_items(dataset_url: str, split: str, conditioning: str) -> tuple[list[dict[str, Any]], list[dict]]:
+    """The items of a download artifact's split ({path, label} or {path, captions}) and dropped entries."""
+    from storage.items import caption_items, dataset_items
 
-    return dataset_items(dataset_url, split, captions=conditioning == "text")
+    if conditioning != "text":
+        return dataset_items(dataset_url, split), []
+    items, dropped = caption_items(dataset_url, split)
+    return items, [{"item": f"captions_{split}.json", "action": "skipped", "reason": f"{n} x {why}"}
+                   for why, n in dropped.items()]  # fmt: skip
 
 
 def run_encode(
@@ -266,7 +270,7 @@ def run_encode(
     cached = store.exists(STAGE, key)
 
     def build(writer) -> Manifest:
-        items = list_items(dataset_url, split, preset.data.conditioning)
+        items, json_problems = list_items(dataset_url, split, preset.data.conditioning)
         if not items:
             raise ValueError(f"split {split!r} of {paths.redact_url(dataset_url)} has no items")
         num_parts = math.ceil(len(items) / PART_SIZE)
@@ -286,7 +290,7 @@ def run_encode(
         else:
             part_runner(preset_json, todo, batch_size)
         summary = assemble_store(preset, part_urls, writer.path("latents"), encoder_ids, dataset_name)
-        problems = summary["problems"]
+        problems = json_problems + summary["problems"]
         if problems:
             publish_table(f"{preset.name}-encode-problems", problems[:500], "skipped or repaired inputs")
         skipped = sum(p["action"] == "skipped" for p in problems)

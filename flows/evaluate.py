@@ -57,7 +57,7 @@ def reference_from_dataset(
 
     from storage import paths
     from storage.artifacts import ArtifactStore, Manifest, artifact_key
-    from storage.datasets import dataset_items
+    from storage.items import dataset_items
     from uvit import metrics
     from uvit.encoding import load_item
 

@@ -29,26 +29,19 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from storage.latents import LatentStore, open_latent_store
+from uvit.encoders import sample_latents
 
 __all__ = ["sample_latent", "epoch_stream", "LatentBatches", "LatentLoader", "ReaderStateError"]
 
 Output = Literal["latent", "moments"]
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # the clamp of diffusers' / LDM's DiagonalGaussianDistribution
 
 
 class ReaderStateError(ValueError):
     """A reader position that does not fit this reader (other seed, world size, workers or batch size)."""
 
 
-def sample_latent(
-    moments: torch.Tensor, scale: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """z = scale * (mean + exp(0.5 * clamp(logvar, -30, 20)) * eps) from moments (B, 2C, h, w), in float32."""
-    moments = moments.float()
-    mean, logvar = moments.chunk(2, dim=1)  # (B, C, h, w) each
-    std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return scale * (mean + std * eps)
+# The one implementation of sampling a latent from VAE moments lives with the encoders.
+sample_latent = sample_latents
 
 
 def epoch_stream(

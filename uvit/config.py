@@ -34,6 +34,8 @@ __all__ = [
 # Latent scale factors of the Stable-Diffusion KL-f8 autoencoder as the official scripts use them.
 SD_LATENT_SCALE = 0.18215
 COCO_LATENT_SCALE = 0.23010
+# 1 / std of the shipped tiny VAE's sampled latents on the shapes data (uvit/assets/tiny-vae).
+TINY_LATENT_SCALE = 0.66776
 
 
 class ConfigError(ValueError):
@@ -424,7 +426,7 @@ def _tiny() -> Preset:
             conditioning="class",
             num_classes=4,
             autoencoder="builtin:tiny-vae",
-            latent_scale=1.0,
+            latent_scale=TINY_LATENT_SCALE,
         ),
         train=TrainConfig(
             batch_size=64,
