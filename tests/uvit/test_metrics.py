@@ -1,0 +1,403 @@
+"""uvit.metrics: Inception resolution, image sources, statistics files, FID/IS/KID/PR, report rows.
+
+Inception runs with seeded random Kaiming weights (no download) on a few dozen 32x32 images: it
+upsamples to 299x299 and takes ~0.2-1 s per image on 2 busy cores, so the Inception-backed tests
+share one session fixture; the metric maths is also checked on synthetic features.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from uvit import metrics as M
+
+N_BASE = 12  # images per Inception-backed set
+
+
+def _shapes(n: int, seed: int, size: int = 32) -> np.ndarray:
+    """Seeded images (N, H, W, 3) uint8: a coloured rectangle on a coloured background."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        images[i] = rng.integers(0, 256, 3)
+        y0, x0 = rng.integers(0, size // 2, 2)
+        h, w = rng.integers(size // 4, size // 2, 2)
+        images[i, y0 : y0 + h, x0 : x0 + w] = rng.integers(0, 256, 3)
+    return images
+
+
+def _shift(images: np.ndarray, amount: int) -> np.ndarray:
+    return np.clip(images.astype(np.int16) + amount, 0, 255).astype(np.uint8)
+
+
+def _write_pngs(images: np.ndarray, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:05d}.png")
+    return folder
+
+
+def _stats(rng: np.random.Generator, dim: int, n: int, shift: float = 0.0) -> M.FeatureStats:
+    return M.feature_statistics(rng.standard_normal((n, dim)) + shift)
+
+
+@pytest.fixture(scope="session")
+def extractor() -> M.InceptionExtractor:
+    return M.load_inception(None, allow_random=True, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shifted_features(extractor: M.InceptionExtractor) -> dict[int, M.InceptionFeatures]:
+    """Features of one image set and of the same set brightened by 40 and 80 levels."""
+    base = _shapes(N_BASE, seed=0)
+    return {amount: extractor.extract(_shift(base, amount), batch_size=N_BASE) for amount in (0, 40, 80)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Extractor resolution
+
+
+def test_random_weights_are_seeded_kaiming_and_say_not_comparable(extractor: M.InceptionExtractor) -> None:
+    assert "random-seeded-0" in extractor.identity and "NOT comparable" in extractor.identity
+    assert not extractor.comparable and extractor.sha256 is None
+    conv = extractor.model.Mixed_7c.branch1x1.conv.weight  # fan_in 2048
+    assert conv.std().item() == pytest.approx((2 / 2048) ** 0.5, rel=0.05)  # Kaiming, not default init
+    again = M.load_inception(None, allow_random=True, seed=0).model.state_dict()
+    other = M.load_inception(None, allow_random=True, seed=1)
+    assert "random-seeded-1" in other.identity
+    for name, tensor in extractor.model.state_dict().items():
+        assert torch.equal(tensor, again[name]), name
+    assert not torch.equal(other.model.Mixed_7c.branch1x1.conv.weight, conv)
+
+
+def test_offline_download_fails_fast_with_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(M.INCEPTION_WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
+    calls = []
+
+    def offline(url: str, *args: object, **kwargs: object) -> None:
+        calls.append(url)
+        raise urllib.error.URLError("offline")
+
+    def no_socket(*args: object, **kwargs: object) -> None:
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr("socket.create_connection", no_socket)
+    start = time.perf_counter()
+    with pytest.raises(M.InceptionWeightsError) as info:
+        M.load_inception(None, allow_random=False)
+    assert time.perf_counter() - start < 10
+    assert calls == [M.INCEPTION_WEIGHTS_URL]
+    message = str(info.value)
+    for needle in ("pt_inception-2015-12-05-6726825d.pth", M.INCEPTION_WEIGHTS_FILE, M.INCEPTION_WEIGHTS_ENV):
+        assert needle in message
+    assert not (tmp_path / "hub" / "checkpoints" / M.INCEPTION_WEIGHTS_FILE).exists()
+
+
+def test_weights_from_file_and_env_var(
+    extractor: M.InceptionExtractor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "inception.pth"
+    torch.save(extractor.model.state_dict(), path)
+    loaded = M.load_inception(path)
+    sha = M._sha256(path)
+    assert loaded.sha256 == sha and sha in loaded.identity and "inception.pth" in loaded.identity
+    assert not loaded.comparable and "not the official file" in loaded.note  # sha256 is not 6726825d...
+    assert torch.equal(loaded.model.fc.weight, extractor.model.fc.weight)
+    monkeypatch.setenv(M.INCEPTION_WEIGHTS_ENV, str(path))
+    assert M.load_inception(None, allow_random=True).sha256 == sha  # a real file wins over random
+    monkeypatch.delenv(M.INCEPTION_WEIGHTS_ENV)
+    with pytest.raises(M.InceptionWeightsError, match="does not exist"):
+        M.load_inception(tmp_path / "missing.pth")
+    torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
+    with pytest.raises(M.InceptionWeightsError, match="does not hold"):
+        M.load_inception(tmp_path / "wrong.pth")
+
+
+# ---------------------------------------------------------------------------------------------
+# Image sources
+
+
+def test_image_sources_yield_identical_batches(tmp_path: Path) -> None:
+    images = _shapes(5, seed=3)
+    np.savez(tmp_path / "samples.npz", arr_0=images, arr_1=np.arange(5))
+    sources = {
+        "numpy": images,
+        "tensor": torch.from_numpy(images).permute(0, 3, 1, 2),
+        "folder": _write_pngs(images, tmp_path / "pngs"),
+        "npz": tmp_path / "samples.npz",
+    }
+    expected = torch.from_numpy(images).permute(0, 3, 1, 2)  # (5, 3, 32, 32)
+    for name, source in sources.items():
+        total, batches = M.image_batches(source, batch_size=2)
+        batches = list(batches)
+        assert total == 5, name
+        assert [len(b) for b in batches] == [2, 2, 1], name
+        assert all(b.dtype == torch.uint8 and b.is_contiguous() for b in batches), name
+        assert torch.equal(torch.cat(batches), expected), name
+
+
+def test_image_sources_reject_bad_input(tmp_path: Path) -> None:
+    images = _shapes(2, seed=0)
+    with pytest.raises(ValueError, match="uint8"):
+        M.image_batches(images.astype(np.float32) / 255, 2)
+    with pytest.raises(ValueError, match="NHWC"):
+        M.image_batches(torch.from_numpy(images), 2)
+    np.savez(tmp_path / "no_images.npz", mu=np.zeros(3))
+    with pytest.raises(ValueError, match="arr_0"):
+        M.image_batches(tmp_path / "no_images.npz", 2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .png"):
+        M.image_batches(tmp_path / "empty", 2)
+    gray = tmp_path / "gray"
+    gray.mkdir()
+    Image.fromarray(images[0, :, :, 0]).save(gray / "0.png")
+    with pytest.raises(ValueError, match="RGB"):
+        list(M.image_batches(gray, 2)[1])
+    with pytest.raises(ValueError, match="batch_size"):
+        M.image_batches(images, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics and reference files
+
+
+def test_feature_statistics_match_numpy() -> None:
+    features = np.random.default_rng(0).standard_normal((20, 16)).astype(np.float32)
+    stats = M.feature_statistics(features)
+    assert stats.mu.dtype == stats.sigma.dtype == np.float64 and stats.n == 20
+    np.testing.assert_allclose(stats.mu, features.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.sigma, np.cov(features.astype(np.float64), rowvar=False), atol=1e-12)
+
+
+def test_statistics_round_trip_through_adm_style_npz(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((10, M.FEATURE_DIM)).astype(np.float32)
+    stats = M.feature_statistics(pool)
+    M.save_statistics(stats, tmp_path / "ref")  # used as given: no .npz appended
+    with np.load(tmp_path / "ref") as data:
+        assert set(data.files) == {"mu", "sigma"}
+    loaded = M.load_reference(tmp_path / "ref")
+    assert loaded.features is None
+    np.testing.assert_array_equal(loaded.stats.mu, stats.mu)
+    np.testing.assert_array_equal(loaded.stats.sigma, stats.sigma)
+    # ADM reference batches: float64 mu/sigma next to arr_0 images; mu/sigma are used, images not needed
+    adm = tmp_path / "VIRTUAL_ref.npz"
+    np.savez(adm, arr_0=_shapes(3, seed=0), mu=stats.mu.astype(np.float32), sigma=stats.sigma)
+    loaded = M.load_reference(adm)  # no extractor: must not touch arr_0
+    assert loaded.stats.mu.dtype == np.float64
+    np.testing.assert_allclose(loaded.stats.mu, stats.mu, rtol=1e-6)
+    # saved features make a full reference (KID/PR possible)
+    features = M.InceptionFeatures(pool, rng.standard_normal((10, 1008)).astype(np.float32), "x")
+    M.save_statistics(stats, tmp_path / "full.npz", features=features)
+    full = M.load_reference(tmp_path / "full.npz")
+    assert full.features is not None and full.features.extractor == "x" and full.stats.n == 10
+    np.testing.assert_array_equal(full.features.pool, pool)
+    np.savez(tmp_path / "small.npz", mu=np.zeros(64), sigma=np.eye(64))
+    with pytest.raises(ValueError, match="64-d"):
+        M.load_reference(tmp_path / "small.npz")
+    np.savez(tmp_path / "junk.npz", foo=np.zeros(3))
+    with pytest.raises(ValueError, match="neither"):
+        M.load_reference(tmp_path / "junk.npz")
+    with pytest.raises(ValueError, match="needs an extractor"):
+        M.load_reference(tmp_path / "VIRTUAL_ref.npz", need_features=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric maths on synthetic features
+
+
+def test_fid_from_statistics_matches_torch_fidelity() -> None:
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    rng = np.random.default_rng(0)
+    a, b = _stats(rng, 32, 200), _stats(rng, 32, 150, shift=0.3)
+    expected = fid_statistics_to_metric(vars(a), vars(b), verbose=False)["frechet_inception_distance"]
+    assert M.fid_from_statistics(a, b) == pytest.approx(expected, rel=1e-9)
+    assert expected > 1.0
+    assert abs(M.fid_from_statistics(a, a)) < 1e-9
+
+
+def test_fid_from_features_equals_statistics_path() -> None:
+    rng = np.random.default_rng(1)
+    for n, m in ((20, 30), (80, 60)):  # fewer and more images than dimensions
+        x = rng.standard_normal((n, 48)).astype(np.float32)
+        y = (rng.standard_normal((m, 48)) * 1.5 + 0.2).astype(np.float32)
+        via_stats = M.fid_from_statistics(M.feature_statistics(x), M.feature_statistics(y))
+        assert M.fid_from_features(x, y) == pytest.approx(via_stats, rel=1e-6)
+        assert abs(M.fid_from_features(x, x)) < 1e-9
+    with pytest.raises(ValueError, match="at least 2"):
+        M.fid_from_features(x[:1], y)
+
+
+def test_inception_score_on_synthetic_logits() -> None:
+    one_hot = np.eye(10, dtype=np.float32)[np.arange(100) % 10] * 50  # 10 confident, balanced classes
+    mean, _ = M.inception_score(one_hot, splits=1)
+    assert mean == pytest.approx(10.0, rel=1e-3)
+    mean, std = M.inception_score(np.repeat(one_hot[:1], 100, axis=0), splits=10)
+    assert mean == pytest.approx(1.0, abs=1e-9) and std < 1e-9
+    with pytest.raises(ValueError, match="splits"):
+        M.inception_score(one_hot[:5], splits=10)
+
+
+def test_kid_and_precision_recall_on_synthetic_features() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 32)).astype(np.float32)
+    near = (rng.standard_normal((60, 32)) + 0.3).astype(np.float32)
+    far = (rng.standard_normal((60, 32)) + 10).astype(np.float32)
+    assert M.precision_recall(x, x) == (1.0, 1.0)
+    p_near, r_near = M.precision_recall(near, x)
+    p_far, r_far = M.precision_recall(far, x)
+    assert (p_far, r_far) == (0.0, 0.0)
+    assert 0 < p_near < 1 and 0 < r_near < 1
+    same = rng.standard_normal((60, 32)).astype(np.float32)  # a second draw of x's distribution
+    kid_same, _ = M.kernel_inception_distance(same, x, subset_size=30, subsets=10)
+    kid_near, _ = M.kernel_inception_distance(near, x, subset_size=30, subsets=10)
+    kid_far, _ = M.kernel_inception_distance(far, x, subset_size=30, subsets=10)
+    assert abs(kid_same) < 0.1 < kid_near < kid_far
+    with pytest.raises(ValueError, match="subset_size"):
+        M.kernel_inception_distance(x, x[:10], subset_size=30)
+    with pytest.raises(ValueError, match="k=3"):
+        M.precision_recall(x[:3], x)
+
+
+def test_compute_metrics_with_statistics_reference_says_what_is_missing(
+    extractor: M.InceptionExtractor,
+) -> None:
+    rng = np.random.default_rng(0)
+    pool = (rng.standard_normal((40, M.FEATURE_DIM)) * 0.1).astype(np.float32)
+    ref_pool = (rng.standard_normal((30, M.FEATURE_DIM)) * 0.1 + 0.02).astype(np.float32)
+    samples = M.InceptionFeatures(
+        pool, rng.standard_normal((40, 1008)).astype(np.float32), extractor.identity
+    )
+    ref_features = M.InceptionFeatures(ref_pool, samples.logits[:30], extractor.identity)
+    out = M.compute_metrics(samples, M.feature_statistics(ref_pool), extractor, metrics=("fid", "kid", "pr"))
+    assert set(out["skipped"]) == {"kid", "pr"}
+    assert "mu/sigma" in out["skipped"]["kid"] and "precision/recall" in out["skipped"]["pr"]
+    assert out["fid"] == pytest.approx(M.fid_from_features(pool, ref_pool), rel=1e-6)  # stats path, 2048-d
+    assert out["n_reference"] == 30 and out["extractor_comparable"] is False
+    assert any("random Inception weights" in note for note in out["notes"])
+    full = M.compute_metrics(samples, ref_features, extractor, kid_subsets=5)
+    assert full["skipped"] == {} and full["fid"] == pytest.approx(out["fid"], rel=1e-6)
+    assert {"is_mean", "kid_mean", "precision", "recall"} <= set(full)
+    assert any("KID subset size clamped from 1000 to 30" in note for note in full["notes"])
+    only_is = M.compute_metrics(samples, None, extractor)
+    assert set(only_is["skipped"]) == {"fid", "kid", "pr"} and "is_mean" in only_is
+    with pytest.raises(ValueError, match="unknown metrics"):
+        M.compute_metrics(samples, None, extractor, metrics=("fid", "sfid"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inception-backed
+
+
+def test_features_are_deterministic_and_not_degenerate(
+    extractor: M.InceptionExtractor, shifted_features: dict[int, M.InceptionFeatures]
+) -> None:
+    base = shifted_features[0]
+    assert base.pool.shape == (N_BASE, M.FEATURE_DIM) and base.logits.shape == (N_BASE, 1008)
+    assert np.isfinite(base.pool).all() and base.extractor == extractor.identity
+    assert base.pool.std(axis=0).mean() > 1e-3  # images are told apart (default init gives ~0)
+    seen = []
+    again = extractor.extract(_shapes(2, seed=0), batch_size=1, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 2), (2, 2)]
+    np.testing.assert_allclose(again.pool, base.pool[:2], rtol=1e-4, atol=1e-5)  # batch size 1 vs 12
+
+
+def test_fid_is_zero_on_itself_and_grows_with_shift(shifted_features: dict[int, M.InceptionFeatures]) -> None:
+    base = shifted_features[0].pool
+    assert abs(M.fid_from_features(base, base)) < 1e-3
+    fid_40 = M.fid_from_features(base, shifted_features[40].pool)
+    fid_80 = M.fid_from_features(base, shifted_features[80].pool)
+    assert 1e-2 < fid_40 < fid_80
+
+
+def test_inception_score_of_identical_images_is_one(shifted_features: dict[int, M.InceptionFeatures]) -> None:
+    logits = shifted_features[0].logits
+    same, _ = M.inception_score(np.repeat(logits[:1], N_BASE, axis=0), splits=2)
+    diverse, _ = M.inception_score(logits, splits=2)
+    assert same == pytest.approx(1.0, abs=1e-6)
+    assert diverse > same + 1e-4
+
+
+def test_precision_recall_of_shifted_sets(shifted_features: dict[int, M.InceptionFeatures]) -> None:
+    base = shifted_features[0].pool
+    assert M.precision_recall(base, base) == (1.0, 1.0)
+    precision, recall = M.precision_recall(shifted_features[80].pool, base)
+    assert precision + recall < 2.0
+
+
+def test_compute_metrics_end_to_end_from_folder_and_arr0_npz(
+    extractor: M.InceptionExtractor, tmp_path: Path
+) -> None:
+    images = _shapes(6, seed=7)
+    folder = _write_pngs(images, tmp_path / "samples")
+    np.savez(tmp_path / "ref.npz", arr_0=images)  # arr_0 only: statistics come from the images
+    progress: list[tuple[int, int]] = []
+    reference = M.load_reference(tmp_path / "ref.npz", extractor, batch_size=4)
+    samples = extractor.extract(folder, batch_size=4, progress=lambda d, t: progress.append((d, t)))
+    assert progress == [(4, 6), (6, 6)]
+    np.testing.assert_allclose(samples.pool, reference.features.pool, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reference.stats.mu, M.feature_statistics(samples).mu, rtol=1e-5, atol=1e-7)
+    out = M.compute_metrics(samples, reference, extractor, kid_subsets=10)
+    assert out["skipped"] == {} and out["n_samples"] == out["n_reference"] == 6
+    assert abs(out["fid"]) < 1e-3
+    assert (out["precision"], out["recall"]) == (1.0, 1.0)
+    assert -1e-2 < out["kid_mean"] <= 0  # the unbiased estimate on one set drops K(x, x): slightly negative
+    assert any("KID subset size clamped from 1000 to 6" in note for note in out["notes"])
+    assert any("IS splits reduced from 10 to 6" in note for note in out["notes"])
+    rows = M.report_rows(out, "tiny")
+    assert [r["metric"] for r in rows] == ["FID", "IS", "KID", "precision", "recall"]
+    assert all(r["comparable"] == "no" for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+def test_published_fid_and_report_rows() -> None:
+    assert M.published_fid("imagenet256-h2") == 2.29
+    assert M.published_fid("cifar10-s2") == 3.11
+    assert M.published_fid("tiny") is None
+    good = {"fid": 2.4, "n_samples": 50_000, "extractor": "official", "extractor_comparable": True,
+            "skipped": {"kid": "the reference holds only mu/sigma"}}  # fmt: skip
+    rows = M.report_rows(good, "imagenet256-h2", reference_name="imagenet256_guided_diffusion")
+    assert rows[0] == {**rows[0], "metric": "FID", "value": 2.4, "published": 2.29, "comparable": "yes"}
+    assert rows[1]["metric"] == "KID" and rows[1]["comparable"] == "no" and "mu/sigma" in rows[1]["reason"]
+    bad = {**good, "n_samples": 1000, "extractor_comparable": False, "skipped": {}}
+    (row,) = M.report_rows(bad, "imagenet256-h2", reference_name="my_stats")
+    assert row["comparable"] == "no"
+    for needle in ("not the official Inception", "'my_stats'", "1,000 samples"):
+        assert needle in row["reason"]
+    (row,) = M.report_rows({**good, "skipped": {}}, "tiny")
+    assert row["comparable"] == "no" and "no FID" in row["reason"]
+
+
+@pytest.mark.slow
+def test_fid_grows_with_noise_on_larger_sets_and_matches_torch_fidelity(
+    extractor: M.InceptionExtractor,
+) -> None:
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    base = _shapes(48, seed=11)
+    rng = np.random.default_rng(0)
+    noisy = {
+        level: np.clip(base + rng.normal(0, level, base.shape), 0, 255).astype(np.uint8) for level in (10, 40)
+    }
+    f0 = extractor.extract(base, batch_size=16)
+    features = {level: extractor.extract(noisy[level], batch_size=16) for level in (10, 40)}
+    fids = [M.fid_from_features(f0.pool, features[level].pool) for level in (10, 40)]
+    assert 0 < fids[0] < fids[1]
+    a, b = M.feature_statistics(f0), M.feature_statistics(features[40])
+    expected = fid_statistics_to_metric(vars(a), vars(b), verbose=False)["frechet_inception_distance"]
+    assert M.fid_from_statistics(a, b) == pytest.approx(expected, rel=1e-4, abs=1e-4)
