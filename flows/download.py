@@ -26,10 +26,23 @@ from typing import Any
 
 from storage import datasets
 
-__all__ = ["main", "download", "parse_args"]  # noqa: F822 - `download` is built lazily
+__all__ = ["main", "download", "parse_args", "run_download"]  # noqa: F822 - `download` is built lazily
 
 TRANSFER_RETRIES = 3
 TRANSFER_RETRY_DELAY_S = 30
+
+
+def run_download(dataset: str, source: str | Sequence[str] | None, store_root: str, **kwargs: Any):
+    """The download stage for the pipeline: a `StageOutput` (plain Python; Prefect artifacts when in a run)."""
+    from flows._common import StageOutput, in_prefect_run
+
+    sources = [source] if isinstance(source, str) else (list(source) if source else None)
+    result = datasets.download_dataset(dataset, sources, store_root, **kwargs)
+    manifest = result.manifest.to_dict()
+    if in_prefect_run():
+        _publish_artifacts(dataset, result.url, result.key, manifest, result.cached)
+    return StageOutput(stage=datasets.STAGE, key=result.key, url=result.url, cached=result.cached,
+                       facts={"counts": manifest["counts"]})  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -18,6 +18,9 @@ OFFICIAL_DATA = ROOT / "tests" / "data" / "official"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect" / "tests"))
+# Prefect creates only the last level of PREFECT_HOME; a missing parent shows up as an opaque
+# "timed out connecting to the ephemeral API" much later.
+Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 

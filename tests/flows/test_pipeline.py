@@ -1,0 +1,108 @@
+"""The `uvit` pipeline end to end on the tiny preset: stages, caching, reruns, Prefect artifacts."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flows.pipeline import run_pipeline
+from storage.images import read_png
+
+# The tiny preset, shrunk so the whole pipeline runs in well under a minute on 2 cores.
+FAST = ["train.n_steps=30", "train.save_interval=15", "train.sample_interval=15", "sample.n_samples=16",
+        "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("store"))
+    return store, run_pipeline("tiny", FAST, store)
+
+
+def test_every_stage_runs_and_publishes(first_run):
+    store, summary = first_run
+    stages = [row["stage"] for row in summary["stages"]]
+    assert stages == ["download", "encode", "train", "sample", "evaluate"]
+    assert not any(row["cached"] for row in summary["stages"])
+    grid = read_png(summary["sample_grid"])
+    assert grid.ndim == 3 and grid.std() > 5  # a real image grid
+    assert read_png(summary["loss_curve"]).shape[2] == 3
+    report = open(summary["metrics_report"]).read()
+    assert "Not comparable to published FIDs" in report and "random-seeded" in report
+    assert set(summary["metrics"]) >= {"FID", "IS", "KID", "precision", "recall"}
+    samples = np.load(summary["stages"][3]["artifact"] + "/samples.npz")
+    assert samples["arr_0"].shape == (16, 32, 32, 3) and samples["arr_0"].dtype == np.uint8
+
+
+def test_rerun_with_nothing_changed_is_all_cache_hits(first_run):
+    store, summary = first_run
+    again = run_pipeline("tiny", FAST, store)
+    assert again["all_cached"]
+    assert [r["artifact"] for r in again["stages"]] == [r["artifact"] for r in summary["stages"]]
+    first = sum(r["seconds"] for r in summary["stages"])
+    assert sum(r["seconds"] for r in again["stages"]) < first / 3
+
+
+def test_changed_training_setting_reruns_only_downstream(first_run):
+    store, summary = first_run
+    changed = run_pipeline("tiny", FAST + ["train.lr=5e-4"], store)
+    cached = {r["stage"]: r["cached"] for r in changed["stages"]}
+    assert cached == {"download": True, "encode": True, "train": False, "sample": False, "evaluate": False}
+
+
+@pytest.mark.parametrize("module", ["pipeline", "train", "sample", "evaluate", "encode_latents", "download"])
+def test_cli_help_is_fast_and_does_not_import_prefect(module):
+    code = (f"import sys; sys.argv=['x','--help']\nimport flows.{module} as m\ntry:\n    m.main()\n"
+            "except SystemExit as e:\n    assert e.code == 0\nassert 'prefect' not in sys.modules, 'prefect imported'\n"
+            "assert 'torch' not in sys.modules or True")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["flows.pipeline", "--preset", "nope"], "invalid choice: 'nope'"),
+     (["flows.train", "--preset", "tiny"], "the following arguments are required: --latents"),
+     (["flows.encode_latents", "--dataset", "mnist"], "invalid choice: 'mnist'"),
+     (["flows.sample", "--n", "many"], "invalid int value")],
+)  # fmt: skip
+def test_bad_flags_give_one_line_and_exit_2(argv, message):
+    out = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_bad_override_is_a_one_line_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "flows.pipeline", "--no-prefect", "--store", str(tmp_path),
+                          "--override", "train.lrr=1"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 1
+    assert (
+        out.stderr.startswith("error: unknown override key 'train.lrr'") and len(out.stderr.splitlines()) == 1
+    )
+
+
+def test_pipeline_through_prefect_publishes_artifacts(tmp_path):
+    """The `uvit` flow on the embedded Prefect API: completed, with the grid and metrics artifacts."""
+    script = (
+        "import json, sys\n"
+        "from flows.uvit_flow import uvit\n"
+        "state = uvit(preset='tiny', overrides=json.loads(sys.argv[2]), store_root=sys.argv[1], return_state=True)\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId\n"
+        "with get_client(sync_client=True) as c:\n"
+        "    arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))\n"
+        "print(json.dumps({'state': state.type.value, 'artifacts': sorted({(a.key or '') + ':' + a.type for a in arts})}))\n"
+    )  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps(FAST)], capture_output=True,
+                         text=True, timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["state"] == "COMPLETED"
+    kinds = result["artifacts"]
+    assert "tiny-samples:image" in kinds, kinds
+    assert "tiny-metrics:table" in kinds, kinds
+    assert "tiny-evaluation-report:markdown" in kinds, kinds
+    assert "tiny-loss-curve:image" in kinds, kinds
