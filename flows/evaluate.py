@@ -69,7 +69,7 @@ def reference_from_dataset(
     store = ArtifactStore(store_root)
 
     def build(writer) -> Manifest:
-        items = dataset_items(dataset_url, split, captions=False)[:n]
+        items = dataset_items(dataset_url, split, captions=preset.data.conditioning == "text")[:n]
         images = [
             a for a, _ in (load_item(it["path"], preset.data.resolution) for it in items) if a is not None
         ]

@@ -39,8 +39,13 @@ def run_pipeline(
     num_processes: int = 1,
     n_samples: int | None = None,
     stage_runner=None,
+    eval_deployment: str | None = None,
 ) -> dict[str, Any]:
-    """Run the five stages in order; `stage_runner(name, fn, *args)` wraps each (Prefect tasks or plain)."""
+    """Run the five stages in order; `stage_runner(name, fn, *args)` wraps each (Prefect tasks or plain).
+
+    With `eval_deployment` (e.g. "periodic-eval/periodic-eval") the train stage starts that
+    deployment every `train.eval_interval` steps, without waiting for it.
+    """
     from uvit.config import get_preset
 
     preset = get_preset(preset_name, overrides or [])
@@ -73,8 +78,14 @@ def run_pipeline(
     if preset.data.conditioning == "text":
         val_latents = timed("encode_val", run_encode, preset, ds.url, ds.key, store_root, split="val",
                             dataset_name=dataset)  # fmt: skip
+    trigger = None
+    if eval_deployment:
+        from flows.periodic_eval import eval_trigger
+
+        trigger = eval_trigger(eval_deployment, preset, store_root, (val_latents or latents).facts["latents_url"],
+                               ds.url, ds.key)  # fmt: skip
     trained = timed("train", run_train, preset, latents.facts["latents_url"], store_root,
-                    num_processes=num_processes)  # fmt: skip
+                    num_processes=num_processes, eval_trigger=trigger)  # fmt: skip
     samples = timed("sample", run_sample, preset, store_root, train_run_url=trained.url,
                     latents_url=(val_latents or latents).facts["latents_url"], n=n_samples)  # fmt: skip
     metrics = timed("evaluate", run_evaluate, preset, samples.url, store_root, reference_dataset_url=ds.url,

@@ -63,14 +63,48 @@ def sample_key(preset, weights_hash: str, n: int, conditions_id: str) -> str:
                         code_version=code_version(sampling, diffusion, generation))  # fmt: skip
 
 
-def conditions_for(preset, n: int, latents_url: str | None, class_label: int | None, seed: int):
-    """Class-balanced labels, one class, or captions drawn from the latent store's embeddings."""
+def resolve_class(preset, name: str, dataset_run: str | None = None) -> int:
+    """A class index from an index, a wnid or a class name (from a download artifact, or the shapes)."""
+    if name.isdigit():
+        return int(name)
+    classes: list[tuple[str, str, int]] = []
+    if dataset_run:
+        from storage import paths
+
+        manifest = paths.read_json(paths.join(dataset_run, "_MANIFEST.json"))
+        classes = [
+            (c["wnid"], c.get("name", ""), int(c["index"])) for c in manifest["extra"].get("classes", [])
+        ]
+    elif preset.data.dataset == "shapes":
+        from uvit.shapes import SHAPE_CLASSES, WNIDS
+
+        classes = [(w, n, i) for i, (w, n) in enumerate(zip(WNIDS, SHAPE_CLASSES))]
+    wanted = name.strip().lower()
+    for wnid, class_name, index in classes:
+        if wanted == wnid.lower() or wanted in [part.strip().lower() for part in class_name.split(",")]:
+            return index
+    known = ", ".join(n or w for w, n, _ in classes[:20]) or "none (pass --dataset-run to look names up)"
+    raise ValueError(f"unknown class {name!r}; classes: {known}")
+
+
+def conditions_for(preset, n: int, latents_url: str | None, class_label: int | None, seed: int,
+                   prompt: str | None = None):  # fmt: skip
+    """Class-balanced labels, one class, one prompt, or captions drawn from the latent store's embeddings."""
     import numpy as np
     import torch
 
     from uvit.generation import Conditions, class_balanced_labels
 
     cond = preset.data.conditioning
+    if prompt is not None:
+        if cond != "text":
+            raise ValueError(f"--prompt needs a text-to-image preset; {preset.name!r} is {cond}-conditioned")
+        from uvit.encoders import encode_text, load_text_encoder
+
+        encoder = load_text_encoder(preset.data.text_encoder)
+        embeddings = encode_text(encoder, [prompt, ""]).float()  # (2, 77, D)
+        return Conditions(contexts=embeddings[:1].expand(n, -1, -1), empty_context=embeddings[1],
+                          captions=[prompt] * n), f"prompt-{prompt}"  # fmt: skip
     if cond == "class":
         if class_label is not None:
             if not 0 <= class_label < preset.data.num_classes:
@@ -102,6 +136,7 @@ def run_sample(
     latents_url: str | None = None,
     n: int | None = None,
     class_label: int | None = None,
+    prompt: str | None = None,
     rank: int = 0,
     world_size: int = 1,
     device: str | None = None,
@@ -123,7 +158,9 @@ def run_sample(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = weights_for(train_run_url, checkpoint)
     weights_hash = hash_file(weights)
-    conditions, conditions_id = conditions_for(preset, n, latents_url, class_label, preset.sample.seed)
+    conditions, conditions_id = conditions_for(
+        preset, n, latents_url, class_label, preset.sample.seed, prompt
+    )
     store = ArtifactStore(store_root)
     key = sample_key(preset, weights_hash, n, conditions_id)
     cached = store.exists(STAGE, key)
@@ -235,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None, help="weights file: official .pth or .safetensors")
     parser.add_argument("--latents", default=None, help="latent store (captions for text-to-image presets)")
     parser.add_argument("--n", type=int, default=None, help="number of samples (default: the preset's)")
-    parser.add_argument("--class", dest="class_label", type=int, default=None, help="sample one class only")
+    parser.add_argument("--class", dest="class_name", default=None,
+                        help="sample one class: an index, a wnid or a class name")  # fmt: skip
+    parser.add_argument("--prompt", default=None, help="sample one caption (text-to-image presets)")
+    parser.add_argument("--dataset-run", default=None, help="download artifact URL (to look class names up)")
     parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
     args = parser.parse_args(argv)
@@ -245,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         from uvit.config import get_preset
 
         preset = get_preset(args.preset, args.override)
-        if args.no_prefect or args.class_label is not None or args.world_size > 1:
+        class_label = resolve_class(preset, args.class_name, args.dataset_run) if args.class_name else None
+        if args.no_prefect or class_label is not None or args.prompt or args.world_size > 1:
             return run_sample(preset, args.store, train_run_url=args.train_run, checkpoint=args.checkpoint,
-                              latents_url=args.latents, n=args.n, class_label=args.class_label,
+                              latents_url=args.latents, n=args.n, class_label=class_label, prompt=args.prompt,
                               rank=args.rank, world_size=args.world_size).to_dict()  # fmt: skip
         return _flow()(preset=args.preset, overrides=args.override, store_root=args.store,
                        train_run_url=args.train_run, checkpoint=args.checkpoint, latents_url=args.latents,

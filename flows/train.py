@@ -101,8 +101,13 @@ def run_train(
     *,
     num_processes: int = 1,
     max_steps: int | None = None,
+    eval_trigger=None,
 ) -> StageOutput:
-    """Train `preset` on the latents (or reuse the published run with the same key); plain Python."""
+    """Train `preset` on the latents (or reuse the published run with the same key); plain Python.
+
+    `eval_trigger(step, weights_url)` (see flows/periodic_eval.py) is called every
+    `train.eval_interval` steps with an exported copy of the EMA weights at that step.
+    """
     from storage import paths
     from storage.artifacts import ArtifactStore, Manifest
     from storage.checkpoints import CheckpointStore
@@ -134,8 +139,18 @@ def run_train(
         def on_preview(step: int, url: str) -> None:
             publish_png(f"{preset.name}-samples-step-{step}", url, f"EMA samples at step {step}")
 
+        def on_checkpoint(step: int, url: str) -> None:
+            if eval_trigger is None or not preset.train.eval_interval or step % preset.train.eval_interval:
+                return
+            # Evaluate an exported copy: the checkpoint itself may be pruned before the run starts.
+            from storage.checkpoints import CheckpointStore
+
+            weights = writer.path("evals", f"step_{step:09d}", "nnet_ema.safetensors")
+            save_safetensors(CheckpointStore(ckpt_url).load(step).ema, weights, metadata={"step": str(step)})
+            eval_trigger(step, weights)
+
         summary = launch(preset, latents_url, ckpt_url, num_processes=num_processes, logdir=logdir,
-                         previews_url=previews, on_log=on_log, on_preview=on_preview,
+                         previews_url=previews, on_log=on_log, on_preview=on_preview, on_checkpoint=on_checkpoint,
                          log_line=lambda line: log.info(line))  # fmt: skip
         ckpt = CheckpointStore(ckpt_url).load()
         save_official_pth(ckpt.ema, writer.path("nnet_ema.pth"))

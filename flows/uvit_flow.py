@@ -21,6 +21,20 @@ def uvit(
     source: str | None = None,
     num_processes: int = 1,
     n_samples: int | None = None,
+    eval_deployment: str | None = None,
 ) -> dict:
-    """Download, encode, train, sample and evaluate one preset; every stage is content-cached."""
-    return run_pipeline(preset, overrides, store_root, source, num_processes, n_samples, _prefect_runner())
+    """Download, encode, train, sample and evaluate one preset; every stage is content-cached.
+
+    `eval_deployment` (e.g. "periodic-eval/periodic-eval") evaluates training checkpoints every
+    `train.eval_interval` steps as separate flow runs that never block training.
+    """
+    return run_pipeline(
+        preset,
+        overrides,
+        store_root,
+        source,
+        num_processes,
+        n_samples,
+        _prefect_runner(),
+        eval_deployment=eval_deployment,
+    )

@@ -430,7 +430,7 @@ def _tiny() -> Preset:
         ),
         train=TrainConfig(
             batch_size=64,
-            n_steps=1500,
+            n_steps=1000,
             lr=1e-3,
             betas=(0.9, 0.99),
             warmup_steps=100,
@@ -445,6 +445,25 @@ def _tiny() -> Preset:
         ),
         sample=SampleConfig(sampler="dpm_solver", steps=25, cfg_scale=1.0, n_samples=256, mini_batch_size=64),
         eval=EvalConfig(fid_reference=None, n_samples=256, published_fid=None, offline_smoke=True),
+    )
+
+
+def _tiny_text() -> Preset:
+    """The tiny preset's text-to-image twin on the built-in captioned shapes (COCO layout)."""
+    tiny = _tiny()
+    return dataclasses.replace(
+        tiny,
+        name="tiny-text",
+        description="Built-in captioned shapes (COCO layout), 4x8x8 latents, CPU-sized text-to-image U-ViT",
+        model=dataclasses.replace(tiny.model, text=True, num_classes=-1, clip_dim=128, num_clip_token=77),
+        diffusion=dataclasses.replace(tiny.diffusion, null_class=None),
+        data=dataclasses.replace(
+            tiny.data,
+            dataset="shapes-coco",
+            conditioning="text",
+            num_classes=0,
+            text_encoder="builtin:tiny-clip",
+        ),  # fmt: skip
     )
 
 
@@ -470,6 +489,7 @@ PRESETS: dict[str, Preset] = {
         _coco("coco256-s2", "mscoco_uvit_small", 12, 5.95, 44_692_644),
         _coco("coco256-s2-deep", "mscoco_uvit_small_deep", 16, 5.48, 58_345_636),
         _tiny(),
+        _tiny_text(),
     ]
 }  # fmt: skip
 

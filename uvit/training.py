@@ -145,6 +145,7 @@ def train(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     previews_url: str | None = None,
     on_preview: Callable[[int, str], None] | None = None,
+    on_checkpoint: Callable[[int, str], None] | None = None,
     stop_after: int | None = None,
 ) -> TrainResult:
     """Train (or resume) `preset` on the latent store at `latents_url` until `train.n_steps` (or `max_steps`).
@@ -172,7 +173,7 @@ def train(
     accelerator = Accelerator(
         mixed_precision=t_cfg.mixed_precision,
         gradient_accumulation_steps=t_cfg.grad_accum,
-        log_with="tensorboard" if logdir else None,
+        log_with=_trackers(logdir),
         project_dir=logdir,
     )
     if accelerator.device.type == "cpu" and t_cfg.mixed_precision == "fp16":
@@ -222,8 +223,10 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
     if t_cfg.compile:
         model = torch.compile(model)
-    if logdir:
-        accelerator.init_trackers(preset.name.replace("/", "-"), config={"preset": preset.name})
+    if _trackers(logdir):
+        accelerator.init_trackers(
+            os.environ.get("WANDB_PROJECT", preset.name), config={"preset": preset.name}
+        )
 
     def save_checkpoint(at_step: int) -> str | None:
         rng_states = gather_object(
@@ -255,6 +258,8 @@ def train(
             moments = batch["moments"].to(device, non_blocking=True)
             x0 = sample_latent(moments, preset.data.latent_scale, generator)  # (B, C, h, w)
             cond = batch[cond_key].to(device) if cond_key else None
+            if cond is not None and cond.is_floating_point():
+                cond = cond.float()  # caption embeddings are stored in float16
             with accelerator.accumulate(model), accelerator.autocast():
                 loss = diffusion.training_loss(
                     model, x0, cond, schedule, generator,
@@ -278,7 +283,7 @@ def train(
             metrics = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
             result.losses.append((step, mean_loss))
             loss_sum, loss_count = 0.0, 0
-            if logdir:
+            if _trackers(logdir):
                 accelerator.log(metrics, step=step)
             if on_log and accelerator.is_main_process:
                 on_log(step, metrics)
@@ -286,6 +291,8 @@ def train(
             raise TrainingError(f"loss is {loss.item()} at step {step}; stopping (lower train.lr?)")
         if step % t_cfg.save_interval == 0 or step == total_steps:
             result.checkpoint_url = save_checkpoint(step) or result.checkpoint_url
+            if on_checkpoint and accelerator.is_main_process:
+                on_checkpoint(step, result.checkpoint_url)
         due = t_cfg.sample_interval and step % t_cfg.sample_interval == 0
         if previews_url and (due or step == total_steps):
             if accelerator.is_main_process:
@@ -305,9 +312,15 @@ def train(
         )
     if result.checkpoint_url is None and step == total_steps and ckpts.latest() == step:
         result.checkpoint_url = ckpts.url_for(step)
-    if logdir:
+    if _trackers(logdir):
         accelerator.end_training()
     return result
+
+
+def _trackers(logdir: str | None) -> list[str] | None:
+    """TensorBoard when a log folder is given; Weights & Biases too when `WANDB_PROJECT` is set."""
+    trackers = (["tensorboard"] if logdir else []) + (["wandb"] if os.environ.get("WANDB_PROJECT") else [])
+    return trackers or None
 
 
 PREVIEW_COUNT = 16
@@ -349,6 +362,7 @@ def launch(
     previews_url: str | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_preview: Callable[[int, str], None] | None = None,
+    on_checkpoint: Callable[[int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Run training with `num_processes` per machine: in-process for one, `accelerate launch` otherwise.
 
@@ -358,7 +372,8 @@ def launch(
     """
     if num_processes * num_machines == 1:
         result = train(preset, latents_url, checkpoints_url, max_steps=max_steps, logdir=logdir,
-                       previews_url=previews_url, on_log=on_log, on_preview=on_preview)  # fmt: skip
+                       previews_url=previews_url, on_log=on_log, on_preview=on_preview,
+                       on_checkpoint=on_checkpoint)  # fmt: skip
         return _summary(result)
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     import tempfile

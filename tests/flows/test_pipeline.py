@@ -106,3 +106,77 @@ def test_pipeline_through_prefect_publishes_artifacts(tmp_path):
     assert "tiny-metrics:table" in kinds, kinds
     assert "tiny-evaluation-report:markdown" in kinds, kinds
     assert "tiny-loss-curve:image" in kinds, kinds
+
+
+def test_periodic_evaluation_is_triggered_with_exported_weights(tmp_path):
+    """The train stage hands every eval_interval checkpoint to the trigger without waiting for it."""
+    from flows.periodic_eval import run_periodic_eval
+    from flows.train import run_train
+    from storage.datasets import download_dataset
+    from flows.encode_latents import run_encode
+    from uvit.config import get_preset
+
+    store = str(tmp_path)
+    preset = get_preset(
+        "tiny", FAST + ["train.n_steps=20", "train.save_interval=5", "train.eval_interval=10"]
+    )
+    ds = download_dataset("shapes", None, store)
+    latents = run_encode(preset, ds.url, ds.key, store, dataset_name="shapes")
+    calls = []
+    run_train(
+        preset, latents.facts["latents_url"], store, eval_trigger=lambda step, url: calls.append((step, url))
+    )
+    assert [step for step, _ in calls] == [10, 20]
+    result = run_periodic_eval(preset.to_json(), store, calls[0][1], dataset_url=ds.url, dataset_key=ds.key,
+                               step=10)  # fmt: skip
+    assert result["stage"] == "evaluate" and "FID" in result["facts"]["metrics"]
+
+
+def test_text_to_image_pipeline_and_prompt_sampling(tmp_path):
+    """tiny-text: captions through CLIP (EOT padding), the empty caption for guidance, a prompt on demand."""
+    from flows.sample import run_sample
+    from storage.latents import open_latent_store
+
+    store = str(tmp_path)
+    summary = run_pipeline("tiny-text", FAST, store)
+    assert [r["stage"] for r in summary["stages"]] == ["download", "encode", "encode_val", "train", "sample",
+                                                       "evaluate"]  # fmt: skip
+    latents = open_latent_store(summary["stages"][1]["artifact"] + "/latents")
+    assert latents.spec.has_text and latents.null_context().shape == (77, 128)
+    prompts, contexts = latents.test_prompts()
+    assert len(prompts) == contexts.shape[0] >= 4
+    from uvit.config import get_preset
+
+    preset = get_preset("tiny-text", FAST)
+    one = run_sample(preset, store, train_run_url=summary["stages"][3]["artifact"], n=4,
+                     prompt="A red circle in the middle.")  # fmt: skip
+    assert np.load(one.facts["samples_npz"])["arr_0"].shape == (4, 32, 32, 3)
+
+
+def test_class_names_resolve_and_unknown_names_fail():
+    from flows.sample import resolve_class
+    from uvit.config import get_preset
+
+    tiny = get_preset("tiny")
+    assert resolve_class(tiny, "triangle") == 2 and resolve_class(tiny, "n00000004") == 3
+    assert resolve_class(tiny, "1") == 1
+    with pytest.raises(ValueError, match="unknown class 'hexagon'; classes: circle, square"):
+        resolve_class(tiny, "hexagon")
+
+
+def test_sampling_from_an_official_format_state_dict(tmp_path):
+    """An official-style `nnet_ema.pth` (plain state dict, official keys) samples directly."""
+    import torch
+
+    from flows.sample import run_sample
+    from uvit.checkpoint import save_official_pth
+    from uvit.config import build_model, get_preset
+
+    preset = get_preset("tiny", FAST)
+    torch.manual_seed(0)
+    save_official_pth(build_model(preset).state_dict(), tmp_path / "nnet_ema.pth")
+    out = run_sample(preset, str(tmp_path / "store"), checkpoint=str(tmp_path / "nnet_ema.pth"), n=8)
+    data = np.load(out.facts["samples_npz"])
+    assert data["arr_0"].shape == (8, 32, 32, 3) and sorted(set(data["labels"].tolist())) == [0, 1, 2, 3]
+    again = run_sample(preset, str(tmp_path / "store"), checkpoint=str(tmp_path / "nnet_ema.pth"), n=8)
+    assert again.cached and again.url == out.url

@@ -13,7 +13,7 @@ OFFICIAL_NAMES = {
 
 
 def test_registry_has_all_official_configs_and_tiny():
-    assert OFFICIAL_NAMES | {"tiny"} == set(preset_names())
+    assert OFFICIAL_NAMES | {"tiny", "tiny-text"} == set(preset_names())
     assert {p.official_config for p in PRESETS.values() if p.official_config} == {
         "cifar10_uvit_small", "celeba64_uvit_small", "imagenet64_uvit_mid", "imagenet64_uvit_large",
         "imagenet256_uvit_large", "imagenet256_uvit_huge", "imagenet512_uvit_large", "imagenet512_uvit_huge",
