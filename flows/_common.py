@@ -128,9 +128,7 @@ def publish_png(key: str, png_url: str, description: str = "", max_bytes: int = 
     fs, path = paths.filesystem(png_url)
     data = fs.cat_file(path)
     if len(data) > max_bytes:
-        create_markdown_artifact(
-            key=artifact_key_slug(key), markdown=f"Image at `{paths.redact_url(png_url)}`"
-        )
+        create_markdown_artifact(key=artifact_key_slug(key), markdown=f"Image at `{paths.redact_url(png_url)}`")
         return
     data_url = "data:image/png;base64," + base64.b64encode(data).decode()
     create_image_artifact(image_url=data_url, key=artifact_key_slug(key), description=description)
@@ -151,9 +149,7 @@ class Progress:
         if self.id is not None:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(
-                artifact_id=self.id, progress=round(100.0 * min(max(fraction, 0.0), 1.0), 1)
-            )
+            update_progress_artifact(artifact_id=self.id, progress=round(100.0 * min(max(fraction, 0.0), 1.0), 1))
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -173,7 +169,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a preset setting (repeatable), e.g. train.lr=1e-4")  # fmt: skip
     parser.add_argument("--store", default=os.environ.get("UVIT_STORE", DEFAULT_STORE),
-                        help="artifact store root: a path or fsspec URL (env UVIT_STORE; default ./uvit-store)")  # fmt: skip
+                        help="artifact store root, a path or fsspec URL (env UVIT_STORE)")  # fmt: skip
     parser.add_argument("--no-prefect", action="store_true", help="run the plain functions without Prefect")
 
 

@@ -49,9 +49,7 @@ def _local_copy(url: str) -> str:
     return local
 
 
-def reference_from_dataset(
-    preset, dataset_url: str, dataset_key: str, store_root: str, extractor
-) -> tuple[str, str]:
+def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_root: str, extractor) -> tuple[str, str]:
     """Statistics and features of the dataset's images at the preset's resolution, cached; (npz URL, key)."""
     import numpy as np
 
@@ -70,9 +68,7 @@ def reference_from_dataset(
 
     def build(writer) -> Manifest:
         items = dataset_items(dataset_url, split, captions=preset.data.conditioning == "text")[:n]
-        images = [
-            a for a, _ in (load_item(it["path"], preset.data.resolution) for it in items) if a is not None
-        ]
+        images = [a for a, _ in (load_item(it["path"], preset.data.resolution) for it in items) if a is not None]
         if not images:
             raise ValueError(f"no readable images in {paths.redact_url(dataset_url)} split {split}")
         features = extractor.extract(np.stack(images), batch_size=32)
@@ -154,12 +150,10 @@ def run_evaluate(
         samples_path = _local_copy(paths.join(samples_url, "samples.npz"))
         ref = metrics.load_reference(_local_copy(reference), extractor, need_features=True)
         n = samples_manifest.counts.get("samples", 0)
-        results = metrics.compute_metrics(samples_path, ref, extractor, kid_subset_size=min(1000, n, len(ref.features) if ref.features is not None else n),
-                                          progress=lambda done, total: None)  # fmt: skip
+        n_reference = len(ref.features) if ref.features is not None else n
+        results = metrics.compute_metrics(samples_path, ref, extractor, kid_subset_size=min(1000, n, n_reference))
         rows = metrics.report_rows(results, preset, reference_name=preset.eval.fid_reference)
-        report = report_markdown(
-            preset, results, rows, samples_manifest, paths.redact_url(reference), reference_sha
-        )
+        report = report_markdown(preset, results, rows, samples_manifest, paths.redact_url(reference), reference_sha)
         paths.write_bytes_atomic(writer.path("report.md"), report.encode())
         paths.write_json_atomic(writer.path("metrics.json"), {"results": results, "rows": rows})
         return Manifest(kind="uvit-evaluation", counts={"samples": int(results.get("n_samples") or 0)},
@@ -211,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser)
     parser.add_argument("--samples", required=True, help="URL of a sample artifact (flows.sample)")
     parser.add_argument("--reference", default=None, help="ADM-style reference .npz (mu/sigma or arr_0)")
-    parser.add_argument(
-        "--dataset-run", default=None, help="download artifact URL to compute the reference from"
-    )
+    parser.add_argument("--dataset-run", default=None, help="download artifact URL to compute the reference from")
     parser.add_argument("--inception-weights", default=None, help="local Inception weights file")
     args = parser.parse_args(argv)
     apply_prefect_defaults()
@@ -224,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
         preset = get_preset(args.preset, args.override)
         dataset_key = (
-            paths.read_json(paths.join(args.dataset_run, "_MANIFEST.json"))["key"]
-            if args.dataset_run
-            else None
+            paths.read_json(paths.join(args.dataset_run, "_MANIFEST.json"))["key"] if args.dataset_run else None
         )
         if args.no_prefect:
             return run_evaluate(preset, args.samples, args.store, reference=args.reference,

@@ -79,9 +79,7 @@ def test_bad_override_is_a_one_line_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "flows.pipeline", "--no-prefect", "--store", str(tmp_path),
                           "--override", "train.lrr=1"], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 1
-    assert (
-        out.stderr.startswith("error: unknown override key 'train.lrr'") and len(out.stderr.splitlines()) == 1
-    )
+    assert out.stderr.startswith("error: unknown override key 'train.lrr'") and len(out.stderr.splitlines()) == 1
 
 
 def test_pipeline_through_prefect_publishes_artifacts(tmp_path):
@@ -92,9 +90,12 @@ def test_pipeline_through_prefect_publishes_artifacts(tmp_path):
         "state = uvit(preset='tiny', overrides=json.loads(sys.argv[2]), store_root=sys.argv[1], return_state=True)\n"
         "from prefect.client.orchestration import get_client\n"
         "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId\n"
+        "run_id = state.state_details.flow_run_id\n"
         "with get_client(sync_client=True) as c:\n"
-        "    arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))\n"
-        "print(json.dumps({'state': state.type.value, 'artifacts': sorted({(a.key or '') + ':' + a.type for a in arts})}))\n"
+        "    f = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))\n"
+        "    arts = c.read_artifacts(artifact_filter=f)\n"
+        "kinds = sorted({(a.key or '') + ':' + a.type for a in arts})\n"
+        "print(json.dumps({'state': state.type.value, 'artifacts': kinds}))\n"
     )  # fmt: skip
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps(FAST)], capture_output=True,
                          text=True, timeout=900)  # fmt: skip
@@ -110,22 +111,18 @@ def test_pipeline_through_prefect_publishes_artifacts(tmp_path):
 
 def test_periodic_evaluation_is_triggered_with_exported_weights(tmp_path):
     """The train stage hands every eval_interval checkpoint to the trigger without waiting for it."""
+    from flows.encode_latents import run_encode
     from flows.periodic_eval import run_periodic_eval
     from flows.train import run_train
     from storage.datasets import download_dataset
-    from flows.encode_latents import run_encode
     from uvit.config import get_preset
 
     store = str(tmp_path)
-    preset = get_preset(
-        "tiny", FAST + ["train.n_steps=20", "train.save_interval=5", "train.eval_interval=10"]
-    )
+    preset = get_preset("tiny", FAST + ["train.n_steps=20", "train.save_interval=5", "train.eval_interval=10"])
     ds = download_dataset("shapes", None, store)
     latents = run_encode(preset, ds.url, ds.key, store, dataset_name="shapes")
     calls = []
-    run_train(
-        preset, latents.facts["latents_url"], store, eval_trigger=lambda step, url: calls.append((step, url))
-    )
+    run_train(preset, latents.facts["latents_url"], store, eval_trigger=lambda step, url: calls.append((step, url)))
     assert [step for step, _ in calls] == [10, 20]
     result = run_periodic_eval(preset.to_json(), store, calls[0][1], dataset_url=ds.url, dataset_key=ds.key,
                                step=10)  # fmt: skip
