@@ -4,8 +4,10 @@ Both layouts hold the same synthetic SD-VAE moments for N images at 256px (8x32x
 flip), generated in a temporary folder in the same run:
 - official: `{i}_{flip}.npy` float32 (8, 32, 32) per image and flip, one `np.load` per sample
   (the official `ImageNet256Features` loader; labels from memory);
-- ours: a latent store (float16 moments, both flips, 1024 images per chunk, blosc-lz4) read with
-  `storage.reader.LatentBatches` (whole chunks in shuffled order, shuffled in groups of 4 chunks).
+- ours: a latent store (float16 moments, both flips, 1024 images per chunk, the default
+  compressor "none", so chunk files are memory-mapped) read with `storage.reader.LatentBatches`
+  (whole chunks in shuffled order, shuffled in groups of 4 chunks); and the same store written
+  with blosc-lz4, which takes zarr's decoding path (as any compressed or remote store does).
 Shuffled mini-batches of 256, one process each. "warm" leaves the files in the page cache; "cold"
 evicts them first with posix_fadvise(DONTNEED), as for a dataset bigger than memory.
 
@@ -33,7 +35,9 @@ BATCH = 256
 C, H = 4, 32
 
 
-def _generate(root: Path, n: int, shard_size: int) -> tuple[str, Path]:
+def _generate(root: Path, n: int, shard_size: int) -> tuple[str, str, Path]:
+    import dataclasses
+
     from storage.latents import LatentSpec, create_latent_store
 
     spec = LatentSpec(
@@ -48,7 +52,9 @@ def _generate(root: Path, n: int, shard_size: int) -> tuple[str, Path]:
     store_url = str(root / "latents.zarr")
     npy_dir = root / "official"
     npy_dir.mkdir()
+    compressed_url = str(root / "latents-lz4.zarr")
     writer = create_latent_store(store_url, spec)
+    compressed = create_latent_store(compressed_url, dataclasses.replace(spec, compressor="blosc-lz4"))
     rng = np.random.default_rng(0)
     for shard in range(spec.num_shards):
         start, stop = spec.shard_range(shard)
@@ -56,10 +62,11 @@ def _generate(root: Path, n: int, shard_size: int) -> tuple[str, Path]:
         moments[:, :, C:] = moments[:, :, C:] * 0.1 - 8.0  # logvar of real SD latents is around -8
         labels = rng.integers(0, 1000, stop - start)
         writer.write_shard(shard, moments, labels)
+        compressed.write_shard(shard, moments, labels)
         for row, i in enumerate(range(start, stop)):
             for flip in range(2):
                 np.save(npy_dir / f"{i}_{flip}.npy", moments[row, flip])
-    return store_url, npy_dir
+    return store_url, compressed_url, npy_dir
 
 
 def _evict(folder: Path) -> None:
@@ -135,11 +142,15 @@ def run(quick: bool = False, n: int | None = None, workdir: str | None = None) -
     with tempfile.TemporaryDirectory(dir=workdir, prefix="latent_reader_") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        store_url, npy_dir = _generate(root, n, shard_size=1024)
+        store_url, compressed_url, npy_dir = _generate(root, n, shard_size=1024)
         generate_s = time.perf_counter() - t0
         _ours_rate(store_url, "moments", seed=99)  # imports, first zarr open
+        _ours_rate(compressed_url, "moments", seed=99)
         ours_warm = _ours_rate(store_url, "moments", seed=0)
         official_warm = _official_rate(npy_dir, n, official_samples, seed=0)
+        ours_lz4 = _ours_rate(compressed_url, "moments", seed=0)
+        official_warm2 = _official_rate(npy_dir, n, official_samples, seed=3)
+        official_warm = (official_warm + official_warm2) / 2  # interleaved with both stores' reads
         _evict(root)
         ours_cold = _ours_rate(store_url, "moments", seed=1)
         _evict(root)
@@ -154,6 +165,8 @@ def run(quick: bool = False, n: int | None = None, workdir: str | None = None) -
              ours_warm, official_warm, command),
         _row("shuffled batch read, cold cache (fadvise DONTNEED), latents/s: zarr reader vs official .npy",
              ours_cold, official_cold, command),
+        _row("shuffled batch read, warm cache, latents/s: blosc-lz4 store (zarr decode path, as for remote "
+             "or compressed stores) vs official .npy", ours_lz4, official_warm, command),
         _row(f"reader with latent sampling, latents/s, vs U-ViT-S/2 train step at batch 8 on CPU "
              f"({step_s:.2f} s/step)", ours_latent, train_rate, command),
     ]  # fmt: skip
