@@ -14,7 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ["model_step", "sampling", "latent_reader", "evaluation", "encode", "train_stage", "pipeline"]
+BENCHMARKS = [
+    "model_step",
+    "sampling",
+    "sample_stage",
+    "latent_reader",
+    "evaluation",
+    "encode",
+    "train_stage",
+    "pipeline",
+]
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
