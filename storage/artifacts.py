@@ -412,6 +412,8 @@ class ArtifactStore:
                     lease.release()
                     raise ArtifactExistsError(f"artifact {stage}/{key} is already published")
                 writer = ArtifactWriter(self, stage, key, lease)
+                # A killed writer can leave the temporary files of its atomic writes (local disks).
+                paths.remove_atomic_leftovers(url)
                 if not resume:
                     for name in paths.list_names(url):
                         if name != LEASE_NAME:

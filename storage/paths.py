@@ -31,6 +31,7 @@ __all__ = [
     "write_json_atomic",
     "read_json",
     "create_exclusive",
+    "remove_atomic_leftovers",
     "remove_tree",
     "list_names",
     "zarr_store",
@@ -131,6 +132,26 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
                 os.remove(tmp)
     else:
         fs.pipe_file(path, data)
+
+
+_ATOMIC_TMP = re.compile(r"\.tmp-[0-9a-f]{32}$")
+
+
+def remove_atomic_leftovers(url: str) -> list[str]:
+    """Delete the temporary files that `write_bytes_atomic` calls killed mid-write left under a local folder.
+
+    Only call this while no other writer works in the folder (e.g. holding its lease).
+    """
+    fs, root = filesystem(url)
+    if not isinstance(fs, LocalFileSystem) or not os.path.isdir(root):
+        return []
+    removed = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if _ATOMIC_TMP.search(name):
+                os.remove(os.path.join(folder, name))
+                removed.append(os.path.join(folder, name))
+    return removed
 
 
 def write_json_atomic(url: str, value: Any) -> None:
