@@ -370,7 +370,9 @@ def _load_weights(data: bytes, where: str, map_location: Any) -> dict[str, torch
         tensors = load(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise CheckpointStoreError(f"{where}: not a readable safetensors file ({e})") from None
-    return {k: v.to(map_location) for k, v in tensors.items()}
+    # safetensors.torch.load returns the tensors in a random (per-process) order: sort them, so that
+    # what is saved from a loaded checkpoint (e.g. the official .pth export) is byte-reproducible.
+    return {k: tensors[k].to(map_location) for k in sorted(tensors)}
 
 
 def _load_state(data: bytes, where: str, map_location: Any) -> dict[str, Any]:
