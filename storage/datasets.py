@@ -1155,12 +1155,16 @@ class _Build:
                 raise DatasetError(f"{self.plan.dataset}: annotations hold no captions_{split}{year}.json")
             try:
                 document = paths.read_json(paths.join(self.writer.url, rel))
-                images = {image["id"]: image["file_name"] for image in document["images"]}
+                # Entries with wrong types are dropped and counted by the encode stage
+                # (storage.items.caption_items); this summary just leaves them out.
+                images = {image["id"]: image["file_name"] for image in document["images"]
+                          if isinstance(image, dict) and isinstance(image.get("id"), (int, str))}  # fmt: skip
                 annotations = document["annotations"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise DatasetError(f"captions_{split}{year}.json: not a COCO captions file ({e})") from None
             listed = set(images.values())
-            captioned = {a["image_id"] for a in annotations}
+            captioned = {a["image_id"] for a in annotations
+                         if isinstance(a, dict) and isinstance(a.get("image_id"), (int, str))}  # fmt: skip
             counts[f"{split}_captions"] = len(annotations)
             captions[split] = {
                 "file": rel,

@@ -61,7 +61,11 @@ def caption_items(url: str, split: str) -> tuple[list[dict[str, Any]], CaptionPr
         raise ValueError(f"{paths.redact_url(captions_url)} lacks the COCO 'images' and 'annotations' lists")
     files: dict[Any, str] = {}
     for image in data["images"]:
-        if not isinstance(image, dict) or not isinstance(image.get("file_name"), str) or "id" not in image:
+        if (
+            not isinstance(image, dict)
+            or not isinstance(image.get("file_name"), str)
+            or not isinstance(image.get("id"), (int, str))  # absent or unhashable ids are wrong types too
+        ):
             problems["image entry with wrong types"] = problems.get("image entry with wrong types", 0) + 1
             continue
         name = image["file_name"]
@@ -77,7 +81,7 @@ def caption_items(url: str, split: str) -> tuple[list[dict[str, Any]], CaptionPr
         if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str):
             problems["caption that is not a string"] = problems.get("caption that is not a string", 0) + 1
             continue
-        if ann.get("image_id") not in files:
+        if not isinstance(ann.get("image_id"), (int, str)) or ann["image_id"] not in files:
             problems["caption of an unknown image"] = problems.get("caption of an unknown image", 0) + 1
             continue
         captions[ann["image_id"]].append(" ".join(ann["caption"].split()))
