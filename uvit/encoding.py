@@ -13,6 +13,7 @@ zero-byte files, files that are not images, truncated or corrupt files, and imag
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,9 +63,7 @@ def open_rgb(source: Any) -> tuple[Any, str | None]:
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert(
-            "RGB"
-        ), f"{mode} with alpha composited on white"
+        return Image.alpha_composite(background, rgba).convert("RGB"), f"{mode} with alpha composited on white"
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         peak = array.max() if array.size and array.max() > 0 else 1.0
@@ -107,10 +106,21 @@ class EncodedPart:
     problems: list[ImageProblem] = field(default_factory=list)
 
 
-def _decoded(paths_: Sequence[str], image_size: int, workers: int) -> Iterator[tuple[int, Any, Any]]:
+def _decoded(paths_: Sequence[str], image_size: int, workers: int, ahead: int) -> Iterator[tuple[int, Any, Any]]:
+    """(position, array, problem) of each path in order, decoded by a pool at most `ahead` items ahead.
+
+    The bound keeps memory flat in the number of paths (`Executor.map` would submit, and hold the
+    decoded images of, all of them at once) while the pool stays busy during the encoder's batch.
+    """
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        # map() keeps the order and reads ahead as far as the pool allows.
-        yield from ((i, *r) for i, r in enumerate(pool.map(lambda p: load_item(p, image_size), paths_)))
+        pending: deque = deque()
+        for i, path in enumerate(paths_):
+            pending.append(pool.submit(load_item, path, image_size))
+            if len(pending) > ahead:
+                yield (i - ahead, *pending.popleft().result())
+        first = len(paths_) - len(pending)
+        for k, future in enumerate(pending):
+            yield (first + k, *future.result())
 
 
 @torch.no_grad()
@@ -135,15 +145,14 @@ def encode_images(
             return
         batch = to_tensor(np.stack(good))  # (B, 3, S, S)
         views = [batch, batch.flip(-1)] if flip else [batch, batch]
-        moments = torch.stack(
-            [encode_moments(vae, v).float().cpu() for v in views], dim=1
-        )  # (B, 2, 2C, h, w)
+        moments = torch.stack([encode_moments(vae, v).float().cpu() for v in views], dim=1)  # (B, 2, 2C, h, w)
         chunks.append(moments.to(dtype).numpy())
         if on_batch:
             on_batch(len(good))
         good.clear()
 
-    for i, array, problem in _decoded(image_paths, image_size, workers):
+    ahead = 2 * batch_size + workers  # the next batch decodes while this one encodes
+    for i, array, problem in _decoded(image_paths, image_size, workers, ahead):
         if problem is not None:
             problems.append(problem)
         if array is None:
