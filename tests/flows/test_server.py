@@ -1,0 +1,265 @@
+"""deploy/: prefect.yaml's deployments, and a real Prefect server + worker running `uvit/tiny` end to end.
+
+The slow tests start `deploy/server.sh` (server on 127.0.0.1 at a free port, the process pool, every
+deployment, one worker) with a temporary PREFECT_HOME and store, run `prefect deployment run
+uvit/tiny` twice through the CLI, read the runs and their artifacts from the API, and open the
+dashboard in headless Chromium. The server runs a snapshot of the code (uvit/, storage/, flows/,
+deploy/) so that edits made while the test runs cannot change the stages' code versions between
+the cold run and the cached rerun.
+"""
+
+import base64
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT_FILE = ROOT / "deploy" / "prefect.yaml"
+DEPLOYMENTS = {"tiny", "imagenet256-full", "imagenet256-l2", "imagenet512-full", "imagenet64", "cifar10",
+               "celeba64", "coco256-full", "coco256-deep"}  # fmt: skip
+# The tiny preset shrunk as in tests/flows/test_pipeline.py: the pipeline takes under a minute here.
+FAST = ["train.n_steps=30", "train.save_interval=15", "train.sample_interval=15", "sample.n_samples=16",
+        "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16"]  # fmt: skip
+SNAPSHOT = ["uvit", "storage", "flows", "deploy", "pyproject.toml"]
+RUN_TIMEOUT_S = 1200
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,900", "--virtual-time-budget=30000",
+                  "--run-all-compositor-stages-before-draw"]  # fmt: skip
+
+
+def test_prefect_yaml_declares_the_nine_deployments():
+    from uvit.config import PRESETS
+
+    spec = yaml.safe_load(PREFECT_FILE.read_text())
+    deployments = spec["deployments"]
+    names = [d["name"] for d in deployments]
+    assert sorted(names) == sorted(DEPLOYMENTS) and len(names) == len(set(names)), names
+    for d in deployments:
+        assert d["entrypoint"] == "flows/uvit_flow.py:uvit", d["name"]
+        assert d["parameters"]["preset"] in PRESETS, (d["name"], d["parameters"]["preset"])
+        assert d["parameters"]["store_root"] == "{{ $UVIT_STORE }}", d["name"]
+        assert d["work_pool"]["name"] == "uvit-process", d["name"]
+    assert spec["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $UVIT_PROJECT_DIR }}"}}
+    ]
+
+
+# --- a real server, worker and deployments ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(server: dict, method: str, path: str, body: dict | None = None):
+    import httpx
+
+    response = httpx.request(method, server["api"] + path, json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def _kill_groups(pids: list[int]) -> None:
+    """Last resort after `server.sh stop`: SIGKILL whatever is left of our process groups."""
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """deploy/server.sh start on a free port, a temporary PREFECT_HOME and store; stopped afterwards."""
+    base = tmp_path_factory.mktemp("server")
+    project = base / "project"
+    for name in SNAPSHOT:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            project.mkdir(exist_ok=True)
+            shutil.copy2(source, project / name)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and not k.startswith("UVIT_")}
+    env.update(PREFECT_HOME=str(base / "home"), UVIT_SERVER_PORT=str(port), UVIT_STORE=str(base / "store"),
+               UVIT_PROJECT_DIR=str(project), PREFECT=str(Path(sys.executable).parent / "prefect"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", OMP_NUM_THREADS="1")  # fmt: skip
+    script = [str(project / "deploy" / "server.sh")]
+    run_dir = base / "home" / "uvit-server"
+    info = {"api": f"http://127.0.0.1:{port}/api", "ui": f"http://127.0.0.1:{port}", "env": env,
+            "project": project, "store": base / "store", "logs": run_dir}  # fmt: skip
+
+    def pids() -> list[int]:
+        files = [run_dir / f"{name}.pid" for name in ("worker", "server")]
+        return [int(f.read_text()) for f in files if f.exists()]
+
+    started: list[int] = []
+    try:
+        try:
+            out = subprocess.run(["bash", *script, "start"], env=env, capture_output=True, text=True, timeout=600)
+        finally:
+            started = pids()
+        if out.returncode != 0:
+            pytest.fail(f"server.sh start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        assert "deployments: 9" in out.stdout, out.stdout
+        yield info
+    finally:
+        started = started or pids()
+        subprocess.run(["bash", *script, "stop"], env=env, capture_output=True, text=True, timeout=300)
+        _kill_groups(started)
+        left = started
+        for _ in range(40):  # SIGKILLed processes are reaped by init, not by us
+            left = [pid for pid in left if _group_exists(pid)]
+            if not left:
+                break
+            time.sleep(0.25)
+        assert not left, f"process groups left running after server.sh stop: {left}"
+
+
+def _logs(server: dict) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(server["logs"].glob("*.log")))
+
+
+def _deployment_run(server: dict) -> dict:
+    """`prefect deployment run uvit/tiny --params ... --watch`; the finished flow run from the API."""
+    env = dict(server["env"], PREFECT_API_URL=server["api"])
+    params = json.dumps({"overrides": FAST})
+    command = [server["env"]["PREFECT"], "deployment", "run", "uvit/tiny", "--params", params, "--watch",
+               "--watch-timeout", str(RUN_TIMEOUT_S)]  # fmt: skip
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 120)
+    match = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout)
+    assert match, out.stdout[-3000:] + out.stderr[-3000:]
+    flow_run = _api(server, "GET", f"/flow_runs/{match.group(1)}")
+    assert flow_run["state_type"] == "COMPLETED", (flow_run["state"], out.stdout[-2000:], _logs(server))
+    assert out.returncode == 0, out.stdout[-2000:]
+    return flow_run
+
+
+def _artifacts(server: dict, flow_run_id: str) -> dict[str, dict]:
+    found = _api(server, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+    return {a["key"]: a for a in found if a.get("key")}
+
+
+def _stages(artifacts: dict[str, dict]) -> dict[str, bool]:
+    rows = artifacts["tiny-pipeline-stages"]["data"]
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    return {row["stage"]: row["cached"] for row in rows}
+
+
+@pytest.fixture(scope="module")
+def cold_run(server):
+    """The first run of uvit/tiny on an empty store, and its artifacts by key."""
+    flow_run = _deployment_run(server)
+    return flow_run, _artifacts(server, flow_run["id"])
+
+
+@pytest.mark.slow
+def test_tiny_deployment_through_the_worker_then_all_cache_hits(server, cold_run):
+    flow_run, artifacts = cold_run
+    assert flow_run["parameters"]["store_root"] == str(server["store"])
+    assert flow_run["parameters"]["overrides"] == FAST
+    kinds = {key: a["type"] for key, a in artifacts.items()}
+    for key, kind in [("tiny-samples", "image"), ("tiny-metrics", "table"), ("tiny-loss-curve", "image"),
+                      ("tiny-evaluation-report", "markdown"), ("tiny-pipeline-summary", "markdown")]:  # fmt: skip
+        assert kinds.get(key) == kind, (key, kinds)
+    grid = artifacts["tiny-samples"]["data"]
+    assert grid.startswith("data:image/png;base64,")
+    assert base64.b64decode(grid.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = artifacts["tiny-metrics"]["data"]
+    metrics = json.loads(metrics) if isinstance(metrics, str) else metrics
+    assert {row["metric"] for row in metrics} >= {"FID", "IS", "KID"}, metrics
+    assert not any(_stages(artifacts).values()), _stages(artifacts)
+    assert list((server["store"] / "sample").iterdir()), "no sample artifact in the store"
+
+    again = _deployment_run(server)
+    cached = _stages(_artifacts(server, again["id"]))
+    assert set(cached) == {"download", "encode", "train", "sample", "evaluate"} and all(cached.values()), cached
+    assert again["total_run_time"] < 0.5 * flow_run["total_run_time"], (
+        again["total_run_time"],
+        flow_run["total_run_time"],
+    )
+
+
+# --- the dashboard in headless Chromium ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Chromium's path; installed with apt-get when missing (skipped when that is impossible)."""
+    found = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium is missing and cannot be installed here (needs root and apt-get)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", "chromium"]
+    try:
+        out = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+        if out.returncode != 0:  # a fresh machine has no package lists yet
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+            out = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.skip("`apt-get install -y chromium` timed out")
+    if out.returncode != 0 or not shutil.which("chromium"):
+        pytest.skip(f"`apt-get install -y chromium` failed: {(out.stderr or out.stdout).strip()[-300:]}")
+    return shutil.which("chromium")
+
+
+def _page_text(chromium: str, url: str) -> tuple[str, str]:
+    """The rendered DOM of `url` (headless, 30 s of virtual time) and its visible text."""
+    with tempfile.TemporaryDirectory() as profile:
+        process = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                   start_new_session=True)  # fmt: skip
+        try:
+            dom, _ = process.communicate(timeout=240)
+        finally:  # renderer and GPU helpers share the group
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+    body = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return dom, " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())
+
+
+@pytest.mark.slow
+def test_dashboard_shows_the_run_and_its_artifacts(server, cold_run, chromium):
+    flow_run, artifacts = cold_run
+    _, text = _page_text(chromium, f"{server['ui']}/runs/flow-run/{flow_run['id']}")
+    assert flow_run["name"] in text and "Completed" in text, text[:2000]
+    assert "Artifacts" in text and "uvit-process" in text, text[:2000]
+
+    _, text = _page_text(chromium, f"{server['ui']}/artifacts/artifact/{artifacts['tiny-metrics']['id']}")
+    assert "tiny-metrics" in text and flow_run["name"] in text, text[:2000]
+    for metric in ("FID", "KID", "precision"):
+        assert metric in text, (metric, text[:2000])
+
+    _, text = _page_text(chromium, f"{server['ui']}/artifacts")
+    for key in ("tiny-metrics", "tiny-samples", "tiny-evaluation-report", "tiny-pipeline-summary"):
+        assert key in text, (key, text[:2000])
