@@ -12,7 +12,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-all test-slow demo bench lint format clean server server-stop
+.PHONY: setup test test-all test-slow demo bench lint format clean server server-stop server-status
 
 # Re-install only when the project's dependencies changed (the venv is ~6 GB).
 $(STAMP): pyproject.toml
@@ -41,6 +41,9 @@ server: $(STAMP)
 
 server-stop:
 	PREFECT=$(VENV)/bin/prefect bash deploy/server.sh stop
+
+server-status:
+	PREFECT=$(VENV)/bin/prefect bash deploy/server.sh status
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
