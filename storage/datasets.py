@@ -471,9 +471,24 @@ def fetch(url: str, dest: str | os.PathLike, *, chunk_bytes: int = 8 << 20, time
     return dest
 
 
+def _split_basic_auth(url: str) -> tuple[str, str | None]:
+    """The URL without `user:password@` and the HTTP basic-auth header it stood for (urllib ignores it)."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])), f"Basic {token}"
+
+
 def _fetch_http(url: str, part: Path, offset: int, chunk_bytes: int, timeout_s: float) -> int | None:
     where = paths.redact_url(url)
+    url, authorization = _split_basic_auth(url)
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    if authorization:
+        request.add_unredirected_header("Authorization", authorization)  # never sent on to a redirect
     try:
         response = urllib.request.urlopen(request, timeout=timeout_s)
     except urllib.error.HTTPError as e:

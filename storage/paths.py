@@ -37,6 +37,8 @@ __all__ = [
     "zarr_store",
 ]
 
+# Object-store protocols whose URLs never carry credentials or query parameters.
+_NO_URL_SECRETS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
 # Query parameters that carry secrets in presigned or SAS URLs.
 _SECRET_QUERY = re.compile(r"(sig|signature|token|secret|password|passwd|credential|key|auth)", re.IGNORECASE)
 
@@ -67,6 +69,13 @@ def normalize_url(url: str | os.PathLike) -> str:
     rest = rest.rstrip("/")
     if not rest:
         raise ValueError(f"storage URL {redact_url(text)!r} has no bucket or path")
+    if scheme.lower() in _NO_URL_SECRETS and ("@" in rest.split("/", 1)[0] or "?" in rest):
+        # fsspec would take `key:secret@bucket` as the bucket name and `?token=...` as part of the
+        # object names: the secret would end up in error messages, logs and every object's key.
+        raise ValueError(
+            f"storage URL {redact_url(text)!r}: credentials or query parameters in a {scheme}:// URL are not "
+            "supported; configure credentials through fsspec's configuration or the cloud SDK's environment"
+        )
     return f"{scheme.lower()}://{rest}"
 
 
