@@ -186,5 +186,7 @@ def run_cli(main: Callable[[], Any]) -> int:
     if result is not None:
         import json
 
-        print(json.dumps(result, indent=2, default=str))
+        from storage.paths import redact
+
+        print(json.dumps(redact(result), indent=2, default=str))  # URLs may carry credentials
     return 0
