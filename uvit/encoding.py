@@ -12,6 +12,7 @@ zero-byte files, files that are not images, truncated or corrupt files, and imag
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -80,10 +81,14 @@ def load_item(path: str, image_size: int) -> tuple[np.ndarray | None, ImageProbl
     from uvit.encoders import center_crop_arr
 
     try:
-        fs, p = paths.filesystem(path)
-        if fs.size(p) == 0:
+        if "://" not in str(path):  # plain paths: fsspec's URL resolution costs as much as a small JPEG's decode
+            size, opener = os.path.getsize(path), lambda: open(path, "rb")
+        else:
+            fs, p = paths.filesystem(path)
+            size, opener = fs.size(p), lambda: fs.open(p, "rb")
+        if size == 0:
             return None, ImageProblem(path, "skipped", "zero-byte file")
-        with fs.open(p, "rb") as f:
+        with opener() as f:
             image, note = open_rgb(f)
         array = center_crop_arr(image, image_size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
