@@ -59,6 +59,8 @@ def code_version(*modules: Any) -> str:
 
 def in_prefect_run() -> bool:
     """Whether we are inside a Prefect flow or task run (artifacts and run loggers work)."""
+    if "prefect" not in sys.modules:  # never imported, so no run: keep --no-prefect stages light
+        return False
     try:
         from prefect.context import FlowRunContext, TaskRunContext
     except ImportError:

@@ -169,7 +169,7 @@ def assemble_store(
     """Join encoded parts into one latent store (streaming, one part in memory at a time)."""
     import numpy as np
 
-    from storage.latents import LatentSpec, create_latent_store
+    from storage.latents import LatentSpec, LatentStoreError, create_latent_store
     from uvit.encoding import encode_captions
 
     text = preset.data.conditioning == "text"
@@ -190,7 +190,14 @@ def assemble_store(
         context_shape=(77, int(first["captions"].shape[-1])) if text else (77, 768),
         text_encoder={"name": preset.data.text_encoder} if text else None,
     )
-    writer = create_latent_store(store_url, spec, overwrite=False)
+    try:
+        writer = create_latent_store(store_url, spec, overwrite=False)
+    except LatentStoreError as e:
+        if "not a latent store" not in str(e):
+            raise
+        # A crash between creating the zarr group and writing its attributes: the folder belongs to
+        # this (leased) artifact writer and holds nothing finished, so start it again.
+        writer = create_latent_store(store_url, spec, overwrite=True)
     pending = set(writer.pending_shards())
     buffer: dict[str, list] = {"moments": [], "labels": [], "captions": []}
     problems: list[dict] = []

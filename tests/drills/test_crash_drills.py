@@ -286,13 +286,6 @@ def test_sample_survives_sigkill(references, size_name):
         _assert_kills_landed_mid_work(drill, {"drawing shards", "joining samples.npz, grid"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known gap (storage/latents.py create_latent_store): a kill between creating the zarr group and "
-    "writing its attributes leaves a group that every rerun refuses ('not a latent store ... pass "
-    "overwrite=True'): the encode artifact can never be finished",
-)
 def test_encode_killed_while_creating_the_store_resumes(references):
     size = QUICK
     ref = references(size)
