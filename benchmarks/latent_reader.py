@@ -114,9 +114,7 @@ def _train_step_rate(steps: int, batch: int = 8) -> tuple[float, float]:
     from uvit.model import UViT
 
     torch.manual_seed(0)
-    model = UViT(
-        img_size=32, patch_size=2, in_chans=4, embed_dim=512, depth=12, num_heads=8, num_classes=1001
-    )
+    model = UViT(img_size=32, patch_size=2, in_chans=4, embed_dim=512, depth=12, num_heads=8, num_classes=1001)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.03, betas=(0.99, 0.99))
     x = torch.randn(batch, C, H, H)
     t = torch.randint(1, 1001, (batch,))
@@ -157,9 +155,7 @@ def run(quick: bool = False, n: int | None = None, workdir: str | None = None) -
         official_cold = _official_rate(npy_dir, n, official_samples, seed=1)
         ours_latent = _ours_rate(store_url, "latent", seed=2)
     train_rate, step_s = _train_step_rate(steps=1 if quick else 3)
-    note = (
-        f"n={n}, batch {BATCH}, 1 process, {torch.get_num_threads()} threads, data made in {generate_s:.0f}s"
-    )
+    note = f"n={n}, batch {BATCH}, 1 process, {torch.get_num_threads()} threads, data made in {generate_s:.0f}s"
     return [
         _row(f"shuffled batch read, warm cache, latents/s: zarr reader vs official .npy per sample ({note})",
              ours_warm, official_warm, command),
@@ -187,9 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="4096 samples, fewer timed steps")
     parser.add_argument("--n", type=int, default=None, help="number of images (default 20000, quick 4096)")
-    parser.add_argument(
-        "--dir", default=None, help="where to create the temporary data (default: system temp)"
-    )
+    parser.add_argument("--dir", default=None, help="where to create the temporary data (default: system temp)")
     args = parser.parse_args()
     rows = run(quick=args.quick, n=args.n, workdir=args.dir)
     for row in rows:

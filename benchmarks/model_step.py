@@ -26,9 +26,7 @@ from pathlib import Path
 
 import torch
 
-S2_LATENT = dict(
-    img_size=32, patch_size=2, in_chans=4, embed_dim=512, depth=12, num_heads=8, num_classes=1001
-)
+S2_LATENT = dict(img_size=32, patch_size=2, in_chans=4, embed_dim=512, depth=12, num_heads=8, num_classes=1001)
 COMMAND = "python -m benchmarks.model_step"
 
 
@@ -45,9 +43,7 @@ def load_official_uvit(repo: str | os.PathLike) -> type[torch.nn.Module]:
     return module.UViT
 
 
-def make_step(
-    model: torch.nn.Module, batch: dict, device: str, amp: torch.dtype | None
-) -> Callable[[], float]:
+def make_step(model: torch.nn.Module, batch: dict, device: str, amp: torch.dtype | None) -> Callable[[], float]:
     """A closure running one training step on fixed data; returns the loss."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.03, betas=(0.99, 0.99))
 
@@ -139,7 +135,7 @@ def run(quick: bool = False, batch_size: int = 8, device: str = "cpu", official:
     variants = ["ours_eager", "ours_compiled"] + (["official_eager"] if official else [])
     models = {v: _build(v, official, device) for v in variants}
     reference_state = models["ours_eager"].state_dict()
-    for name, model in models.items():
+    for model in models.values():
         getattr(model, "_orig_mod", model).load_state_dict(reference_state, strict=True)
 
     # Equal outputs first: the speed figures compare the same function.
@@ -170,7 +166,8 @@ def run(quick: bool = False, batch_size: int = 8, device: str = "cpu", official:
             "value": f"{ips:.2f} img/s",
             "baseline": f"{base:.2f} img/s ({baseline_name})",
             "ratio": f"{ips / base:.2f}x",
-            "command": COMMAND + (" --quick" if quick else "") + (" --official $UVIT_OFFICIAL_REPO" if official else ""),
+            "command": COMMAND + (" --quick" if quick else "")
+            + (" --official $UVIT_OFFICIAL_REPO" if official else ""),
         })  # fmt: skip
     return rows
 

@@ -105,11 +105,7 @@ class LatentSpec:
             raise LatentStoreError(f"latent_shape must be (C, h, w), got {self.latent_shape}")
         if self.moments_dtype not in ("float16", "float32"):
             raise LatentStoreError(f"moments_dtype must be float16 or float32, got {self.moments_dtype!r}")
-        if not (
-            isinstance(self.latent_scale, float)
-            and math.isfinite(self.latent_scale)
-            and self.latent_scale > 0
-        ):
+        if not (isinstance(self.latent_scale, float) and math.isfinite(self.latent_scale) and self.latent_scale > 0):
             raise LatentStoreError(f"latent_scale must be a positive float, got {self.latent_scale!r}")
         if self.max_captions < 0 or self.num_classes < 0:
             raise LatentStoreError("max_captions and num_classes must be >= 0")
@@ -279,21 +275,15 @@ class LatentStoreWriter:
             raise LatentStoreError(f"shard {shard}: moments contain NaN or inf")
         if labels is None:
             if spec.num_classes:
-                raise LatentStoreError(
-                    f"shard {shard}: the store has {spec.num_classes} classes; labels are required"
-                )
+                raise LatentStoreError(f"shard {shard}: the store has {spec.num_classes} classes; labels are required")
             labels = np.full(n, -1, dtype=np.int64)
         labels = _to_numpy(labels, "labels")
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-            raise LatentStoreError(
-                f"shard {shard}: labels must be ({n},) integers, got {labels.shape} {labels.dtype}"
-            )
+            raise LatentStoreError(f"shard {shard}: labels must be ({n},) integers, got {labels.shape} {labels.dtype}")
         if spec.num_classes and ((labels < -1) | (labels >= spec.num_classes)).any():
             raise LatentStoreError(f"shard {shard}: labels outside [-1, {spec.num_classes})")
         if not spec.num_classes and (labels != -1).any():
-            raise LatentStoreError(
-                f"shard {shard}: the store has no classes (num_classes=0) but labels were given"
-            )
+            raise LatentStoreError(f"shard {shard}: the store has no classes (num_classes=0) but labels were given")
         if spec.has_text:
             padded, counts = self._pad_captions(shard, n, captions)
         elif captions is not None:
@@ -305,15 +295,11 @@ class LatentStoreWriter:
             self.group["caption_counts"][start:stop] = counts
         _mark_done(self.url, _shard_name(shard), {"shard": shard, "start": start, "stop": stop})
 
-    def _pad_captions(
-        self, shard: int, n: int, captions: Sequence[Any] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _pad_captions(self, shard: int, n: int, captions: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
         spec = self.spec
         if captions is None or len(captions) != n:
             got = None if captions is None else len(captions)
-            raise LatentStoreError(
-                f"shard {shard}: need a caption array for each of its {n} images, got {got}"
-            )
+            raise LatentStoreError(f"shard {shard}: need a caption array for each of its {n} images, got {got}")
         padded = np.zeros((n, spec.max_captions, *spec.context_shape), dtype=np.float16)
         counts = np.zeros(n, dtype=np.int32)
         for i, caps in enumerate(captions):
@@ -330,9 +316,7 @@ class LatentStoreWriter:
             counts[i] = caps.shape[0]
         return padded, counts
 
-    def write_text_constants(
-        self, null_context: Any, test_prompts: Sequence[str], test_contexts: Any
-    ) -> None:
+    def write_text_constants(self, null_context: Any, test_prompts: Sequence[str], test_contexts: Any) -> None:
         """Write the empty-caption embedding (T, D) and the test prompts' ones (P, T, D), then a marker."""
         spec = self.spec
         if not spec.has_text:
@@ -424,9 +408,7 @@ def create_latent_store(url: str, spec: LatentSpec, *, overwrite: bool = False) 
             compressors=_compressors("zstd") if spec.compressor != "none" else None,
             fill_value=0,
         )
-        group.create_array(
-            "caption_counts", shape=(spec.num_images,), chunks=(s,), dtype="int32", fill_value=0
-        )
+        group.create_array("caption_counts", shape=(spec.num_images,), chunks=(s,), dtype="int32", fill_value=0)
     group.require_group(MARKERS)  # a (member-less) group, so zarr recognises the marker folder
     # Attributes last: a group without them is not a latent store, so a crash above leaves no store.
     group.attrs.update({FORMAT_NAME: {"format_version": FORMAT_VERSION, "spec": spec.to_dict()}})
@@ -583,9 +565,7 @@ def open_latent_store(
             f" ({shown}); rerun the writer to finish them"
         )
     if spec.has_text and TEXT_MARKER not in done:
-        raise IncompleteStoreError(
-            f"latent store {where} is incomplete: null/test caption embeddings not written"
-        )
+        raise IncompleteStoreError(f"latent store {where} is incomplete: null/test caption embeddings not written")
 
     arrays = set(group.array_keys())
     needed = {"moments", "labels"} | (
@@ -614,9 +594,7 @@ def open_latent_store(
             raise LatentStoreError(f"latent store {where}: {name} dtype {arr.dtype} != {dtype}")
         grid = (arr.shards or arr.chunks)[0]
         if chunk0 is not None and grid != chunk0:
-            raise LatentStoreError(
-                f"latent store {where}: {name} is cut every {grid} rows, not per shard ({chunk0})"
-            )
+            raise LatentStoreError(f"latent store {where}: {name} is cut every {grid} rows, not per shard ({chunk0})")
 
     expectations = [
         ("latent_shape", latent_shape, spec.latent_shape, lambda a, b: tuple(a) == tuple(b)),
