@@ -28,7 +28,8 @@ def corpus(tmp_path_factory):
         "cmyk": _save(root / "cmyk.jpg", rgb.convert("CMYK"), "JPEG"),
         "rgba": _save(root / "rgba.png", rgb.convert("RGBA"), "PNG"),
         "palette": _save(root / "palette.png", rgb.convert("P"), "PNG"),
-        "sixteen_bit": _save(root / "16bit.png", Image.fromarray((rng.random((40, 48)) * 65535).astype(np.uint16)), "PNG"),
+        "sixteen_bit": _save(root / "16bit.png", Image.fromarray((rng.random((40, 48)) * 65535).astype(np.uint16)),
+                             "PNG"),
     }  # fmt: skip
     data = (root / "good.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(data[: len(data) // 2])

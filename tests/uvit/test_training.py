@@ -175,7 +175,8 @@ def test_two_processes_stay_in_sync(tmp_path, store):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), "-m", "uvit.training", "--preset-json", preset.to_json(),
-           "--latents", store, "--checkpoints", str(tmp_path / "ckpt"), "--max-steps", "4", "--result", str(tmp_path / "result.json")]  # fmt: skip
+           "--latents", store, "--checkpoints", str(tmp_path / "ckpt"), "--max-steps", "4",
+           "--result", str(tmp_path / "result.json")]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     ckpt = CheckpointStore(str(tmp_path / "ckpt")).load()
