@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks._report import markdown
 from uvit.metrics import compute_metrics, load_inception
 
 __all__ = ["run", "main"]
@@ -111,16 +112,6 @@ def run(quick: bool = False, n_images: int = 32, rounds: int | None = None) -> l
             "command": command,
         },
     ]
-
-
-def markdown(rows: list[dict]) -> str:
-    """Rows as a markdown table."""
-    lines = ["| figure | value | baseline | ratio | command |", "|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(
-            f"| {row['figure']} | {row['value']} | {row['baseline']} | {row['ratio']} | `{row['command']}` |"
-        )
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._report import markdown
+
 __all__ = ["run", "main", "QUICK", "DEFAULT"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,14 +177,6 @@ def run(quick: bool = False) -> list[dict]:
             "command": command,
         },
     ]
-
-
-def markdown(rows: list[dict]) -> str:
-    """Rows as a markdown table."""
-    lines = ["| figure | value | baseline | ratio | command |", "|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['figure']} | {row['value']} | {row['baseline']} | {row['ratio']} | `{row['command']}` |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

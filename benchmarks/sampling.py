@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from benchmarks._report import markdown
 from uvit.diffusion import DiscreteSchedule
 from uvit.model import UViT
 from uvit.sampling import dpm_solver, generate
@@ -50,9 +51,7 @@ def _sampler_overhead(x_T: torch.Tensor, repeats: int = 3) -> float:
     return min(times)
 
 
-def run(
-    quick: bool = False, batch: int = 2, steps: int | None = None, repeats: int | None = None
-) -> list[dict]:
+def run(quick: bool = False, batch: int = 2, steps: int | None = None, repeats: int | None = None) -> list[dict]:
     """Measure and return benchmark rows {figure, value, baseline, ratio, command} (strings with units)."""
     steps = steps if steps is not None else (2 if quick else 4)
     repeats = repeats if repeats is not None else (1 if quick else 2)
@@ -96,16 +95,6 @@ def run(
             "command": command,
         },
     ]
-
-
-def markdown(rows: list[dict]) -> str:
-    """Rows as a markdown table."""
-    lines = ["| figure | value | baseline | ratio | command |", "|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(
-            f"| {row['figure']} | {row['value']} | {row['baseline']} | {row['ratio']} | `{row['command']}` |"
-        )
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
