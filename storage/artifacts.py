@@ -247,7 +247,11 @@ class _Lease:
             self._start()
             return True
         holder = read_lease(self.url)
-        if holder is not None and time.time() - holder.get("heartbeat", 0.0) <= self.timeout_s:
+        if (
+            holder is not None
+            and time.time() - holder.get("heartbeat", 0.0) <= self.timeout_s
+            and not _holder_is_dead(holder)
+        ):
             return False
         # Stale (or unreadable) lease: break it and race for a fresh exclusive create.
         paths.remove_tree(self.url)
@@ -279,6 +283,34 @@ class _Lease:
             self._thread.join()
         if self.still_owned():
             paths.remove_tree(self.url)
+
+
+def _holder_is_dead(holder: dict[str, Any]) -> bool:
+    """Whether the lease names a process on this host that no longer exists (a killed writer).
+
+    Lets a rerun after a crash take over at once instead of waiting for the heartbeat to go stale.
+    Holders on other hosts, or whose process exists (even a different one reusing the pid), count as
+    alive: the heartbeat time-out decides for them.
+    """
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by another user
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed child its parent has not reaped yet still has a pid; it writes nothing any more."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def read_lease(url: str) -> dict[str, Any] | None:
@@ -474,7 +506,11 @@ class ArtifactStore:
         if self.exists(stage, key):
             return False
         holder = read_lease(paths.join(self.url_for(stage, key), LEASE_NAME))
-        return holder is None or time.time() - holder.get("heartbeat", 0.0) > self.lease_timeout_s
+        return (
+            holder is None
+            or time.time() - holder.get("heartbeat", 0.0) > self.lease_timeout_s
+            or _holder_is_dead(holder)
+        )
 
     def garbage_collect(self, keep_keys: Iterable[str], *, dry_run: bool = False) -> list[ArtifactRef]:
         """Remove published artifacts not in `keep_keys` and stale partial ones; live writers are spared.

@@ -266,6 +266,10 @@ class LatentLoader:
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory,
                 persistent_workers=False,
+                # The batches' randomness is seeded by (seed, epoch); a generator of its own keeps the
+                # DataLoader from drawing its base seed from the global torch RNG, which a resumed
+                # training run restores and must not see advanced by a mid-epoch restart.
+                generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
             )
             for batch in loader:
                 self.batch_in_epoch += 1

@@ -19,6 +19,7 @@ import copy
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -187,6 +189,9 @@ def train(
 
     micro_batch = per_device_batch(t_cfg.batch_size, accelerator.num_processes, t_cfg.grad_accum)
     torch.manual_seed(t_cfg.seed)  # the same initial weights on every rank
+    # Checkpoints hold every RNG state; seeding them all makes identical runs' checkpoints identical.
+    random.seed(t_cfg.seed * 1000 + accelerator.process_index)
+    np.random.seed(t_cfg.seed * 1000 + accelerator.process_index)
     model = build_model(preset)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     optimizer = make_optimizer(model, preset)
@@ -214,9 +219,6 @@ def train(
         optimizer.load_state_dict(ckpt.optimizer)
         scheduler.load_state_dict(ckpt.scheduler)
         loader.load_state_dict(ckpt.data_position)
-        rng = ckpt.rng[accelerator.process_index]
-        restore_rng_state(rng["process"])
-        generator.set_state(rng["loss_generator"].to(torch.uint8))
         step = resumed_from = ckpt.step
 
     ema.to(device)
@@ -229,9 +231,12 @@ def train(
         )
 
     def save_checkpoint(at_step: int) -> str | None:
+        # Per rank: RNG states and the loss accumulated since the last log line (so a resumed run
+        # logs the same means as an uninterrupted one).
         rng_states = gather_object(
-            [{"process": capture_rng_state(), "loss_generator": generator.get_state()}]
-        )
+            [{"process": capture_rng_state(), "loss_generator": generator.get_state(),
+              "loss_sum": loss_sum, "loss_count": loss_count}]
+        )  # fmt: skip
         url = None
         if accelerator.is_main_process:
             url = ckpts.save(
@@ -242,7 +247,13 @@ def train(
                 scheduler=scheduler,
                 rng=rng_states,
                 data_position=loader.state_dict(),
-                extra={"preset": preset.to_json(), "num_processes": accelerator.num_processes},
+                extra={
+                    "preset": preset.to_json(),
+                    "num_processes": accelerator.num_processes,
+                    # The run's history, so a resumed run reports the whole run, not the part since the resume.
+                    "losses": [[s, v] for s, v in result.losses],
+                    "samples_seen": result.samples_seen,
+                },
             )
         accelerator.wait_for_everyone()
         return url
@@ -251,6 +262,14 @@ def train(
     started = time.perf_counter()
     loss_sum, loss_count, steps_this_call = 0.0, 0, 0
     batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
+    if latest is not None:
+        rng = ckpt.rng[accelerator.process_index]
+        restore_rng_state(rng["process"])
+        generator.set_state(rng["loss_generator"].to(torch.uint8))
+        loss_sum, loss_count = float(rng.get("loss_sum", 0.0)), int(rng.get("loss_count", 0))
+        result.losses = [(int(s), float(v)) for s, v in ckpt.extra.get("losses", [])]
+        result.samples_seen = int(ckpt.extra.get("samples_seen", 0))
+        del ckpt
     model.train()
     while step < total_steps:
         for _ in range(t_cfg.grad_accum):
@@ -303,6 +322,15 @@ def train(
         if stop_after is not None and steps_this_call >= stop_after:
             break
 
+    if previews_url and step == total_steps and accelerator.is_main_process:
+        # A run killed after its final checkpoint resumes with no step to take: its final grid
+        # may never have been drawn.
+        final_url = preview_url(previews_url, step)
+        if not _exists(final_url):
+            write_preview(preset, ema, store, previews_url, step, device)
+            if on_preview:
+                on_preview(step, final_url)
+    accelerator.wait_for_everyone()
     result.step = step
     result.seconds = time.perf_counter() - started
     result.micro_batch = micro_batch
@@ -340,7 +368,21 @@ def write_preview(preset: Preset, ema: nn.Module, store, folder_url: str, step: 
     rng_state = torch.get_rng_state()  # previews must not disturb the training randomness
     images = generate_images(preset, ema, noise, preview_conditions(preset, PREVIEW_COUNT, store), vae=vae)
     torch.set_rng_state(rng_state)
-    return write_png(paths.join(folder_url, f"step_{step:09d}.png"), image_grid(images, nrow=4))
+    return write_png(preview_url(folder_url, step), image_grid(images, nrow=4))
+
+
+def preview_url(folder_url: str, step: int) -> str:
+    """Where the sample grid of `step` lives."""
+    from storage import paths
+
+    return paths.join(folder_url, f"step_{step:09d}.png")
+
+
+def _exists(url: str) -> bool:
+    from storage import paths
+
+    fs, path = paths.filesystem(url)
+    return fs.exists(path)
 
 
 # ------------------------------------------------------------------------------------- launching

@@ -321,12 +321,6 @@ def died(references):
     return ref, stores
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known gap (uvit/training.py): a resumed run reports only the losses and samples_seen since "
-    "the resume, and one killed after its last checkpoint publishes no final preview and final_loss=None",
-)
 @pytest.mark.parametrize("died_when", ["mid-run", "after the last checkpoint"])
 def test_train_outputs_survive_a_kill(died, died_when):
     """Deterministic kill points: the artifact still holds every preview and the whole loss curve."""
@@ -334,12 +328,6 @@ def test_train_outputs_survive_a_kill(died, died_when):
     check_train_outputs(ref, stores[died_when])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="known gap (uvit/training.py): the global torch RNG is restored before iter(loader), whose "
-    "DataLoader draws a base seed from it, so checkpoints after a resume hold a state one draw ahead",
-)
 def test_resume_restores_the_torch_rng_state(died):
     ref, stores = died
     x = CheckpointStore(str(only_artifact(ref["store"], "train") / "checkpoints"))

@@ -201,13 +201,23 @@ def _age_lease(store: ArtifactStore, stage: str, key: str) -> None:
     paths.write_json_atomic(url, lease)
 
 
+def _move_lease_to_another_host(store: ArtifactStore, stage: str, key: str) -> None:
+    """Rewrite the lease as if its writer ran on another machine (its pid cannot be checked here)."""
+    url = paths.join(store.url_for(stage, key), LEASE_NAME)
+    lease = paths.read_json(url)
+    lease["host"] = "another-host.invalid"
+    paths.write_json_atomic(url, lease)
+
+
 @pytest.mark.parametrize("resume", [True, False])
 def test_killed_writer_leaves_nothing_readable(shared_root: str, resume: bool) -> None:
     store = ArtifactStore(shared_root, lease_heartbeat_s=0.05, lease_timeout_s=60)
     _run_and_kill(shared_root)
     assert not store.exists("encode", "abc123") and store.list() == []
     assert [r.key for r in store.list(include_partial=True)] == ["abc123"]
-    with pytest.raises(LeaseHeldError):  # the dead writer's lease is still fresh
+    # The writer ran on another host: its lease is fresh and nothing here can tell it died.
+    _move_lease_to_another_host(store, "encode", "abc123")
+    with pytest.raises(LeaseHeldError):
         store.open_for_write("encode", "abc123")
     assert not store.is_stale_partial("encode", "abc123")
     _age_lease(store, "encode", "abc123")
@@ -217,6 +227,32 @@ def test_killed_writer_leaves_nothing_readable(shared_root: str, resume: bool) -
         assert ("part-0" in names) == resume
         writer.publish(Manifest(kind="test"))
     assert store.exists("encode", "abc123")
+
+
+def test_killed_writer_on_this_host_is_taken_over_at_once(tmp_path) -> None:
+    """A rerun after a crash need not wait for the heartbeat time-out: the lease's pid is gone."""
+    store = ArtifactStore(tmp_path, lease_heartbeat_s=0.05, lease_timeout_s=3600)
+    _run_and_kill(str(tmp_path))
+    assert store.is_stale_partial("encode", "abc123")
+    with store.open_for_write("encode", "abc123") as writer:
+        assert paths.list_names(writer.url).count("part-0") == 1  # the finished work is kept
+        writer.publish(Manifest(kind="test"))
+    assert store.exists("encode", "abc123")
+
+
+def test_live_writer_on_this_host_keeps_its_lease(tmp_path) -> None:
+    store = ArtifactStore(tmp_path, lease_heartbeat_s=0.05, lease_timeout_s=3600)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        with pytest.raises(LeaseHeldError):
+            store.open_for_write("encode", "abc123")
+        assert not store.is_stale_partial("encode", "abc123")
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def test_garbage_collect(tmp_path) -> None:

@@ -83,7 +83,7 @@ def test_loss_falls_on_a_handful_of_latents(tmp_path, store):
 def test_kill_and_resume_is_bit_identical(tmp_path, store):
     preset = _preset()
     full = str(tmp_path / "full")
-    train(preset, store, full, max_steps=9)
+    uninterrupted = train(preset, store, full, max_steps=9)
     crashed = str(tmp_path / "crashed")
     # "Crash" after 5 steps: the last checkpoint is step 3, steps 4-5 are lost and redone.
     partial = train(preset, store, crashed, max_steps=9, stop_after=5)
@@ -94,6 +94,34 @@ def test_kill_and_resume_is_bit_identical(tmp_path, store):
     for key in m1:
         assert torch.equal(m1[key], m2[key]), key
         assert torch.equal(e1[key], e2[key]), key
+    # The report covers the whole run, and the loss logged at step 4 (accumulated over steps 3-4,
+    # across the checkpoint at 3) is the same mean as without the crash.
+    assert resumed.losses == uninterrupted.losses and len(resumed.losses) == 5
+    assert resumed.samples_seen == uninterrupted.samples_seen == 9 * preset.train.batch_size
+    # The global torch RNG in a checkpoint after the resume is the uninterrupted run's.
+    a, b = CheckpointStore(full).load(9), CheckpointStore(crashed).load(9)
+    assert torch.equal(a.rng[0]["process"]["torch"], b.rng[0]["process"]["torch"])
+    # Every RNG is seeded, so two identical runs checkpoint the same Python and numpy RNG states.
+    again = str(tmp_path / "again")
+    train(preset, store, again, max_steps=3)
+    x, y = CheckpointStore(full).load(3).rng[0]["process"], CheckpointStore(again).load(3).rng[0]["process"]
+    assert x["python"] == y["python"]
+    assert torch.equal(x["numpy"]["keys"], y["numpy"]["keys"]) and x["numpy"]["pos"] == y["numpy"]["pos"]
+
+
+def test_run_killed_after_its_final_checkpoint_still_draws_the_final_preview(tmp_path, store):
+    preset = _preset(**{"train.sample_interval": 2, "sample.steps": 3})
+    ckpt, previews = str(tmp_path / "ckpt"), tmp_path / "png"
+    first = train(preset, store, ckpt, max_steps=4, previews_url=str(previews))
+    final = previews / "step_000000004.png"
+    expected = final.read_bytes()
+    final.unlink()  # as if killed between the final checkpoint and the final grid
+    seen = []
+    again = train(preset, store, ckpt, max_steps=4, previews_url=str(previews),
+                  on_preview=lambda step, url: seen.append(step))  # fmt: skip
+    assert again.resumed_from == 4 and seen == [4]
+    assert final.read_bytes() == expected
+    assert again.losses == first.losses and again.samples_seen == first.samples_seen
 
 
 def test_store_that_does_not_fit_fails_before_training(tmp_path):
