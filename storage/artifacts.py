@@ -200,9 +200,7 @@ class Manifest:
         if "kind" not in data:
             raise ArtifactError(f"{where}: manifest has no 'kind'")
         if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
-            raise ArtifactError(
-                f"{where}: manifest format {data.get('format')} != supported {MANIFEST_FORMAT}"
-            )
+            raise ArtifactError(f"{where}: manifest format {data.get('format')} != supported {MANIFEST_FORMAT}")
         return cls(**dict(data))
 
 
@@ -383,9 +381,7 @@ class ArtifactWriter:
 class ArtifactStore:
     """Stage outputs under `<root>/<stage>/<key>/`, each published by a manifest written last."""
 
-    def __init__(
-        self, root_url: str | os.PathLike, *, lease_heartbeat_s: float = 30.0, lease_timeout_s: float = 120.0
-    ):
+    def __init__(self, root_url: str | os.PathLike, *, lease_heartbeat_s: float = 30.0, lease_timeout_s: float = 120.0):
         if lease_timeout_s <= lease_heartbeat_s:
             raise ValueError("lease_timeout_s must exceed lease_heartbeat_s")
         self.root = paths.normalize_url(root_url)
@@ -416,8 +412,7 @@ class ArtifactStore:
             data = paths.read_json(url)
         except FileNotFoundError:
             raise ArtifactError(
-                f"artifact {stage}/{key} is not published in {paths.redact_url(self.root)}"
-                f" (no {MANIFEST_NAME})"
+                f"artifact {stage}/{key} is not published in {paths.redact_url(self.root)} (no {MANIFEST_NAME})"
             ) from None
         except json.JSONDecodeError as e:
             raise ArtifactError(f"{paths.redact_url(url)}: manifest is not valid JSON ({e})") from None
@@ -454,8 +449,7 @@ class ArtifactStore:
             if time.time() >= deadline:
                 holder = read_lease(paths.join(url, LEASE_NAME)) or {}
                 raise LeaseHeldError(
-                    f"artifact {stage}/{key} is being written by host {holder.get('host')}"
-                    f" pid {holder.get('pid')}"
+                    f"artifact {stage}/{key} is being written by host {holder.get('host')} pid {holder.get('pid')}"
                 )
             time.sleep(poll_s)
 
@@ -480,11 +474,7 @@ class ArtifactStore:
 
     def list(self, stage: str | None = None, *, include_partial: bool = False) -> list[ArtifactRef]:
         """Artifacts in the store (optionally of one stage), published ones only unless `include_partial`."""
-        stages = (
-            [stage]
-            if stage is not None
-            else [s for s in paths.list_names(self.root) if set(s) <= _STAGE_CHARS]
-        )
+        stages = [stage] if stage is not None else [s for s in paths.list_names(self.root) if set(s) <= _STAGE_CHARS]
         refs = []
         for st in stages:
             for key in paths.list_names(paths.join(self.root, st)):

@@ -134,9 +134,7 @@ class LatentBatches(IterableDataset):
         per_reader = self.batches_per_reader()
         reader = self.rank * workers + worker
         spec = self.store.spec
-        order, groups = epoch_stream(
-            spec.num_images, spec.shard_size, self.seed, self.epoch, self.shuffle_chunks
-        )
+        order, groups = epoch_stream(spec.num_images, spec.shard_size, self.seed, self.epoch, self.shuffle_chunks)
         length = per_reader * self.batch_size
         segment = order[reader * length : (reader + 1) * length]
         segment_groups = groups[reader * length : (reader + 1) * length]
@@ -299,9 +297,7 @@ class LatentLoader:
                 )
         epoch, batch = int(state["epoch"]), int(state["batch_in_epoch"])
         if not 0 <= batch <= self.batches_per_epoch:
-            raise ReaderStateError(
-                f"batch_in_epoch {batch} outside [0, {self.batches_per_epoch}] for this store"
-            )
+            raise ReaderStateError(f"batch_in_epoch {batch} outside [0, {self.batches_per_epoch}] for this store")
         if batch == self.batches_per_epoch:  # saved right after an epoch's last batch
             epoch, batch = epoch + 1, 0
         self.epoch, self.batch_in_epoch = epoch, batch

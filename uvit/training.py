@@ -125,14 +125,8 @@ def _check_store(preset: Preset, store) -> None:
         if tuple(spec.context_shape) != (m.num_clip_token, m.clip_dim):
             problems.append(f"caption embeddings are {tuple(spec.context_shape)}, the model needs "
                             f"({m.num_clip_token}, {m.clip_dim})")  # fmt: skip
-    if (
-        preset.data.conditioning == "class"
-        and spec.num_classes
-        and spec.num_classes > preset.data.num_classes
-    ):
-        problems.append(
-            f"the store has {spec.num_classes} classes, the preset only {preset.data.num_classes}"
-        )
+    if preset.data.conditioning == "class" and spec.num_classes and spec.num_classes > preset.data.num_classes:
+        problems.append(f"the store has {spec.num_classes} classes, the preset only {preset.data.num_classes}")
     if problems:
         raise TrainingError(f"latent store does not fit preset {preset.name!r}: " + "; ".join(problems))
 
@@ -226,9 +220,7 @@ def train(
     if t_cfg.compile:
         model = torch.compile(model)
     if _trackers(logdir):
-        accelerator.init_trackers(
-            os.environ.get("WANDB_PROJECT", preset.name), config={"preset": preset.name}
-        )
+        accelerator.init_trackers(os.environ.get("WANDB_PROJECT", preset.name), config={"preset": preset.name})
 
     def save_checkpoint(at_step: int) -> str | None:
         # Per rank: RNG states and the loss accumulated since the last log line (so a resumed run
@@ -335,9 +327,7 @@ def train(
     result.seconds = time.perf_counter() - started
     result.micro_batch = micro_batch
     with torch.no_grad():
-        result.param_checksum = float(
-            sum(p.double().sum() for p in accelerator.unwrap_model(model).parameters())
-        )
+        result.param_checksum = float(sum(p.double().sum() for p in accelerator.unwrap_model(model).parameters()))
     if result.checkpoint_url is None and step == total_steps and ckpts.latest() == step:
         result.checkpoint_url = ckpts.url_for(step)
     if _trackers(logdir):
@@ -357,7 +347,6 @@ PREVIEW_SEED = 20230101
 
 def write_preview(preset: Preset, ema: nn.Module, store, folder_url: str, step: int, device) -> str:
     """Sample a grid from the EMA model on fixed noise and conditions; write it as a PNG."""
-    from storage import paths
     from storage.images import write_png
     from uvit.encoders import load_vae
     from uvit.generation import generate_images, image_grid, preview_conditions

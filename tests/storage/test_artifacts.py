@@ -63,9 +63,7 @@ def test_key_changes_when_and_only_when_an_input_changes() -> None:
 
 def test_key_of_presets_and_rejected_values() -> None:
     tiny = get_preset("tiny")
-    assert artifact_key("train", tiny) == artifact_key(
-        "train", get_preset("tiny", {"train.lr": tiny.train.lr})
-    )
+    assert artifact_key("train", tiny) == artifact_key("train", get_preset("tiny", {"train.lr": tiny.train.lr}))
     assert artifact_key("train", tiny) != artifact_key("train", get_preset("tiny", {"train.lr": 2e-3}))
     assert canonical_json({"b": (1, 2), "a": None}) == '{"a":null,"b":[1,2]}'
     with pytest.raises(ValueError, match="non-finite"):
@@ -160,9 +158,7 @@ def test_second_writer_waits_and_reuses(tmp_path) -> None:
 def test_lost_lease_refuses_publish(memory_root: str) -> None:
     store = ArtifactStore(memory_root)
     writer = store.open_for_write("s", "ab")
-    paths.write_json_atomic(
-        paths.join(writer.url, LEASE_NAME), {"owner": "someone-else", "heartbeat": time.time()}
-    )
+    paths.write_json_atomic(paths.join(writer.url, LEASE_NAME), {"owner": "someone-else", "heartbeat": time.time()})
     with pytest.raises(LeaseLostError):
         writer.publish(Manifest(kind="x"))
     assert not store.exists("s", "ab")

@@ -126,9 +126,7 @@ def test_run_killed_after_its_final_checkpoint_still_draws_the_final_preview(tmp
 
 def test_store_that_does_not_fit_fails_before_training(tmp_path):
     url = make_store(str(tmp_path / "wrong"), latent=(4, 16, 16))
-    with pytest.raises(
-        TrainingError, match=r"moments per image are \(8, 16, 16\), the model needs \(8, 8, 8\)"
-    ):
+    with pytest.raises(TrainingError, match=r"moments per image are \(8, 16, 16\), the model needs \(8, 8, 8\)"):
         train(_preset(), url, str(tmp_path / "ckpt"), max_steps=1)
     assert CheckpointStore(str(tmp_path / "ckpt")).latest() is None
 
