@@ -23,7 +23,7 @@ def eval_trigger(deployment: str, preset, store_root: str, latents_url: str | No
 
         params = {"preset_json": preset.to_json(), "store_root": store_root, "checkpoint": weights_url,
                   "latents_url": latents_url, "dataset_url": dataset_url, "dataset_key": dataset_key,
-                  "step": step}  # fmt: skip
+                  "step": step, "n_samples": preset.eval.periodic_n_samples}  # fmt: skip
         run = run_deployment(name=deployment, parameters=params, timeout=0)  # timeout=0: do not wait
         logger().info("periodic evaluation of step %d started: flow run %s", step, run.id)
         return run

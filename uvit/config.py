@@ -122,7 +122,7 @@ class TrainConfig:
     seed: int = 1234
     log_interval: int = 10
     save_interval: int = 50_000
-    eval_interval: int = 5000
+    eval_interval: int = 50_000  # hand the EMA weights to the periodic evaluation (a multiple of save_interval)
     sample_interval: int = 5000  # sample grid from the EMA model every this many steps (0: never)
     grad_accum: int = 1  # gradient accumulation steps; per-device batch = batch / (devices * grad_accum)
     compile: bool = False  # torch.compile the model
@@ -148,6 +148,7 @@ class EvalConfig:
 
     fid_reference: str | None = None  # name of the official reference statistics
     n_samples: int = 50_000
+    periodic_n_samples: int = 10_000  # samples of a periodic evaluation during training (official: FID-10K)
     published_fid: float | None = None
     offline_smoke: bool = False  # random Inception weights allowed; numbers not comparable
 
@@ -444,7 +445,8 @@ def _tiny() -> Preset:
             num_workers=0,
         ),
         sample=SampleConfig(sampler="dpm_solver", steps=25, cfg_scale=1.0, n_samples=256, mini_batch_size=64),
-        eval=EvalConfig(fid_reference=None, n_samples=256, published_fid=None, offline_smoke=True),
+        eval=EvalConfig(fid_reference=None, n_samples=256, periodic_n_samples=64, published_fid=None,
+                        offline_smoke=True),  # fmt: skip
     )
 
 

@@ -45,10 +45,15 @@ def test_prefect_yaml_declares_the_nine_deployments():
     from uvit.config import PRESETS
 
     spec = yaml.safe_load(PREFECT_FILE.read_text())
-    deployments = spec["deployments"]
+    periodic = [d for d in spec["deployments"] if d["name"] == "periodic-eval"]
+    deployments = [d for d in spec["deployments"] if d["name"] != "periodic-eval"]
     names = [d["name"] for d in deployments]
     assert sorted(names) == sorted(DEPLOYMENTS) and len(names) == len(set(names)), names
+    # The periodic evaluation the real presets' train stage starts is deployed with them.
+    assert [d["entrypoint"] for d in periodic] == ["flows/periodic_eval.py:periodic_eval"]
     for d in deployments:
+        if d["name"] != "tiny":
+            assert d["parameters"]["eval_deployment"] == "periodic-eval/periodic-eval", d["name"]
         assert d["entrypoint"] == "flows/uvit_flow.py:uvit", d["name"]
         assert d["parameters"]["preset"] in PRESETS, (d["name"], d["parameters"]["preset"])
         assert d["parameters"]["store_root"] == "{{ $UVIT_STORE }}", d["name"]
