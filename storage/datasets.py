@@ -1,12 +1,12 @@
 """Dataset acquisition: sources on any fsspec URL, resumable transfers, safe extraction, one layout.
 
-A download turns the official ImageNet / MS-COCO files (or a built-in shapes set from
-`uvit.shapes`, generated into a temporary folder and then read like any local source) into one
-`download` artifact:
+A download turns the official ImageNet / MS-COCO / CIFAR-10 / CelebA files (or a built-in shapes
+set from `uvit.shapes`, generated into a temporary folder and then read like any local source) into
+one `download` artifact:
 
     <store>/download/<key>/images/train/<wnid>/<file>       ImageNet layout: one folder per class
-    <store>/download/<key>/images/val/<wnid>/<file>
-    <store>/download/<key>/images/{train,val}/<file>        COCO layout
+    <store>/download/<key>/images/val/<wnid>/<file>         (CIFAR-10: <class name>/<index>.png)
+    <store>/download/<key>/images/{train,val}/<file>        COCO layout; CelebA (unlabelled)
     <store>/download/<key>/captions/captions_{train,val}.json   COCO captions JSON, bytes as published
     <store>/download/<key>/_progress/<unit>.json            finished units (a class, a split): resume
     <store>/download/<key>/_MANIFEST.json                   counts, classes, sources, skipped members
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storage import paths
+from storage import celeba, cifar10, paths
 from storage.archives import (
     ArchiveError,
     DatasetError,
@@ -49,6 +49,7 @@ from storage.archives import (
     tree_member,
 )
 from storage.artifacts import ArtifactStore, ArtifactWriter, Manifest, artifact_key
+from storage.images import png_bytes
 from storage.transfer import KNOWN_CHECKSUMS, ChecksumError, TransferError, default_cache_dir, fetch, verify_file
 
 __all__ = [
@@ -81,12 +82,18 @@ _SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset name: its layout (`imagenet` or `coco`), COCO year, and whether it is built in."""
+    """A dataset name: its source format (`imagenet`, `coco`, `cifar10`, `celeba`), COCO year, built in or not.
+
+    `default_source` is used when no source is given; `missing` says where to get the files when
+    there is no default.
+    """
 
     name: str
     layout: str
     year: str = ""
     builtin: bool = False
+    default_source: str = ""
+    missing: str = ""
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -95,7 +102,12 @@ DATASETS: dict[str, DatasetSpec] = {
     "coco2017": DatasetSpec("coco2017", "coco", "2017"),
     "shapes": DatasetSpec("shapes", "imagenet", builtin=True),
     "shapes-coco": DatasetSpec("shapes-coco", "coco", "2014", builtin=True),
+    "cifar10": DatasetSpec("cifar10", "cifar10", default_source=cifar10.URL),
+    "celeba": DatasetSpec("celeba", "celeba", missing=celeba.MISSING_MESSAGE),
 }
+# What the artifact holds for each source format: class folders (read with the manifest's classes),
+# COCO images and captions, or unlabelled images.
+_PUBLISHED_LAYOUT = {"imagenet": "imagenet", "coco": "coco", "cifar10": "imagenet", "celeba": "unlabelled"}
 
 
 @dataclass(frozen=True)
@@ -242,6 +254,10 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
         if synsets:
             found.append(("synsets", "file", synsets))
         return found
+    if spec.layout == "cifar10":
+        return _resolve_cifar10(spec, sources, splits)
+    if spec.layout == "celeba":
+        return _resolve_celeba(spec, sources)
     year = spec.year
     annotations = f"annotations_trainval{year}.zip"
     captions = [f"annotations/captions_{s}{year}.json" for s in SPLITS]
@@ -268,6 +284,52 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
                 )
             found.append((f"captions_{split}", "file", captions))
     return found
+
+
+def _resolve_cifar10(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -> list[tuple[str, str, str]]:
+    """The binary archive, or a folder of its `.bin` files; the pickle version is refused by name."""
+    batches = [name for split in splits for name in cifar10.BATCHES[split]]
+    locate = _Locator(sources, [cifar10.ARCHIVE, cifar10.PICKLE_ARCHIVE])
+    archive = locate.file(cifar10.ARCHIVE)
+    if archive:
+        return [("archive", "archive", archive)]
+    if (
+        locate.file(cifar10.PICKLE_ARCHIVE)
+        or locate.folder(cifar10.PICKLE_FOLDER)
+        or any(s.rstrip("/").endswith(f"/{cifar10.PICKLE_FOLDER}") for s in locate.folders)
+    ):
+        raise DatasetError(f"{spec.name}: {cifar10.PICKLE_MESSAGE}")
+    candidates = [*locate.folders, *filter(None, [locate.folder(cifar10.FOLDER)])]
+    for folder in candidates:
+        present = set(paths.list_names(folder))
+        if batches[0] in present:
+            missing = [b for b in batches if b not in present]
+            if missing:
+                raise DatasetError(f"{spec.name}: {paths.redact_url(folder)} lacks {', '.join(missing)}")
+            return [("batches", "tree", folder)]
+        if "data_batch_1" in present or "test_batch" in present:
+            raise DatasetError(f"{spec.name}: {paths.redact_url(folder)}: {cifar10.PICKLE_MESSAGE}")
+    raise DatasetError(
+        f"{spec.name}: found neither {cifar10.ARCHIVE} nor a folder of its .bin files ({batches[0]}, ...) in"
+        f" {locate.describe()}; the official file is {cifar10.URL} (md5 {cifar10.MD5})"
+    )
+
+
+def _resolve_celeba(spec: DatasetSpec, sources: Sequence[str]) -> list[tuple[str, str, str]]:
+    """`img_align_celeba.zip` (or the extracted folder) and `list_eval_partition.txt`."""
+    locate = _Locator(sources, [celeba.ARCHIVE, celeba.PARTITION])
+    archive = locate.file(celeba.ARCHIVE)
+    tree = None
+    if archive is None:
+        tree = locate.folder(celeba.FOLDER) or next(
+            (s for s in locate.folders if s.rstrip("/").endswith(f"/{celeba.FOLDER}")), None
+        )
+    partition = locate.file(celeba.PARTITION)
+    if (archive is None and tree is None) or partition is None:
+        lacking = "the images" if partition else celeba.PARTITION
+        raise DatasetError(f"{spec.name}: found no {lacking} in {locate.describe()}. {celeba.MISSING_MESSAGE}")
+    images = ("images", "archive", archive) if archive else ("images", "tree", tree)
+    return [images, ("partition", "file", partition)]
 
 
 def _has_loose_files(tree_url: str) -> bool:
@@ -324,6 +386,10 @@ def plan_download(
     if shapes:
         raise ValueError(f"shapes options apply to the built-in datasets, not {dataset}")
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source or [])
+    if not sources:
+        if not spec.default_source:
+            raise DatasetError(f"{dataset}: no source given. {spec.missing}".rstrip(". "))
+        sources = [spec.default_source]
     files = tuple(
         SourceFile(role, kind, url, _tree_identity(url) if kind == "tree" else _file_identity(url, checksums))
         for role, kind, url in _resolve(spec, [os.fspath(s) for s in sources], splits)
@@ -449,8 +515,13 @@ class _Build:
         started = time.time()
         try:
             self._verify_sources()
-            if self.plan.spec.layout == "imagenet":
+            layout = self.plan.spec.layout
+            if layout == "imagenet":
                 counts, extra = self._imagenet()
+            elif layout == "cifar10":
+                counts, extra = self._cifar10()
+            elif layout == "celeba":
+                counts, extra = self._celeba()
             else:
                 counts, extra = self._coco()
         finally:
@@ -460,7 +531,7 @@ class _Build:
         counts.update(skipped_members=len(skipped), rejected_members=len(rejected))
         extra.update(
             dataset=self.plan.dataset,
-            layout=self.plan.spec.layout,
+            layout=_PUBLISHED_LAYOUT[self.plan.spec.layout],
             splits=list(self.plan.splits),
             images_dir="images",
             generator=self.plan.config.get("generator"),
@@ -537,7 +608,7 @@ class _Build:
         classes = [{"wnid": w, "index": i, "name": names.get(w, "")} for i, w in enumerate(wnids)]
         counts = {f"{split}_images": sum(c.values()) for split, c in per_class.items()}
         counts["classes"] = len(classes)
-        return counts, {"classes": classes, "images_per_class": per_class}
+        return counts, {"classes": classes, "images_per_class": per_class, "labelled": True}
 
     def _class_route(self, split: str, wnid: str) -> Callable[[str], tuple[str | None, str]]:
         def route(name: str) -> tuple[str | None, str]:
@@ -722,6 +793,128 @@ class _Build:
                 "images_without_captions_entry": len(files[split] - listed),
             }
         return counts, {"captions": captions}
+
+    # -- CIFAR-10 (binary version)
+
+    def _cifar10(self) -> tuple[dict[str, int], dict[str, Any]]:
+        source = self.plan.file("archive") or self.plan.file("batches")
+        assert source is not None
+        label = source.name
+        wanted = dict((name, split) for split, name in cifar10.iter_batches(self.plan.splits))
+        sizes: dict[str, int] = {}
+        data: dict[str, bytes] = {}
+        meta_text = None
+        if source.kind == "archive":
+            members: Iterable[Member] = iter_tar(self.local["archive"], label)
+        else:
+            members = self._tree_members(source.url)
+        # One pass over the (gzipped) archive: sizes of every batch (for the index offsets) and
+        # the bytes of the unfinished ones; at most the whole data set (~180 MB) in memory.
+        for member in members:
+            if cifar10.is_pickle_member(member.name):
+                raise DatasetError(f"{label}: member {member.name}: {cifar10.PICKLE_MESSAGE}")
+            base = member.name.replace("\\", "/").rsplit("/", 1)[-1]
+            if member.problem or (not member.is_dir and base != cifar10.META and base not in wanted):
+                self._outer_skip(label, member, "not a batch file of a requested split")
+            elif base == cifar10.META:
+                meta_text = member.read().decode("utf-8", errors="replace")
+            elif base in wanted and not member.is_dir:
+                if base in sizes:
+                    self._outer_skip(label, member, f"second copy of {base}")
+                    continue
+                sizes[base] = member.size
+                if self.progress.get(f"{wanted[base]}/{base}") is None:
+                    data[base] = member.read()
+        missing = [name for name in wanted if name not in sizes]
+        if missing:
+            raise DatasetError(f"{label}: no {', '.join(missing)} (not the CIFAR-10 binary version?)")
+        try:
+            names = cifar10.class_names(meta_text)
+        except ValueError as e:
+            raise DatasetError(f"{label}: {e}") from None
+        if any(not _SAFE_COMPONENT.match(name) for name in names):
+            raise DatasetError(f"{label}: {cifar10.META}: class names {list(names)} are not plain folder names")
+
+        per_class: dict[str, dict[str, int]] = {split: dict.fromkeys(names, 0) for split in self.plan.splits}
+        offset = dict.fromkeys(self.plan.splits, 0)
+        problems: dict[str, int] = {}
+        for split, base in cifar10.iter_batches(self.plan.splits):
+            first = offset[split]
+            offset[split] += cifar10.record_count(sizes[base])
+
+            def run(split: str = split, base: str = base, first: int = first) -> dict[str, Any]:
+                existing = self.sink.existing(f"images/{split}")
+                records, skipped = cifar10.parse_batch(data[base])
+                files = []
+                for i, class_index, image in records:
+                    rel = f"images/{split}/{names[class_index]}/{first + i:05d}.png"
+                    png = png_bytes(image)
+                    if existing.get(rel) != len(png):
+                        self.sink.put(rel, png)
+                    files.append(rel)
+                skipped_entries = [{"archive": label, "member": f"{base} record {i}", "reason": reason}
+                                   for i, reason in skipped]  # fmt: skip
+                return {"files": files, "skipped": skipped_entries, "rejected": []}
+
+            record = self._unit(f"{split}/{base}", run)
+            for rel in record["files"]:
+                per_class[split][rel.split("/")[2]] += 1
+            for entry in record["skipped"]:
+                reason = "truncated record" if entry["reason"].startswith("truncated") else "label byte not 0-9"
+                problems[reason] = problems.get(reason, 0) + 1
+        classes = [{"wnid": name, "index": i, "name": name} for i, name in enumerate(names)]
+        counts = {f"{split}_images": sum(c.values()) for split, c in per_class.items()}
+        counts.update(classes=len(classes), skipped_records=sum(problems.values()))
+        extra = {"classes": classes, "images_per_class": per_class, "labelled": True, "skipped_records": problems}
+        return counts, extra
+
+    # -- CelebA
+
+    def _celeba(self) -> tuple[dict[str, int], dict[str, Any]]:
+        source = self.plan.file("images")
+        assert source is not None
+        partition, malformed = celeba.parse_partition(self._read_text("partition"))
+        other = "in another partition"  # not a problem: routed to its own split (or the unpublished test set)
+        counts: dict[str, int] = {}
+        for split in self.plan.splits:
+            wanted = celeba.PARTITIONS[split]
+            # Files the partition list does not name (or outside the folder) count once, in the first split.
+            first = split == self.plan.splits[0]
+            unlisted = "not in list_eval_partition.txt" if first else other
+            misplaced = f"not in {celeba.FOLDER}/" if first else other
+
+            def route(name: str, wanted: int = wanted, unlisted: str = unlisted, misplaced: str = misplaced,
+                      split: str = split) -> tuple[str | None, str]:  # fmt: skip
+                parts = name.replace("\\", "/").split("/")
+                if len(parts) != 2 or parts[0] != celeba.FOLDER:
+                    return None, misplaced
+                if parts[1] not in partition:
+                    return None, unlisted
+                if partition[parts[1]] != wanted:
+                    return None, other
+                return f"images/{split}/{parts[1]}", ""
+
+            def run(split: str = split, route: Any = route) -> dict[str, Any]:
+                existing = self.sink.existing(f"images/{split}")
+                if source.kind == "archive":
+                    members: Iterable[Member] = iter_zip(self.local["images"], source.name)
+                else:
+                    prefix = f"{celeba.FOLDER}/"
+                    members = (dataclasses.replace(m, name=prefix + m.name) for m in self._tree_members(source.url))
+                record = copy_members(self.sink, source.name, members, route, existing)
+                record["skipped"] = [s for s in record["skipped"] if s["reason"] != other]
+                return record
+
+            record = self._unit(f"images_{split}", run)
+            counts[f"{split}_images"] = len(record["files"])
+            listed = sum(1 for p in partition.values() if p == wanted)
+            counts[f"{split}_listed_images_missing"] = listed - len(record["files"])
+            if first:
+                counts["images_not_in_partition_list"] = sum(s["reason"] == unlisted for s in record["skipped"])
+        counts["malformed_partition_lines"] = len(malformed)
+        counts["test_partition_images"] = sum(1 for p in partition.values() if p == 2)
+        extra = {"labelled": False, "partition_problems": malformed[:MAX_LISTED]}
+        return counts, extra
 
 
 def download_dataset(

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-# Published checksums of the official files (torchvision, the COCO download pages). Files not
+# Published checksums of the official files (torchvision, the COCO and CIFAR download pages). Files not
 # listed here are hashed and recorded, but not verified.
 KNOWN_CHECKSUMS: dict[str, tuple[str, str]] = {
     "ILSVRC2012_img_train.tar": ("md5", "1d675b47d978889d74fa0da5fadfb00e"),
@@ -43,6 +43,9 @@ KNOWN_CHECKSUMS: dict[str, tuple[str, str]] = {
     "train2017.zip": ("md5", "cced6f7f71b7629ddf16f17bbcfab6b2"),
     "val2017.zip": ("md5", "442b8da7639aecaf257c1dceb8ba8c80"),
     "annotations_trainval2017.zip": ("md5", "f4bbac642086de4f52a3fdda2de5fa2c"),
+    "cifar-10-binary.tar.gz": ("md5", "c32a1d4ab5d03f1284b67883e8d87530"),
+    "img_align_celeba.zip": ("md5", "00d2c5bc6d35e252742224ab0c1e8fcb"),
+    "list_eval_partition.txt": ("md5", "d32c9cbf5e040fd4025c592c306e6668"),
 }
 
 
