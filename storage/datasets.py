@@ -368,6 +368,7 @@ def plan_download(
     if shapes:
         raise ValueError(f"shapes options apply to the built-in datasets, not {dataset}")
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source or [])
+    sources = [s for s in sources if os.fspath(s)]  # an unset deployment variable arrives as ""
     if not sources:
         if not spec.default_source:
             raise DatasetError(f"{dataset}: no source given. {spec.missing}".rstrip(". "))

@@ -225,7 +225,7 @@ def test_default_source_is_the_official_binary_archive_and_planning_stays_offlin
     (source,) = plan.files
     assert (source.role, source.kind, source.url) == ("archive", "archive", cifar10.URL)
     assert source.identity == {"name": cifar10.ARCHIVE, "md5": cifar10.MD5}
-    assert plan.key == plan_download("cifar10", cifar10.URL).key
+    assert plan.key == plan_download("cifar10", cifar10.URL).key == plan_download("cifar10", "").key
 
 
 def test_missing_batches_are_named(tmp_path: Path) -> None:
