@@ -1,6 +1,8 @@
-"""Download stage: official ImageNet / MS-COCO files, or a built-in shapes set, into a `download` artifact.
+"""Download stage: official ImageNet / MS-COCO / CIFAR-10 / CelebA files, or a built-in set, into an artifact.
 
     python -m flows.download --dataset imagenet --source /data/ilsvrc --store s3://bucket/uvit
+    python -m flows.download --dataset cifar10 --store /data/uvit      # the official binary version
+    python -m flows.download --dataset celeba --source /data/celeba --store /data/uvit
     python -m flows.download --dataset coco2014 --source http://images.cocodataset.org/zips \\
         --source http://images.cocodataset.org/annotations --store /data/uvit
     python -m flows.download --dataset shapes --store ./artifacts
@@ -58,9 +60,7 @@ def _flow() -> Any:
     from prefect.cache_policies import NO_CACHE
 
     @task(name="plan-download", cache_policy=NO_CACHE)
-    def plan(
-        dataset: str, source: list[str], splits: list[str], shapes: dict[str, int]
-    ) -> datasets.DownloadPlan:
+    def plan(dataset: str, source: list[str], splits: list[str], shapes: dict[str, int]) -> datasets.DownloadPlan:
         """Resolve the sources and the artifact key."""
         return datasets.plan_download(dataset, source or None, splits=splits, shapes=shapes or None)
 
@@ -137,9 +137,7 @@ def _publish_artifacts(dataset: str, url: str, key: str, manifest: dict[str, Any
         {
             "split": "total",
             "images": sum(counts.get(f"{split}_images", 0) for split in splits),
-            "captions": sum(counts.get(f"{split}_captions", 0) for split in splits)
-            if "captions" in extra
-            else "",
+            "captions": sum(counts.get(f"{split}_captions", 0) for split in splits) if "captions" in extra else "",
             "skipped members": counts.get("skipped_members", 0),
             "rejected members": counts.get("rejected_members", 0),
         }
@@ -148,9 +146,7 @@ def _publish_artifacts(dataset: str, url: str, key: str, manifest: dict[str, Any
     problems = [{"kind": "rejected", **r} for r in extra.get("rejected", [])]
     problems += [{"kind": "skipped", **s} for s in extra.get("skipped", [])]
     if problems:
-        create_table_artifact(
-            problems[:200], key="download-skipped", description=f"{dataset}: members not extracted"
-        )
+        create_table_artifact(problems[:200], key="download-skipped", description=f"{dataset}: members not extracted")
     markdown = (
         f"# Dataset `{dataset}`\n\n"
         f"- artifact: `{url}`\n- key: `{key}`\n"
@@ -185,7 +181,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--source",
         action="append",
         default=[],
-        help="fsspec URL of a folder with the official files, or of one file; repeatable",
+        help="fsspec URL of a folder with the official files, or of one file; repeatable"
+        " (cifar10 defaults to the official cifar-10-binary.tar.gz URL)",
     )
     parser.add_argument("--store", required=True, help="artifact store root URL (local path, s3://, ...)")
     parser.add_argument("--splits", default="train,val", help="comma-separated subset of train,val")
@@ -204,12 +201,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.splits = [s for s in args.splits.split(",") if s]
     if not args.splits or not set(args.splits) <= set(datasets.SPLITS):
         parser.error(f"--splits must be a subset of {','.join(datasets.SPLITS)}, got {','.join(args.splits)}")
-    builtin = datasets.DATASETS[args.dataset].builtin
-    if builtin and args.source:
+    spec = datasets.DATASETS[args.dataset]
+    if spec.builtin and args.source:
         parser.error(f"--dataset {args.dataset} is built in and takes no --source")
-    if not builtin and not args.source:
-        parser.error(f"--dataset {args.dataset} needs --source")
-    if args.shapes and not builtin:
+    if not spec.builtin and not args.source and not spec.default_source:
+        parser.error(f"--dataset {args.dataset} needs --source" + (f": {spec.missing}" if spec.missing else ""))
+    if args.shapes and not spec.builtin:
         parser.error("--shapes applies to the built-in datasets only")
     args.shapes = dict(args.shapes)
     return args
@@ -220,9 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if os.environ.get(
-        "PREFECT_HOME"
-    ):  # Prefect creates only the last level; a missing parent = opaque time-out
+    if os.environ.get("PREFECT_HOME"):  # Prefect creates only the last level; a missing parent = opaque time-out
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     try:
         if args.no_prefect:

@@ -1,12 +1,12 @@
 """Dataset acquisition: sources on any fsspec URL, resumable transfers, safe extraction, one layout.
 
-A download turns the official ImageNet / MS-COCO files (or a built-in shapes set from
-`uvit.shapes`, generated into a temporary folder and then read like any local source) into one
-`download` artifact:
+A download turns the official ImageNet / MS-COCO / CIFAR-10 / CelebA files (or a built-in shapes
+set from `uvit.shapes`, generated into a temporary folder and then read like any local source) into
+one `download` artifact:
 
     <store>/download/<key>/images/train/<wnid>/<file>       ImageNet layout: one folder per class
-    <store>/download/<key>/images/val/<wnid>/<file>
-    <store>/download/<key>/images/{train,val}/<file>        COCO layout
+    <store>/download/<key>/images/val/<wnid>/<file>         (CIFAR-10: <class name>/<index>.png)
+    <store>/download/<key>/images/{train,val}/<file>        COCO layout; CelebA (unlabelled)
     <store>/download/<key>/captions/captions_{train,val}.json   COCO captions JSON, bytes as published
     <store>/download/<key>/_progress/<unit>.json            finished units (a class, a split): resume
     <store>/download/<key>/_MANIFEST.json                   counts, classes, sources, skipped members
@@ -14,10 +14,12 @@ A download turns the official ImageNet / MS-COCO files (or a built-in shapes set
 Sources are one or more URLs (local path, `file://`, `http(s)://`, `s3://`, `hf://datasets/...`),
 each a folder holding the official files or one of those files itself. Archives on remote URLs are
 copied to a local cache through `<name>.part` (continued with HTTP `Range` / a seek after an
-interruption), then hashed and checked against `KNOWN_CHECKSUMS`. Extraction never writes a member
-path: members are routed to names built here, and absolute paths, `..`, links and device files are
-rejected and listed in the manifest. The key covers dataset, splits, each source's identity (the
-published checksum when known, else redacted URL + size + etag/mtime) and `CODE_VERSION`.
+interruption), then hashed and checked against `KNOWN_CHECKSUMS` (`storage.transfer`). Extraction
+(`storage.layouts`, through `storage.archives`) never writes a member path: members are routed to
+names built there, and absolute paths, `..`, links and device files are rejected and listed in the
+manifest. The key
+covers dataset, splits, each source's identity (the published checksum when known, else redacted
+URL + size + etag/mtime) and `CODE_VERSION`.
 """
 
 from __future__ import annotations
@@ -25,28 +27,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import http.client
 import json
 import os
-import re
-import stat
-import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
-import zipfile
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from fsspec.implementations.local import LocalFileSystem
-
-from storage import paths
+from storage import celeba, cifar10, layouts, paths
+from storage.archives import ArchiveError, DatasetError, list_tree
 from storage.artifacts import ArtifactStore, ArtifactWriter, Manifest, artifact_key
+from storage.transfer import KNOWN_CHECKSUMS, ChecksumError, TransferError, default_cache_dir, fetch
 
 __all__ = [
     "STAGE",
@@ -61,15 +53,6 @@ __all__ = [
     "SourceFile",
     "DownloadPlan",
     "DownloadResult",
-    "Member",
-    "member_problem",
-    "iter_tar",
-    "iter_zip",
-    "iter_archive",
-    "extract_archive",
-    "fetch",
-    "verify_file",
-    "default_cache_dir",
     "plan_download",
     "generate_builtin",
     "transfer_sources",
@@ -79,50 +62,23 @@ __all__ = [
 
 STAGE = "download"
 CODE_VERSION = "1"
-MAX_LISTED = 1000  # skipped/rejected members listed in the manifest (all are counted)
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 SPLITS = ("train", "val")
-_SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
-# Published checksums of the official files (torchvision, the COCO download pages). Files not
-# listed here are hashed and recorded, but not verified.
-KNOWN_CHECKSUMS: dict[str, tuple[str, str]] = {
-    "ILSVRC2012_img_train.tar": ("md5", "1d675b47d978889d74fa0da5fadfb00e"),
-    "ILSVRC2012_img_val.tar": ("md5", "29b22e2961454d5413ddabcf34fc5622"),
-    "ILSVRC2012_devkit_t12.tar.gz": ("md5", "fa75699e90414af021442c21a62c3abf"),
-    "train2014.zip": ("md5", "0da8c0bd3d6becc4dcb32757491aca88"),
-    "val2014.zip": ("md5", "a3d79f5ed8d289b7a7554ce06a5782b3"),
-    "annotations_trainval2014.zip": ("md5", "0a379cfc70b0e71301e0f377548639bd"),
-    "train2017.zip": ("md5", "cced6f7f71b7629ddf16f17bbcfab6b2"),
-    "val2017.zip": ("md5", "442b8da7639aecaf257c1dceb8ba8c80"),
-    "annotations_trainval2017.zip": ("md5", "f4bbac642086de4f52a3fdda2de5fa2c"),
-}
-
-
-class DatasetError(RuntimeError):
-    """A dataset source that is missing, malformed or inconsistent."""
-
-
-class ArchiveError(DatasetError):
-    """An archive that is truncated or corrupt (the message names the file)."""
-
-
-class ChecksumError(DatasetError):
-    """A file whose checksum differs from the published one."""
-
-
-class TransferError(DatasetError, OSError):
-    """A transfer that failed or stopped early; rerunning continues from the `.part` file."""
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset name: its layout (`imagenet` or `coco`), COCO year, and whether it is built in."""
+    """A dataset name: its source format (`imagenet`, `coco`, `cifar10`, `celeba`), COCO year, built in or not.
+
+    `default_source` is used when no source is given; `missing` says where to get the files when
+    there is no default.
+    """
 
     name: str
     layout: str
     year: str = ""
     builtin: bool = False
+    default_source: str = ""
+    missing: str = ""
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -131,6 +87,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "coco2017": DatasetSpec("coco2017", "coco", "2017"),
     "shapes": DatasetSpec("shapes", "imagenet", builtin=True),
     "shapes-coco": DatasetSpec("shapes-coco", "coco", "2014", builtin=True),
+    "cifar10": DatasetSpec("cifar10", "cifar10", default_source=cifar10.URL),
+    "celeba": DatasetSpec("celeba", "celeba", missing=celeba.MISSING_MESSAGE),
 }
 
 
@@ -177,392 +135,6 @@ class DownloadResult:
     key: str
     manifest: Manifest
     cached: bool
-
-
-# ------------------------------------------------------------------------------------------------
-# Safe archive reading
-
-
-@dataclass
-class Member:
-    """An archive (or source tree) entry; `problem` is why it must not be extracted, or None."""
-
-    name: str
-    size: int
-    is_dir: bool
-    problem: str | None
-    read: Callable[[], bytes]
-    open: Callable[[], BinaryIO]
-
-
-def member_problem(name: str) -> str | None:
-    """Why a member name is unsafe (absolute path, `..` component, empty), or None if it is safe."""
-    if not name or "\x00" in name:
-        return "empty name or NUL byte"
-    norm = name.replace("\\", "/")
-    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
-        return "absolute path"
-    if ".." in norm.split("/"):
-        return "'..' path component"
-    return None
-
-
-def _escapes(base_dir: str, target: str) -> bool:
-    if target.startswith("/") or re.match(r"^[A-Za-z]:", target.replace("\\", "/")):
-        return True
-    return os.path.normpath(os.path.join(base_dir or ".", target)).replace("\\", "/").startswith("..")
-
-
-def _link_problem(kind: str, name: str, target: str, relative_to_member: bool) -> str:
-    base = os.path.dirname(name) if relative_to_member else ""
-    if _escapes(base, target):
-        return f"{kind} pointing outside ({target})"
-    return f"{kind} ({target}); links are not extracted"
-
-
-def _reader(label: str, name: str, read: Callable[[], bytes], size: int) -> Callable[[], bytes]:
-    def checked() -> bytes:
-        try:
-            data = read()
-        except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-            raise ArchiveError(f"{label}: member {name}: truncated or corrupt ({e})") from None
-        if len(data) != size:
-            raise ArchiveError(f"{label}: member {name}: truncated ({len(data)} of {size} bytes)")
-        return data
-
-    return checked
-
-
-def iter_tar(source: str | os.PathLike | BinaryIO, label: str | None = None) -> Iterator[Member]:
-    """Members of a (possibly compressed) tar file; truncation raises `ArchiveError` naming it."""
-    if label is None:
-        label = "tar archive" if hasattr(source, "read") else os.fspath(source)  # type: ignore[arg-type]
-    try:
-        if hasattr(source, "read"):
-            tar = tarfile.open(fileobj=source, mode="r:*")  # type: ignore[arg-type]
-        else:
-            tar = tarfile.open(os.fspath(source), mode="r:*")
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise ArchiveError(f"{label}: not a readable tar archive, truncated or corrupt ({e})") from None
-    with tar:
-        while True:
-            try:
-                info = tar.next()
-            except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-                raise ArchiveError(f"{label}: truncated or corrupt tar archive ({e})") from None
-            if info is None:
-                break
-            yield _tar_member(tar, info, label)
-        # tarfile ends silently on a missing or cut header: require the zero end-of-archive block.
-        try:
-            tar.fileobj.seek(tar.offset)
-            end = tar.fileobj.read(tarfile.BLOCKSIZE)
-        except (EOFError, zlib.error, OSError) as e:
-            raise ArchiveError(f"{label}: truncated tar archive ({e})") from None
-        if end != bytes(tarfile.BLOCKSIZE):
-            raise ArchiveError(
-                f"{label}: truncated tar archive (no end-of-archive block at byte {tar.offset})"
-            )
-
-
-def _tar_member(tar: tarfile.TarFile, info: tarfile.TarInfo, label: str) -> Member:
-    problem = member_problem(info.name)
-    if problem is None:
-        if info.issym():
-            problem = _link_problem("symlink", info.name, info.linkname, relative_to_member=True)
-        elif info.islnk():
-            problem = _link_problem("hardlink", info.name, info.linkname, relative_to_member=False)
-        elif info.ischr() or info.isblk():
-            problem = "device file"
-        elif info.isfifo():
-            problem = "fifo"
-        elif not (info.isreg() or info.isdir()):
-            problem = f"unsupported member type {info.type!r}"
-
-    def read() -> bytes:
-        f = tar.extractfile(info)
-        return f.read() if f is not None else b""
-
-    def open_() -> BinaryIO:
-        f = tar.extractfile(info)
-        if f is None:
-            raise ArchiveError(f"{label}: member {info.name} is not a regular file")
-        return f  # type: ignore[return-value]
-
-    return Member(
-        info.name, info.size, info.isdir(), problem, _reader(label, info.name, read, info.size), open_
-    )
-
-
-def iter_zip(source: str | os.PathLike | BinaryIO, label: str | None = None) -> Iterator[Member]:
-    """Members of a zip file; a truncated file raises `ArchiveError` naming it."""
-    if label is None:
-        label = "zip archive" if hasattr(source, "read") else os.fspath(source)  # type: ignore[arg-type]
-    try:
-        zf = zipfile.ZipFile(source)  # type: ignore[arg-type]
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise ArchiveError(f"{label}: not a readable zip archive, truncated or corrupt ({e})") from None
-    with zf:
-        for info in zf.infolist():
-            mode = info.external_attr >> 16
-            problem = member_problem(info.filename)
-            if problem is None:
-                if stat.S_ISLNK(mode):
-                    target = zf.read(info).decode("utf-8", "replace")
-                    problem = _link_problem("symlink", info.filename, target, relative_to_member=True)
-                elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                    problem = "device file"
-                elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-                    problem = "fifo or socket"
-            yield Member(
-                info.filename,
-                info.file_size,
-                info.is_dir(),
-                problem,
-                _reader(label, info.filename, lambda info=info: zf.read(info), info.file_size),
-                lambda info=info: zf.open(info),  # type: ignore[misc]
-            )
-
-
-def iter_archive(path: str | os.PathLike, label: str | None = None) -> Iterator[Member]:
-    """Members of a local `.zip` or tar archive (by content, not by name)."""
-    if zipfile.is_zipfile(path):
-        return iter_zip(path, label)
-    return iter_tar(path, label)
-
-
-def extract_archive(archive: str | os.PathLike, dest_url: str) -> dict[str, Any]:
-    """Extract a local archive's regular files under `dest_url`; unsafe members are listed, not written."""
-    sink = _Sink(dest_url)
-    record = _copy_members(sink, os.path.basename(archive), iter_archive(archive), _keep_path, {})
-    sink.flush()
-    return record
-
-
-def _keep_path(name: str) -> tuple[str | None, str]:
-    return "/".join(p for p in name.replace("\\", "/").split("/") if p not in ("", ".")), ""
-
-
-# ------------------------------------------------------------------------------------------------
-# Writing into the artifact folder
-
-
-class _Sink:
-    """Writes files under a folder URL: plain writes on local disk, parallel PUTs elsewhere."""
-
-    def __init__(self, url: str) -> None:
-        self.url = paths.normalize_url(url)
-        self.fs, self.root = paths.filesystem(self.url)
-        self.local = isinstance(self.fs, LocalFileSystem)
-        self._pool = None if self.local else ThreadPoolExecutor(8)
-        self._pending: list[Future] = []
-        self._dirs: set[str] = set()
-
-    def existing(self, rel: str) -> dict[str, int]:
-        """Sizes of the files already under `rel` (relative names), for resuming a unit."""
-        base = f"{self.root}/{rel}"
-        if hasattr(self.fs, "invalidate_cache"):
-            self.fs.invalidate_cache(base)
-        try:
-            found = self.fs.find(base, detail=True)
-        except FileNotFoundError:
-            return {}
-        offset = len(self.root.rstrip("/")) + 1
-        return {p[offset:]: int(i.get("size") or 0) for p, i in found.items() if i.get("type") != "directory"}
-
-    def put(self, rel: str, data: bytes) -> None:
-        """Write one file (a file left half written by a crash has the wrong size and is redone)."""
-        path = f"{self.root}/{rel}"
-        if self.local:
-            parent = os.path.dirname(path)
-            if parent not in self._dirs:
-                os.makedirs(parent, exist_ok=True)
-                self._dirs.add(parent)
-            with open(path, "wb") as f:
-                f.write(data)
-            return
-        self._pending.append(self._pool.submit(self.fs.pipe_file, path, data))  # type: ignore[union-attr]
-        if len(self._pending) >= 64:
-            self.flush()
-
-    def flush(self) -> None:
-        """Wait for pending writes; re-raise the first failure."""
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-
-    def close(self) -> None:
-        """Flush and stop the upload threads."""
-        try:
-            self.flush()
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-
-
-def _copy_members(
-    sink: _Sink,
-    label: str,
-    members: Iterable[Member],
-    route: Callable[[str], tuple[str | None, str]],
-    existing: Mapping[str, int],
-) -> dict[str, Any]:
-    """Write the members that `route` maps to a destination; count the rest as skipped or rejected."""
-    written: set[str] = set()
-    skipped: list[dict[str, str]] = []
-    rejected: list[dict[str, str]] = []
-    for member in members:
-        if member.problem is not None:
-            rejected.append({"archive": label, "member": member.name, "reason": member.problem})
-            continue
-        if member.is_dir:
-            continue
-        dest, reason = route(member.name)
-        if dest is None:
-            skipped.append({"archive": label, "member": member.name, "reason": reason})
-        elif member.size == 0:
-            skipped.append({"archive": label, "member": member.name, "reason": "empty file"})
-        elif dest in written:
-            skipped.append({"archive": label, "member": member.name, "reason": f"duplicate of {dest}"})
-        else:
-            if existing.get(dest) != member.size:
-                sink.put(dest, member.read())
-            written.add(dest)
-    return {"files": sorted(written), "skipped": skipped, "rejected": rejected}
-
-
-# ------------------------------------------------------------------------------------------------
-# Transfers and checksums
-
-
-def default_cache_dir() -> Path:
-    """Local folder for transferred archives: `$UVIT_DOWNLOAD_CACHE` or `~/.cache/uvit/downloads`."""
-    return Path(os.environ.get("UVIT_DOWNLOAD_CACHE", Path.home() / ".cache" / "uvit" / "downloads"))
-
-
-def fetch(url: str, dest: str | os.PathLike, *, chunk_bytes: int = 8 << 20, timeout_s: float = 60.0) -> Path:
-    """Copy a URL to a local file through `<dest>.part`, continuing a partial copy; renamed when complete.
-
-    HTTP(S) continues with a `Range` request (a server that ignores it gives a restart from zero);
-    other fsspec URLs continue with a seek. An interruption raises `TransferError` and keeps the
-    `.part` file for the next call.
-    """
-    dest = Path(dest)
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.exists() else 0
-    if paths.protocol(url) in ("http", "https"):
-        total = _fetch_http(url, part, offset, chunk_bytes, timeout_s)
-    else:
-        total = _fetch_fsspec(url, part, offset, chunk_bytes)
-    size = part.stat().st_size if part.exists() else 0
-    if total is not None and size != total:
-        if size > total:
-            part.unlink()
-            raise TransferError(
-                f"{paths.redact_url(url)}: got {size} bytes, more than its {total}; restarting"
-            )
-        raise TransferError(
-            f"{paths.redact_url(url)}: transfer interrupted after {size} of {total} bytes; rerun to resume"
-        )
-    os.replace(part, dest)
-    return dest
-
-
-def _split_basic_auth(url: str) -> tuple[str, str | None]:
-    """The URL without `user:password@` and the HTTP basic-auth header it stood for (urllib ignores it)."""
-    import base64
-    from urllib.parse import unquote, urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.username is None:
-        return url, None
-    token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])), f"Basic {token}"
-
-
-def _fetch_http(url: str, part: Path, offset: int, chunk_bytes: int, timeout_s: float) -> int | None:
-    where = paths.redact_url(url)
-    url, authorization = _split_basic_auth(url)
-    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
-    if authorization:
-        request.add_unredirected_header("Authorization", authorization)  # never sent on to a redirect
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:  # nothing left to send: the .part file is complete (or too long)
-            match = re.match(r"bytes \*/(\d+)", e.headers.get("Content-Range", ""))
-            return int(match.group(1)) if match else None
-        raise TransferError(f"{where}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise TransferError(f"{where}: {e}") from None
-    with response:
-        if offset and response.status == 206:
-            content_range = response.headers.get("Content-Range", "")
-            match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", content_range)
-            if not match or int(match.group(1)) != offset:
-                raise TransferError(
-                    f"{where}: asked for bytes {offset}-, got Content-Range {content_range!r}"
-                )
-            total = int(match.group(2)) if match.group(2) != "*" else None
-        else:
-            offset = 0  # a full body: the server ignored Range (or this is a fresh start)
-            length = response.headers.get("Content-Length")
-            total = int(length) if length is not None else None
-        try:
-            with open(part, "ab" if offset else "wb") as f:
-                while block := response.read(chunk_bytes):
-                    f.write(block)
-        except (OSError, http.client.HTTPException, ValueError) as e:
-            raise TransferError(f"{where}: transfer interrupted ({e}); rerun to resume") from None
-    return total
-
-
-def _fetch_fsspec(url: str, part: Path, offset: int, chunk_bytes: int) -> int | None:
-    fs, path = paths.filesystem(url)
-    try:
-        total = fs.size(path)
-        with fs.open(path, "rb") as src, open(part, "ab" if offset else "wb") as f:
-            if offset:
-                src.seek(offset)
-            while block := src.read(chunk_bytes):
-                f.write(block)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise TransferError(f"{paths.redact_url(url)}: transfer interrupted ({e}); rerun to resume") from None
-    return total
-
-
-def verify_file(
-    url: str, name: str | None = None, checksums: Mapping[str, tuple[str, str]] | None = None
-) -> dict[str, Any]:
-    """md5 and sha256 of a file in one pass, checked against its published checksum when one is known."""
-    name = name or url.rstrip("/").rsplit("/", 1)[-1]
-    checksums = KNOWN_CHECKSUMS if checksums is None else checksums
-    algo, expected = checksums.get(name, ("sha256", ""))
-    digests = {a: hashlib.new(a) for a in dict.fromkeys(["md5", "sha256", algo])}
-    size = 0
-    fs, path = paths.filesystem(url)
-    with fs.open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            size += len(block)
-            for digest in digests.values():
-                digest.update(block)
-    record: dict[str, Any] = {"name": name, "size": size, **{k: d.hexdigest() for k, d in digests.items()}}
-    if expected:
-        got = record[algo]
-        if got != expected.lower():
-            raise ChecksumError(
-                f"{name}: {algo} {got} does not match the published {expected} ({size} bytes): the file is"
-                " truncated or corrupt; replace it and rerun"
-            )
-        record["verified"] = f"{algo} matches the published checksum"
-    else:
-        record["verified"] = "no published checksum known: not verified"
-    return record
 
 
 # ------------------------------------------------------------------------------------------------
@@ -621,18 +193,9 @@ def _file_identity(url: str, checksums: Mapping[str, tuple[str, str]]) -> dict[s
     return {"url": paths.redact_url(url), "size": info.get("size"), "version": version}
 
 
-def _list_tree(url: str) -> dict[str, dict[str, Any]]:
-    fs, path = paths.filesystem(url)
-    if hasattr(fs, "invalidate_cache"):
-        fs.invalidate_cache(path)
-    found = fs.find(path, detail=True)
-    offset = len(path.rstrip("/")) + 1
-    return {p[offset:]: i for p, i in sorted(found.items()) if i.get("type") != "directory"}
-
-
 def _tree_identity(url: str) -> dict[str, Any]:
     digest = hashlib.sha256()
-    entries = _list_tree(url)
+    entries = list_tree(url)
     for rel, info in entries.items():
         version = next((str(info[k]) for k in _VERSION_FIELDS if info.get(k)), "")
         digest.update(f"{rel}|{info.get('size')}|{version}\n".encode())
@@ -673,6 +236,10 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
         if synsets:
             found.append(("synsets", "file", synsets))
         return found
+    if spec.layout == "cifar10":
+        return _resolve_cifar10(spec, sources, splits)
+    if spec.layout == "celeba":
+        return _resolve_celeba(spec, sources)
     year = spec.year
     annotations = f"annotations_trainval{year}.zip"
     captions = [f"annotations/captions_{s}{year}.json" for s in SPLITS]
@@ -683,8 +250,7 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
         tree = None if archive else locate.folder(f"{split}{year}")
         if archive is None and tree is None:
             raise DatasetError(
-                f"{spec.name}: found neither {split}{year}.zip nor a {split}{year}/ folder"
-                f" in {locate.describe()}"
+                f"{spec.name}: found neither {split}{year}.zip nor a {split}{year}/ folder in {locate.describe()}"
             )
         found.append((split, "archive", archive) if archive else (split, "tree", tree))
     zipped = locate.file(annotations)
@@ -702,19 +268,50 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
     return found
 
 
-def _tree_member(root_url: str, rel: str, info: Mapping[str, Any]) -> Member:
-    """A file of a source tree as an archive member (read through fsspec)."""
-    url = paths.join(root_url, rel) if member_problem(rel) is None else root_url
-    size = int(info.get("size") or 0)
-    fs, path = paths.filesystem(url)
-    return Member(
-        rel,
-        size,
-        False,
-        member_problem(rel),
-        _reader(root_url, rel, lambda: fs.cat_file(path), size),
-        lambda: fs.open(path, "rb"),
+def _resolve_cifar10(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -> list[tuple[str, str, str]]:
+    """The binary archive, or a folder of its `.bin` files; the pickle version is refused by name."""
+    batches = [name for split in splits for name in cifar10.BATCHES[split]]
+    locate = _Locator(sources, [cifar10.ARCHIVE, cifar10.PICKLE_ARCHIVE])
+    archive = locate.file(cifar10.ARCHIVE)
+    if archive:
+        return [("archive", "archive", archive)]
+    if (
+        locate.file(cifar10.PICKLE_ARCHIVE)
+        or locate.folder(cifar10.PICKLE_FOLDER)
+        or any(s.rstrip("/").endswith(f"/{cifar10.PICKLE_FOLDER}") for s in locate.folders)
+    ):
+        raise DatasetError(f"{spec.name}: {cifar10.PICKLE_MESSAGE}")
+    candidates = [*locate.folders, *filter(None, [locate.folder(cifar10.FOLDER)])]
+    for folder in candidates:
+        present = set(paths.list_names(folder))
+        if batches[0] in present:
+            missing = [b for b in batches if b not in present]
+            if missing:
+                raise DatasetError(f"{spec.name}: {paths.redact_url(folder)} lacks {', '.join(missing)}")
+            return [("batches", "tree", folder)]
+        if "data_batch_1" in present or "test_batch" in present:
+            raise DatasetError(f"{spec.name}: {paths.redact_url(folder)}: {cifar10.PICKLE_MESSAGE}")
+    raise DatasetError(
+        f"{spec.name}: found neither {cifar10.ARCHIVE} nor a folder of its .bin files ({batches[0]}, ...) in"
+        f" {locate.describe()}; the official file is {cifar10.URL} (md5 {cifar10.MD5})"
     )
+
+
+def _resolve_celeba(spec: DatasetSpec, sources: Sequence[str]) -> list[tuple[str, str, str]]:
+    """`img_align_celeba.zip` (or the extracted folder) and `list_eval_partition.txt`."""
+    locate = _Locator(sources, [celeba.ARCHIVE, celeba.PARTITION])
+    archive = locate.file(celeba.ARCHIVE)
+    tree = None
+    if archive is None:
+        tree = locate.folder(celeba.FOLDER) or next(
+            (s for s in locate.folders if s.rstrip("/").endswith(f"/{celeba.FOLDER}")), None
+        )
+    partition = locate.file(celeba.PARTITION)
+    if (archive is None and tree is None) or partition is None:
+        lacking = "the images" if partition else celeba.PARTITION
+        raise DatasetError(f"{spec.name}: found no {lacking} in {locate.describe()}. {celeba.MISSING_MESSAGE}")
+    images = ("images", "archive", archive) if archive else ("images", "tree", tree)
+    return [images, ("partition", "file", partition)]
 
 
 def _has_loose_files(tree_url: str) -> bool:
@@ -767,12 +364,15 @@ def plan_download(
             "generator": options,
             "shapes": _shapes_version(),
         }
-        return DownloadPlan(
-            dataset, splits, artifact_key(STAGE, config, code_version=CODE_VERSION), (), config
-        )
+        return DownloadPlan(dataset, splits, artifact_key(STAGE, config, code_version=CODE_VERSION), (), config)
     if shapes:
         raise ValueError(f"shapes options apply to the built-in datasets, not {dataset}")
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source or [])
+    sources = [s for s in sources if os.fspath(s)]  # an unset deployment variable arrives as ""
+    if not sources:
+        if not spec.default_source:
+            raise DatasetError(f"{dataset}: no source given. {spec.missing}".rstrip(". "))
+        sources = [spec.default_source]
     files = tuple(
         SourceFile(role, kind, url, _tree_identity(url) if kind == "tree" else _file_identity(url, checksums))
         for role, kind, url in _resolve(spec, [os.fspath(s) for s in sources], splits)
@@ -782,9 +382,7 @@ def plan_download(
         "splits": list(splits),
         "sources": {f.role: {"kind": f.kind, **f.identity} for f in files},
     }
-    return DownloadPlan(
-        dataset, splits, artifact_key(STAGE, config, code_version=CODE_VERSION), files, config
-    )
+    return DownloadPlan(dataset, splits, artifact_key(STAGE, config, code_version=CODE_VERSION), files, config)
 
 
 def _shapes_options(spec: DatasetSpec, options: Mapping[str, int] | None) -> dict[str, int]:
@@ -807,14 +405,10 @@ def generate_builtin(plan: DownloadPlan, folder: str | os.PathLike) -> DownloadP
         raise ValueError(f"{plan.dataset} is not a built-in dataset")
     options = plan.config["generator"]
     if spec.layout == "imagenet":
-        shapes.make_imagenet_like(
-            folder, options["n_train_per_class"], options["n_val"], seed=options["seed"]
-        )
+        shapes.make_imagenet_like(folder, options["n_train_per_class"], options["n_val"], seed=options["seed"])
     else:
         shapes.make_coco_like(folder, options["n_train"], options["n_val"], seed=options["seed"])
-    files = tuple(
-        SourceFile(role, kind, url) for role, kind, url in _resolve(spec, [os.fspath(folder)], plan.splits)
-    )
+    files = tuple(SourceFile(role, kind, url) for role, kind, url in _resolve(spec, [os.fspath(folder)], plan.splits))
     return dataclasses.replace(plan, files=files)
 
 
@@ -837,22 +431,6 @@ def transfer(source: SourceFile, cache_dir: str | os.PathLike | None = None) -> 
     return str(fetch(source.url, dest))
 
 
-class _Progress:
-    """Per-unit completion markers inside the artifact folder (`_progress/<unit>.json`)."""
-
-    def __init__(self, writer_url: str) -> None:
-        self.url = writer_url
-
-    def get(self, unit: str) -> dict[str, Any] | None:
-        try:
-            return paths.read_json(paths.join(self.url, "_progress", f"{unit}.json"))
-        except FileNotFoundError:
-            return None
-
-    def put(self, unit: str, record: dict[str, Any]) -> None:
-        paths.write_json_atomic(paths.join(self.url, "_progress", f"{unit}.json"), record)
-
-
 def build_download(
     plan: DownloadPlan,
     store_root: str,
@@ -868,327 +446,15 @@ def build_download(
     local = {}
     for f in plan.files:
         if f.kind == "archive":
-            path = (local_files or {}).get(f.role) or (
-                paths.normalize_url(f.url) if paths.is_local(f.url) else None
-            )
+            path = (local_files or {}).get(f.role) or (paths.normalize_url(f.url) if paths.is_local(f.url) else None)
             if path is None:
-                raise DatasetError(
-                    f"{plan.dataset}: remote archive {f.name} was not transferred (transfer_sources)"
-                )
+                raise DatasetError(f"{plan.dataset}: remote archive {f.name} was not transferred (transfer_sources)")
             local[f.role] = path
 
     def build(writer: ArtifactWriter) -> Manifest:
-        return _Build(plan, writer, local, KNOWN_CHECKSUMS if checksums is None else checksums).run()
+        return layouts.build(plan, writer, local, KNOWN_CHECKSUMS if checksums is None else checksums, CODE_VERSION)
 
     return store.ensure(STAGE, plan.key, build, wait_s=wait_s)
-
-
-class _Build:
-    """One run of the extraction into a leased artifact folder."""
-
-    def __init__(
-        self,
-        plan: DownloadPlan,
-        writer: ArtifactWriter,
-        local: Mapping[str, str],
-        checksums: Mapping[str, tuple[str, str]],
-    ) -> None:
-        self.plan = plan
-        self.writer = writer
-        self.local = local
-        self.checksums = checksums
-        self.sink = _Sink(writer.url)
-        self.progress = _Progress(writer.url)
-        # Members outside any unit (e.g. non-class entries of the train tar); recounted on every run.
-        self.outer: dict[str, list[Any]] = {"files": [], "skipped": [], "rejected": []}
-        self.records: dict[str, dict[str, Any]] = {"_outer": self.outer}
-        self.sources: list[dict[str, Any]] = []
-
-    def run(self) -> Manifest:
-        started = time.time()
-        try:
-            self._verify_sources()
-            if self.plan.spec.layout == "imagenet":
-                counts, extra = self._imagenet()
-            else:
-                counts, extra = self._coco()
-        finally:
-            self.sink.close()
-        skipped = [s for r in self.records.values() for s in r["skipped"]]
-        rejected = [s for r in self.records.values() for s in r["rejected"]]
-        counts.update(skipped_members=len(skipped), rejected_members=len(rejected))
-        extra.update(
-            dataset=self.plan.dataset,
-            layout=self.plan.spec.layout,
-            splits=list(self.plan.splits),
-            images_dir="images",
-            generator=self.plan.config.get("generator"),
-            sources=self.sources,
-            skipped=skipped[:MAX_LISTED],
-            rejected=rejected[:MAX_LISTED],
-        )
-        return Manifest(
-            kind="dataset",
-            counts=counts,
-            versions={"download": CODE_VERSION},
-            timings={"extract_s": round(time.time() - started, 3)},
-            extra=extra,
-        )
-
-    # -- sources
-
-    def _verify_sources(self) -> None:
-        for source in self.plan.files:
-            if source.kind == "tree":
-                self.sources.append(
-                    {"role": source.role, "kind": "tree", "url": source.url, **source.identity}
-                )
-                continue
-            unit = f"sources/{source.role}"
-            record = self.progress.get(unit)
-            if record is None:
-                local = self.local.get(source.role, source.url)
-                try:
-                    record = verify_file(local, source.name, self.checksums)
-                except ChecksumError:
-                    if local != paths.normalize_url(source.url):  # a bad cached copy: fetch again next run
-                        os.remove(local)
-                    raise
-                record = {"role": source.role, "kind": source.kind, "url": source.url, **record}
-                self.progress.put(unit, record)
-            self.sources.append(record)
-
-    def _unit(self, unit: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        record = self.progress.get(unit)
-        if record is None:
-            record = run()
-            self.sink.flush()  # files first, then the marker that says they are complete
-            self.progress.put(unit, record)
-        self.records[unit] = record
-        return record
-
-    def _tree_members(self, url: str) -> Iterator[Member]:
-        for rel, info in _list_tree(url).items():
-            yield _tree_member(url, rel, info)
-
-    def _read_text(self, role: str) -> str:
-        source = self.plan.file(role)
-        assert source is not None
-        fs, path = paths.filesystem(source.url)
-        return fs.cat_file(path).decode("utf-8")
-
-    # -- ImageNet
-
-    def _imagenet(self) -> tuple[dict[str, int], dict[str, Any]]:
-        names: dict[str, str] = {}
-        if self.plan.file("synsets"):
-            for line in self._read_text("synsets").splitlines():
-                wnid, _, name = line.strip().partition(" ")
-                if wnid:
-                    names[wnid] = name.strip()
-        per_class: dict[str, dict[str, int]] = {}
-        if "train" in self.plan.splits:
-            per_class["train"] = self._imagenet_train()
-        if "val" in self.plan.splits:
-            per_class["val"] = self._imagenet_val()
-        wnids = sorted(per_class.get("train") or per_class.get("val") or {})
-        unknown = sorted(set(per_class.get("val", {})) - set(wnids))
-        if unknown:
-            raise DatasetError(f"{self.plan.dataset}: val classes {unknown[:10]} have no train folder")
-        classes = [{"wnid": w, "index": i, "name": names.get(w, "")} for i, w in enumerate(wnids)]
-        counts = {f"{split}_images": sum(c.values()) for split, c in per_class.items()}
-        counts["classes"] = len(classes)
-        return counts, {"classes": classes, "images_per_class": per_class}
-
-    def _class_route(self, split: str, wnid: str) -> Callable[[str], tuple[str | None, str]]:
-        def route(name: str) -> tuple[str | None, str]:
-            base = name.replace("\\", "/").rsplit("/", 1)[-1]
-            if not base.lower().endswith(IMAGE_SUFFIXES):
-                return None, "not an image"
-            if not _SAFE_COMPONENT.match(base):
-                return None, "unusual file name"
-            return f"images/{split}/{wnid}/{base}", ""
-
-        return route
-
-    def _imagenet_train(self) -> dict[str, int]:
-        source = self.plan.file("train")
-        assert source is not None
-        counts: dict[str, int] = {}
-        if source.kind == "archive":
-            label = source.name
-            for member in iter_tar(self.local["train"], label):
-                wnid = member.name.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".tar")
-                if member.is_dir and member.problem is None:
-                    continue
-                if member.problem or not member.name.endswith(".tar") or not _SAFE_COMPONENT.match(wnid):
-                    self._outer_skip(label, member, "not a class archive (<wnid>.tar)")
-                    continue
-
-                def run(member: Member = member, wnid: str = wnid) -> dict[str, Any]:
-                    existing = self.sink.existing(f"images/train/{wnid}")
-                    inner = iter_tar(member.open(), f"{label}:{member.name}")
-                    route = self._class_route("train", wnid)
-                    return _copy_members(self.sink, f"{label}:{member.name}", inner, route, existing)
-
-                counts[wnid] = len(self._unit(f"train/{wnid}", run)["files"])
-            return counts
-        by_class: dict[str, dict[str, dict[str, Any]]] = {}
-        for rel, info in _list_tree(source.url).items():
-            top, _, rest = rel.partition("/")
-            if not rest or not _SAFE_COMPONENT.match(top):
-                self._outer_skip(source.url, _tree_member(source.url, rel, info), "not in a class folder")
-                continue
-            by_class.setdefault(top, {})[rel] = info
-        for wnid, entries in sorted(by_class.items()):
-
-            def run(entries: dict[str, dict[str, Any]] = entries, wnid: str = wnid) -> dict[str, Any]:
-                existing = self.sink.existing(f"images/train/{wnid}")
-                members = (_tree_member(source.url, rel, info) for rel, info in entries.items())
-                return _copy_members(
-                    self.sink, source.url, members, self._class_route("train", wnid), existing
-                )
-
-            counts[wnid] = len(self._unit(f"train/{wnid}", run)["files"])
-        return counts
-
-    def _outer_skip(self, label: str, member: Member, reason: str) -> None:
-        entry = {"archive": label, "member": member.name, "reason": member.problem or reason}
-        self.outer["rejected" if member.problem else "skipped"].append(entry)
-
-    def _imagenet_val(self) -> dict[str, int]:
-        source = self.plan.file("val")
-        assert source is not None
-        labels: dict[str, str] = {}
-        if self.plan.file("val_labels"):
-            lines = self._read_text("val_labels").splitlines()
-            if not lines or not lines[0].startswith("ImageId"):
-                raise DatasetError("LOC_val_solution.csv: expected the header 'ImageId,PredictionString'")
-            for line in lines[1:]:
-                image_id, _, prediction = line.strip().partition(",")
-                if image_id:
-                    if not prediction.split() or not _SAFE_COMPONENT.match(prediction.split()[0]):
-                        raise DatasetError(f"LOC_val_solution.csv: no class for {image_id!r}")
-                    labels[image_id] = prediction.split()[0]
-
-        def route(name: str) -> tuple[str | None, str]:
-            parts = name.replace("\\", "/").split("/")
-            base = parts[-1]
-            if not base.lower().endswith(IMAGE_SUFFIXES):
-                return None, "not an image"
-            if not _SAFE_COMPONENT.match(base):
-                return None, "unusual file name"
-            if labels:
-                wnid = labels.get(base.rsplit(".", 1)[0])
-                if wnid is None:
-                    return None, "no label in LOC_val_solution.csv"
-            elif len(parts) >= 2 and _SAFE_COMPONENT.match(parts[-2]):
-                wnid = parts[-2]
-            else:
-                return None, "not in a class folder"
-            return f"images/val/{wnid}/{base}", ""
-
-        def run() -> dict[str, Any]:
-            existing = self.sink.existing("images/val")
-            if source.kind == "archive":
-                members: Iterable[Member] = iter_tar(self.local["val"], source.name)
-            else:
-                members = self._tree_members(source.url)
-            return _copy_members(self.sink, source.name, members, route, existing)
-
-        record = self._unit("val", run)
-        counts: dict[str, int] = {}
-        for path in record["files"]:
-            wnid = path.split("/")[2]
-            counts[wnid] = counts.get(wnid, 0) + 1
-        return dict(sorted(counts.items()))
-
-    # -- COCO
-
-    def _coco(self) -> tuple[dict[str, int], dict[str, Any]]:
-        year = self.plan.spec.year
-        counts: dict[str, int] = {}
-        files: dict[str, set[str]] = {}
-        for split in self.plan.splits:
-            source = self.plan.file(split)
-            assert source is not None
-
-            def route(name: str, split: str = split) -> tuple[str | None, str]:
-                parts = name.replace("\\", "/").split("/")
-                if len(parts) != 2 or parts[0] != f"{split}{year}":
-                    return None, f"not in {split}{year}/"
-                if not parts[1].lower().endswith(IMAGE_SUFFIXES) or not _SAFE_COMPONENT.match(parts[1]):
-                    return None, "not an image"
-                return f"images/{split}/{parts[1]}", ""
-
-            def run(source: SourceFile = source, split: str = split, route: Any = route) -> dict[str, Any]:
-                existing = self.sink.existing(f"images/{split}")
-                if source.kind == "archive":
-                    members: Iterable[Member] = iter_zip(self.local[split], source.name)
-                else:
-                    prefix = f"{split}{year}/"
-                    members = (
-                        dataclasses.replace(m, name=prefix + m.name) for m in self._tree_members(source.url)
-                    )
-                return _copy_members(self.sink, source.name, members, route, existing)
-
-            record = self._unit(f"images_{split}", run)
-            files[split] = {p.rsplit("/", 1)[-1] for p in record["files"]}
-            counts[f"{split}_images"] = len(files[split])
-
-        wanted = {
-            f"annotations/captions_{s}{year}.json": f"captions/captions_{s}.json" for s in self.plan.splits
-        }
-
-        def captions_run() -> dict[str, Any]:
-            annotations = self.plan.file("annotations")
-            if annotations is not None:
-                route = lambda name: (wanted.get(name), "not a captions file of a requested split")
-                return _copy_members(
-                    self.sink,
-                    annotations.name,
-                    iter_zip(self.local["annotations"], annotations.name),
-                    route,
-                    {},
-                )
-            members = []
-            for split in self.plan.splits:
-                source = self.plan.file(f"captions_{split}")
-                assert source is not None
-                fs, path = paths.filesystem(source.url)
-                name = f"annotations/captions_{split}{year}.json"
-                members.append(_tree_member(source.url, "", fs.info(path)))
-                members[-1] = dataclasses.replace(members[-1], name=name, problem=None)
-            return _copy_members(self.sink, "annotations", members, lambda n: (wanted.get(n), ""), {})
-
-        record = self._unit("captions", captions_run)
-        found = set(record["files"])
-        captions: dict[str, Any] = {}
-        for split in self.plan.splits:
-            rel = f"captions/captions_{split}.json"
-            if rel not in found:
-                raise DatasetError(f"{self.plan.dataset}: annotations hold no captions_{split}{year}.json")
-            try:
-                document = paths.read_json(paths.join(self.writer.url, rel))
-                # Entries with wrong types are dropped and counted by the encode stage
-                # (storage.items.caption_items); this summary just leaves them out.
-                images = {image["id"]: image["file_name"] for image in document["images"]
-                          if isinstance(image, dict) and isinstance(image.get("id"), (int, str))}  # fmt: skip
-                annotations = document["annotations"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DatasetError(f"captions_{split}{year}.json: not a COCO captions file ({e})") from None
-            listed = set(images.values())
-            captioned = {a["image_id"] for a in annotations
-                         if isinstance(a, dict) and isinstance(a.get("image_id"), (int, str))}  # fmt: skip
-            counts[f"{split}_captions"] = len(annotations)
-            captions[split] = {
-                "file": rel,
-                "images_listed": len(images),
-                "images_captioned": len(captioned & set(images)),
-                "listed_images_missing": len(listed - files[split]),
-                "images_without_captions_entry": len(files[split] - listed),
-            }
-        return counts, {"captions": captions}
 
 
 def download_dataset(

@@ -1,10 +1,12 @@
 """The items of a download artifact's split, in a fixed order: image URLs with labels or captions.
 
 Reads the layout `storage.datasets` publishes: `images/<split>/<wnid>/<file>` with the class list
-in the manifest (ImageNet layout), or `images/<split>/<file>` with `captions/captions_<split>.json`
-(COCO layout). Captions JSON is read by rule: invalid UTF-8 bytes become U+FFFD, annotations whose
-caption is not a string or whose image id is unknown are dropped and counted, duplicate image ids
-keep the first entry; images listed but absent stay in the list (the encoder reports them missing).
+in the manifest (ImageNet layout, CIFAR-10), `images/<split>/<file>` with
+`captions/captions_<split>.json` (COCO layout), or `images/<split>/<file>` unlabelled (CelebA; the
+manifest says `labelled: false`, and every item has label -1). Captions JSON is read by rule:
+invalid UTF-8 bytes become U+FFFD, annotations whose caption is not a string or whose image id is
+unknown are dropped and counted, duplicate image ids keep the first entry; images listed but absent
+stay in the list (the encoder reports them missing).
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def _class_items(url: str, split: str, manifest: dict[str, Any]) -> list[dict[st
     return items
 
 
+def _unlabelled_items(url: str, split: str) -> list[dict[str, Any]]:
+    root = paths.join(url, "images", split)
+    names = [n for n in paths.list_names(root) if n.lower().endswith(IMAGE_SUFFIXES)]
+    return [{"path": paths.join(root, name), "label": -1} for name in sorted(names)]
+
+
 def caption_items(url: str, split: str) -> tuple[list[dict[str, Any]], CaptionProblems]:
     """Items `{path, captions}` of a COCO-layout split and the counts of entries dropped by rule."""
     problems = CaptionProblems()
@@ -55,8 +63,10 @@ def caption_items(url: str, split: str) -> tuple[list[dict[str, Any]], CaptionPr
         data = json.loads(raw.decode("utf-8", errors="replace"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{paths.redact_url(captions_url)} is not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
-        data.get("annotations"), list
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
     ):
         raise ValueError(f"{paths.redact_url(captions_url)} lacks the COCO 'images' and 'annotations' lists")
     files: dict[Any, str] = {}
@@ -92,9 +102,11 @@ def caption_items(url: str, split: str) -> tuple[list[dict[str, Any]], CaptionPr
 
 
 def dataset_items(url: str, split: str, captions: bool = False) -> list[dict[str, Any]]:
-    """Items `{path, label}` (class datasets) or `{path, captions}` (captioned) of a split, sorted by file."""
+    """Items `{path, label}` (class datasets; label -1 when unlabelled) or `{path, captions}`, sorted by file."""
     manifest = paths.read_json(paths.join(url, MANIFEST_NAME))
     if captions:
         items, _ = caption_items(url, split)
         return items
+    if manifest.get("extra", {}).get("labelled") is False:  # said by the manifest, never guessed
+        return _unlabelled_items(url, split)
     return _class_items(url, split, manifest)

@@ -31,8 +31,9 @@ import numpy as np
 import pytest
 import torch
 
+from storage.archives import extract_archive
 from storage.artifacts import ArtifactStore
-from storage.datasets import download_dataset, extract_archive
+from storage.datasets import download_dataset
 from uvit import shapes
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -177,3 +177,35 @@ def test_sampling_from_an_official_format_state_dict(tmp_path):
     assert data["arr_0"].shape == (8, 32, 32, 3) and sorted(set(data["labels"].tolist())) == [0, 1, 2, 3]
     again = run_sample(preset, str(tmp_path / "store"), checkpoint=str(tmp_path / "nnet_ema.pth"), n=8)
     assert again.cached and again.url == out.url
+
+
+class _StopAfterDownload(Exception):
+    pass
+
+
+def test_pixel_presets_download_their_datasets(tmp_path):
+    from storage import cifar10
+    from storage.datasets import DatasetError
+
+    calls = []
+
+    def runner(name, fn, *args, **kwargs):
+        calls.append((name, args))
+        if name != "download":
+            raise _StopAfterDownload(name)
+        return fn(*args, **kwargs)
+
+    folder = tmp_path / cifar10.FOLDER
+    folder.mkdir()
+    for names in cifar10.BATCHES.values():
+        for name in names:
+            (folder / name).write_bytes(bytes([4]) + bytes(range(256)) * 12)
+    store = str(tmp_path / "store")
+    # Later stages (pixel-space encode/train) are not this test's business: stop after the download.
+    with pytest.raises((_StopAfterDownload, ValueError)):
+        run_pipeline("cifar10-s2", [], store, str(folder), stage_runner=runner)
+    assert calls[0][1][0] == "cifar10"
+    published = list((tmp_path / "store" / "download").glob("*/images/train/deer/*.png"))
+    assert len(published) == 5
+    with pytest.raises(DatasetError, match=r"celeba: no source given\. CelebA needs img_align_celeba\.zip"):
+        run_pipeline("celeba64-s4", [], store, None, stage_runner=runner)

@@ -1,9 +1,13 @@
-"""Fixtures for storage tests: a real S3-compatible server (moto) on 127.0.0.1, and URL roots per backend."""
+"""Fixtures for storage tests: a real S3-compatible server (moto) and an HTTP server on 127.0.0.1, URL roots."""
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import os
+import re
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -90,3 +94,80 @@ def shared_root(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path / "root")
     return request.getfixturevalue("s3_root")
+
+
+# ------------------------------------------------------------------------------------------------
+# HTTP with Range
+
+
+class HttpServer(http.server.ThreadingHTTPServer):
+    files: dict[str, bytes]
+    honour_range: bool
+    cut_next: int  # the next this many GETs send only half of their body, then close
+    requests: list[tuple[str, str | None]]
+
+    def url(self, path: str) -> str:
+        """The URL of `path` on this server."""
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: HttpServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _headers(self) -> tuple[bytes, int] | None:
+        data = self.server.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return None
+        return data, len(data)
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        found = self._headers()
+        if found:
+            self.send_response(200)
+            self.send_header("Content-Length", str(found[1]))
+            self.send_header("ETag", hashlib.md5(found[0]).hexdigest())
+            self.end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802
+        found = self._headers()
+        if not found:
+            return
+        data, total = found
+        requested = self.headers.get("Range")
+        self.server.requests.append((self.path, requested))
+        start = 0
+        if requested and self.server.honour_range:
+            start = int(re.match(r"bytes=(\d+)-", requested).group(1))  # type: ignore[union-attr]
+            if start >= total:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{total}")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.server.cut_next > 0:
+            self.server.cut_next -= 1
+            body = body[: len(body) // 2]
+            self.close_connection = True
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def http_server() -> Iterator[HttpServer]:
+    """An HTTP server on 127.0.0.1 that serves `files`, honours Range and can cut a response short."""
+    server = HttpServer(("127.0.0.1", 0), _Handler)
+    server.files, server.honour_range, server.cut_next, server.requests = {}, True, 0, []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()

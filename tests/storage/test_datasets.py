@@ -1,41 +1,29 @@
-"""Tests for storage.datasets: safe extraction, truncation, resumable transfers, checksums, layouts."""
+"""Tests for storage.datasets: layouts, manifests, cache hits, resume per unit, sources on HTTP and S3."""
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
-import os
-import re
 import shutil
-import stat
 import tarfile
-import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
 import pytest
 
 from storage import datasets
+from storage.archives import Sink
 from storage.artifacts import ArtifactStore
-from storage.datasets import (
-    ArchiveError,
-    ChecksumError,
-    DatasetError,
-    TransferError,
-    download_dataset,
-    extract_archive,
-    fetch,
-    iter_tar,
-    member_problem,
-    verify_file,
-)
+from storage.datasets import ArchiveError, ChecksumError, DatasetError, TransferError, download_dataset
 from uvit import shapes
 
 NO_CHECKSUMS: dict[str, tuple[str, str]] = {}  # test archives reuse official names with other content
+
+if TYPE_CHECKING:
+    from conftest import HttpServer  # tests/storage/conftest.py: the http_server fixture
 
 
 # ------------------------------------------------------------------------------------------------
@@ -65,9 +53,7 @@ def make_imagenet_archives(root: Path, n_train_per_class: int = 3, n_val: int = 
     out.mkdir(parents=True)
     outer = {}
     for class_dir in sorted((tree / "train").iterdir()):
-        outer[f"{class_dir.name}.tar"] = _tar_bytes(
-            {p.name: p.read_bytes() for p in sorted(class_dir.iterdir())}
-        )
+        outer[f"{class_dir.name}.tar"] = _tar_bytes({p.name: p.read_bytes() for p in sorted(class_dir.iterdir())})
     outer["README.txt"] = b"not a class archive"
     (out / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes(outer))
     val = {p.name: p.read_bytes() for p in sorted((tree / "val").iterdir())}
@@ -92,253 +78,6 @@ def make_coco_archives(root: Path, n_train: int = 6, n_val: int = 4) -> Path:
             zf.writestr(f"annotations/{path.name}", path.read_bytes())
         zf.writestr("annotations/instances_train2014.json", b"{}")
     return out
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-# ------------------------------------------------------------------------------------------------
-# Safe extraction
-
-
-@pytest.mark.parametrize(
-    ("name", "problem"),
-    [
-        ("a/b.JPEG", None),
-        ("./a.txt", None),
-        ("../a.txt", "'..'"),
-        ("a/../../b", "'..'"),
-        ("/etc/passwd", "absolute"),
-        ("C:\\x.txt", "absolute"),
-        ("a\\..\\..\\b", "'..'"),
-        ("", "empty"),
-    ],
-)
-def test_member_problem(name: str, problem: str | None) -> None:
-    got = member_problem(name)
-    assert (got is None) if problem is None else (problem in got)
-
-
-def test_malicious_tar_is_extracted_safely(tmp_path: Path) -> None:
-    archive = tmp_path / "evil.tar"
-    with tarfile.open(archive, "w") as tar:
-        _add(tar, "ok/a.txt", b"hello")
-        _add(tar, "../evil.txt", b"escaped")
-        _add(tar, "/abs.txt", b"absolute")
-        _add(tar, "link_out", type=tarfile.SYMTYPE, linkname="../../outside.txt")
-        _add(tar, "ok/link_abs", type=tarfile.SYMTYPE, linkname="/etc/passwd")
-        _add(tar, "ok/link_in", type=tarfile.SYMTYPE, linkname="a.txt")
-        _add(tar, "hard_out", type=tarfile.LNKTYPE, linkname="../outside.txt")
-        _add(tar, "dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
-        _add(tar, "fifo", type=tarfile.FIFOTYPE)
-    dest = tmp_path / "a" / "b" / "dest"
-    record = extract_archive(archive, str(dest))
-
-    assert record["files"] == ["ok/a.txt"]
-    assert _files(tmp_path / "a") == {"b/dest/ok/a.txt": b"hello"}
-    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "a" / "b" / "evil.txt").exists()
-    reasons = {r["member"]: r["reason"] for r in record["rejected"]}
-    assert set(reasons) == {
-        "../evil.txt",
-        "/abs.txt",
-        "link_out",
-        "ok/link_abs",
-        "ok/link_in",
-        "hard_out",
-        "dev",
-        "fifo",
-    }
-    assert "'..'" in reasons["../evil.txt"] and "absolute" in reasons["/abs.txt"]
-    assert reasons["link_out"].startswith("symlink pointing outside")
-    assert reasons["ok/link_abs"].startswith("symlink pointing outside")
-    assert reasons["ok/link_in"].startswith("symlink (a.txt)")
-    assert reasons["hard_out"].startswith("hardlink pointing outside")
-    assert reasons["dev"] == "device file" and reasons["fifo"] == "fifo"
-
-
-def test_malicious_zip_is_extracted_safely(tmp_path: Path) -> None:
-    archive = tmp_path / "evil.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("ok/a.txt", b"hello")
-        zf.writestr("../evil.txt", b"escaped")
-        zf.writestr(zipfile.ZipInfo("/abs.txt"), b"absolute")
-        link = zipfile.ZipInfo("link_out")
-        link.external_attr = (stat.S_IFLNK | 0o777) << 16
-        zf.writestr(link, b"../../outside.txt")
-        device = zipfile.ZipInfo("dev")
-        device.external_attr = (stat.S_IFCHR | 0o600) << 16
-        zf.writestr(device, b"")
-    dest = tmp_path / "x" / "dest"
-    record = extract_archive(archive, str(dest))
-
-    assert record["files"] == ["ok/a.txt"]
-    assert _files(tmp_path / "x") == {"dest/ok/a.txt": b"hello"}
-    reasons = {r["member"]: r["reason"] for r in record["rejected"]}
-    assert set(reasons) == {"../evil.txt", "/abs.txt", "link_out", "dev"}
-    assert reasons["link_out"].startswith("symlink pointing outside") and reasons["dev"] == "device file"
-
-
-def test_truncated_tar_gives_a_clear_error(tmp_path: Path) -> None:
-    payload = os.urandom(10_000)
-    data = _tar_bytes({"a.bin": payload, "b.bin": payload})
-    first_member_end = 512 + 10_240  # header + data padded to 512-byte blocks
-    cases = {
-        "mid-data.tar": data[: first_member_end + 512 + 3000],  # inside b.bin's data
-        "boundary.tar": data[:first_member_end],  # a whole member, no end-of-archive block
-        "mid-header.tar": data[: first_member_end + 100],
-    }
-    for name, cut in cases.items():
-        (tmp_path / name).write_bytes(cut)
-        with pytest.raises(ArchiveError, match=re.escape(name)) as info:
-            for member in iter_tar(tmp_path / name):
-                member.read()
-        assert "truncated" in str(info.value)
-    # The intact archive reads completely (the end-of-archive check accepts it).
-    (tmp_path / "ok.tar").write_bytes(data)
-    assert [m.read() for m in iter_tar(tmp_path / "ok.tar")] == [payload, payload]
-
-
-def test_truncated_zip_gives_a_clear_error(tmp_path: Path) -> None:
-    archive = tmp_path / "train2014.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("train2014/a.jpg", os.urandom(5000))
-    archive.write_bytes(archive.read_bytes()[:-30])
-    with pytest.raises(ArchiveError, match=r"train2014\.zip: .*truncated"):
-        extract_archive(archive, str(tmp_path / "dest"))
-
-
-def test_corrupt_zip_member_names_the_member(tmp_path: Path) -> None:
-    archive = tmp_path / "val2014.zip"
-    with zipfile.ZipFile(archive, "w") as zf:  # stored, so one flipped byte breaks only the CRC
-        zf.writestr("val2014/a.jpg", b"A" * 4000)
-    data = bytearray(archive.read_bytes())
-    data[data.index(b"A" * 100) + 50] ^= 0xFF
-    archive.write_bytes(bytes(data))
-    with pytest.raises(ArchiveError, match=r"val2014\.zip: member val2014/a\.jpg"):
-        extract_archive(archive, str(tmp_path / "dest"))
-
-
-# ------------------------------------------------------------------------------------------------
-# Transfers over HTTP with Range, checksums
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    files: dict[str, bytes]
-    honour_range: bool
-    cut_next: int  # the next this many GETs send only half of their body, then close
-    requests: list[tuple[str, str | None]]
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _headers(self) -> tuple[bytes, int] | None:
-        data = self.server.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return None
-        return data, len(data)
-
-    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
-        found = self._headers()
-        if found:
-            self.send_response(200)
-            self.send_header("Content-Length", str(found[1]))
-            self.send_header("ETag", hashlib.md5(found[0]).hexdigest())
-            self.end_headers()
-
-    def do_GET(self) -> None:  # noqa: N802
-        found = self._headers()
-        if not found:
-            return
-        data, total = found
-        requested = self.headers.get("Range")
-        self.server.requests.append((self.path, requested))
-        start = 0
-        if requested and self.server.honour_range:
-            start = int(re.match(r"bytes=(\d+)-", requested).group(1))  # type: ignore[union-attr]
-            if start >= total:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{total}")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{total - 1}/{total}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.server.cut_next > 0:
-            self.server.cut_next -= 1
-            body = body[: len(body) // 2]
-            self.close_connection = True
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def http_server() -> Iterator[_Server]:
-    """An HTTP server on 127.0.0.1 that serves `files`, honours Range and can cut a response short."""
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.files, server.honour_range, server.cut_next, server.requests = {}, True, 0, []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def _url(server: _Server, path: str) -> str:
-    return f"http://127.0.0.1:{server.server_address[1]}{path}"
-
-
-@pytest.mark.parametrize("honour_range", [True, False])
-def test_interrupted_transfer_resumes(http_server: _Server, tmp_path: Path, honour_range: bool) -> None:
-    data = os.urandom(300_000)
-    http_server.files["/big.bin"] = data
-    http_server.honour_range = honour_range
-    http_server.cut_next = 1
-    dest = tmp_path / "cache" / "big.bin"
-    with pytest.raises(TransferError, match=r"interrupted after 150000 of 300000 bytes"):
-        fetch(_url(http_server, "/big.bin"), dest, chunk_bytes=4096)
-    part = dest.with_name("big.bin.part")
-    assert part.stat().st_size == 150_000 and not dest.exists()
-
-    assert fetch(_url(http_server, "/big.bin"), dest, chunk_bytes=4096) == dest
-    assert dest.read_bytes() == data and not part.exists()
-    assert http_server.requests == [("/big.bin", None), ("/big.bin", "bytes=150000-")]
-    # A complete file is not fetched again.
-    fetch(_url(http_server, "/big.bin"), dest)
-    assert len(http_server.requests) == 2
-
-
-def test_complete_part_file_is_finished_without_a_body(http_server: _Server, tmp_path: Path) -> None:
-    data = os.urandom(1000)
-    http_server.files["/x.bin"] = data
-    dest = tmp_path / "x.bin"
-    dest.with_name("x.bin.part").write_bytes(data)  # crashed between the last byte and the rename
-    fetch(_url(http_server, "/x.bin"), dest)
-    assert dest.read_bytes() == data and http_server.requests == [("/x.bin", "bytes=1000-")]
-
-
-def test_checksum_mismatch_is_an_error(tmp_path: Path) -> None:
-    path = tmp_path / "val2017.zip"
-    path.write_bytes(b"not the published file")
-    md5 = hashlib.md5(b"not the published file").hexdigest()
-    with pytest.raises(ChecksumError, match=r"val2017\.zip: md5 .* does not match the published 442b8da7"):
-        verify_file(str(path))  # the real table: val2017.zip is known
-    record = verify_file(str(path), checksums={"val2017.zip": ("md5", md5)})
-    assert record["verified"].startswith("md5 matches") and record["size"] == 22
-    assert record["sha256"] == hashlib.sha256(b"not the published file").hexdigest()
-    assert verify_file(str(path), checksums={})["verified"].startswith("no published checksum")
-
-
-# ------------------------------------------------------------------------------------------------
-# Layouts, manifests, cache hits and resume
 
 
 def test_imagenet_tar_of_tars(tmp_path: Path) -> None:
@@ -413,9 +152,7 @@ def test_coco_zips(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     manifest = result.manifest
     expected_captions = {
-        split: len(
-            json.loads((tree / "annotations" / f"captions_{split}2014.json").read_text())["annotations"]
-        )
+        split: len(json.loads((tree / "annotations" / f"captions_{split}2014.json").read_text())["annotations"])
         for split in ("train", "val")
     }
     assert manifest.counts == {
@@ -464,16 +201,16 @@ def test_crash_mid_extraction_resumes_without_redoing_finished_classes(
 ) -> None:
     archives = make_imagenet_archives(tmp_path)  # 4 classes x 3 train images, 8 val images
     store_root = str(tmp_path / "store")
-    real_put = datasets._Sink.put
+    real_put = Sink.put
     calls: list[str] = []
 
-    def crashing_put(self: datasets._Sink, rel: str, data: bytes) -> None:
+    def crashing_put(self: Sink, rel: str, data: bytes) -> None:
         calls.append(rel)
         if len(calls) == 8:  # 2 classes done, 1 image of the third written
             raise OSError("simulated crash")
         real_put(self, rel, data)
 
-    monkeypatch.setattr(datasets._Sink, "put", crashing_put)
+    monkeypatch.setattr(Sink, "put", crashing_put)
     with pytest.raises(OSError, match="simulated crash"):
         download_dataset("imagenet", str(archives), store_root, checksums=NO_CHECKSUMS)
     plan = datasets.plan_download("imagenet", str(archives), checksums=NO_CHECKSUMS)
@@ -486,9 +223,7 @@ def test_crash_mid_extraction_resumes_without_redoing_finished_classes(
     ]
 
     calls.clear()
-    monkeypatch.setattr(
-        datasets._Sink, "put", lambda self, rel, data: (calls.append(rel), real_put(self, rel, data))
-    )
+    monkeypatch.setattr(Sink, "put", lambda self, rel, data: (calls.append(rel), real_put(self, rel, data)))
     result = download_dataset("imagenet", str(archives), store_root, checksums=NO_CHECKSUMS)
     # Only the unfinished work: 2 images of class 3 (its first one is complete), class 4, and val.
     assert len(calls) == 2 + 3 + 8
@@ -519,20 +254,20 @@ def test_known_checksum_mismatch_publishes_nothing(tmp_path: Path) -> None:
     assert ArtifactStore(store_root).list("download") == []
 
 
-def test_http_source_with_interrupted_transfer(http_server: _Server, tmp_path: Path) -> None:
+def test_http_source_with_interrupted_transfer(http_server: HttpServer, tmp_path: Path) -> None:
     archives = make_coco_archives(tmp_path)
     for path in archives.iterdir():
         http_server.files[f"/coco/{path.name}"] = path.read_bytes()
     http_server.cut_next = 1
     cache = tmp_path / "cache"
-    args = ("coco2014", _url(http_server, "/coco/"), str(tmp_path / "store"))
+    args = ("coco2014", http_server.url("/coco/"), str(tmp_path / "store"))
     with pytest.raises(TransferError, match="rerun to resume"):
         download_dataset(*args, cache_dir=cache, checksums=NO_CHECKSUMS)
     result = download_dataset(*args, cache_dir=cache, checksums=NO_CHECKSUMS)
     assert result.manifest.counts["train_images"] == 6 and result.manifest.counts["val_images"] == 4
     assert any(r is not None and r.startswith("bytes=") for _, r in http_server.requests)
     sources = {s["role"]: s for s in result.manifest.extra["sources"]}
-    assert sources["train"]["url"] == _url(http_server, "/coco/train2014.zip")
+    assert sources["train"]["url"] == http_server.url("/coco/train2014.zip")
     assert sources["train"]["sha256"] == hashlib.sha256((archives / "train2014.zip").read_bytes()).hexdigest()
 
 
@@ -569,11 +304,11 @@ def test_builtin_shapes_key_and_layouts(tmp_path: Path) -> None:
         download_dataset("shapes", str(tmp_path), store)
 
 
-def test_bad_cached_copy_is_removed_and_fetched_again(http_server: _Server, tmp_path: Path) -> None:
+def test_bad_cached_copy_is_removed_and_fetched_again(http_server: HttpServer, tmp_path: Path) -> None:
     archives = make_coco_archives(tmp_path)
     for path in archives.iterdir():
         http_server.files[f"/coco/{path.name}"] = path.read_bytes()
-    args = ("coco2014", _url(http_server, "/coco"), str(tmp_path / "store"))
+    args = ("coco2014", http_server.url("/coco"), str(tmp_path / "store"))
     wrong = {"val2014.zip": ("md5", "0" * 32)}
     with pytest.raises(ChecksumError, match=r"val2014\.zip"):
         download_dataset(*args, cache_dir=tmp_path / "cache", checksums=wrong)
