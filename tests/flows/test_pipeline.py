@@ -177,3 +177,27 @@ def test_sampling_from_an_official_format_state_dict(tmp_path):
     assert data["arr_0"].shape == (8, 32, 32, 3) and sorted(set(data["labels"].tolist())) == [0, 1, 2, 3]
     again = run_sample(preset, str(tmp_path / "store"), checkpoint=str(tmp_path / "nnet_ema.pth"), n=8)
     assert again.cached and again.url == out.url
+
+
+def test_tiny_pixel_pipeline_end_to_end_without_a_vae(tmp_path, monkeypatch):
+    """tiny-pixel: download -> encode (cropped uint8 pixels) -> train -> sample -> evaluate; rerun all hits."""
+    import uvit.encoders
+    from storage.latents import open_latent_store
+
+    def no_vae(*args, **kwargs):
+        raise AssertionError("a pixel preset loaded a VAE")
+
+    monkeypatch.setattr(uvit.encoders, "load_vae", no_vae)
+    store = str(tmp_path)
+    summary = run_pipeline("tiny-pixel", FAST, store)
+    assert [r["stage"] for r in summary["stages"]] == ["download", "encode", "train", "sample", "evaluate"]
+    assert not any(r["cached"] for r in summary["stages"])
+    pixels = open_latent_store(summary["stages"][1]["artifact"] + "/pixels", content="pixels")
+    assert pixels.spec.latent_shape == (3, 32, 32) and len(pixels) == 256
+    samples = np.load(summary["stages"][3]["artifact"] + "/samples.npz")
+    assert samples["arr_0"].shape == (16, 32, 32, 3) and samples["arr_0"].dtype == np.uint8
+    assert "labels" not in samples.files  # unconditional
+    assert set(summary["metrics"]) >= {"FID", "IS", "KID"}
+    again = run_pipeline("tiny-pixel", FAST, store)
+    assert again["all_cached"]
+    assert [r["artifact"] for r in again["stages"]] == [r["artifact"] for r in summary["stages"]]
