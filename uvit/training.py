@@ -352,7 +352,9 @@ def write_preview(preset: Preset, ema: nn.Module, store, folder_url: str, step: 
     noise = torch.randn(PREVIEW_COUNT, *preset.latent_shape, generator=g).to(device)
     vae = load_vae(preset.data.autoencoder, device=device) if preset.data.space == "latent" else None
     rng_state = torch.get_rng_state()  # previews must not disturb the training randomness
-    images = generate_images(preset, ema, noise, preview_conditions(preset, PREVIEW_COUNT, store), vae=vae)
+    sde = torch.Generator(device=device).manual_seed(PREVIEW_SEED + 1)  # euler_maruyama's noise (pixel presets)
+    images = generate_images(preset, ema, noise, preview_conditions(preset, PREVIEW_COUNT, store), vae=vae,
+                             generator=sde)  # fmt: skip
     torch.set_rng_state(rng_state)
     return write_png(paths.join(folder_url, f"step_{step:09d}.png"), image_grid(images, nrow=4))
 

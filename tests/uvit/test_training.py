@@ -269,3 +269,13 @@ def test_wrong_store_kind_is_rejected_before_any_step(tmp_path):
         train(get_preset("tiny-pixel", PIXEL_OVERRIDES), small, str(tmp_path / "c"), max_steps=1)
     for run in "abc":
         assert CheckpointStore(str(tmp_path / run)).latest() is None
+
+
+def test_previews_of_a_stochastic_sampler_preset_are_written(tmp_path):
+    """cifar10/celeba sample with euler_maruyama, which needs its own generator: previews must pass one."""
+    preset = get_preset("tiny-pixel", {**PIXEL_OVERRIDES, "sample.sampler": "euler_maruyama", "sample.steps": 3,
+                                       "train.sample_interval": 2})  # fmt: skip
+    seen = []
+    train(preset, make_pixel_store(str(tmp_path / "px")), str(tmp_path / "ckpt"), max_steps=2,
+          previews_url=str(tmp_path / "png"), on_preview=lambda step, url: seen.append(step))  # fmt: skip
+    assert seen == [2]
