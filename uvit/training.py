@@ -127,6 +127,8 @@ def _check_store(preset: Preset, store) -> None:
         want = (2 * latent_shape[0], latent_shape[1], latent_shape[2])
         problems.append(f"moments per image are {tuple(spec.moments_shape[-3:])}, the model needs {want} "
                         f"(latent {latent_shape})")  # fmt: skip
+    if preset.data.conditioning == "class" and not spec.num_classes:
+        problems.append("the preset is class-conditional but the store has no labels")
     if preset.data.conditioning == "text" and not spec.has_text:
         problems.append("the preset is text-conditional but the store has no caption embeddings")
     if preset.data.conditioning == "text" and spec.has_text:

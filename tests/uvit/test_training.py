@@ -267,7 +267,11 @@ def test_wrong_store_kind_is_rejected_before_any_step(tmp_path):
     small = make_pixel_store(str(tmp_path / "small"), res=16)
     with pytest.raises(TrainingError, match=r"pixels per image are uint8 \(3, 16, 16\), the model needs uint8 \(3, 32"):
         train(get_preset("tiny-pixel", PIXEL_OVERRIDES), small, str(tmp_path / "c"), max_steps=1)
-    for run in "abc":
+    imagenet_like = get_preset("tiny-pixel", {**PIXEL_OVERRIDES, "data.conditioning": "class", "data.num_classes": 2,
+                                              "model.num_classes": 3, "diffusion.null_class": 2})  # fmt: skip
+    with pytest.raises(TrainingError, match="the preset is class-conditional but the store has no labels"):
+        train(imagenet_like, pixels, str(tmp_path / "d"), max_steps=1)
+    for run in "abcd":
         assert CheckpointStore(str(tmp_path / run)).latest() is None
 
 
