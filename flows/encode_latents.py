@@ -1,4 +1,4 @@
-"""Stage encode: images to Stable-Diffusion VAE moments and captions to CLIP token embeddings.
+"""Stage encode: images to Stable-Diffusion VAE moments (or cropped pixels) and captions to CLIP embeddings.
 
     python -m flows.encode_latents --dataset shapes --preset tiny
     python -m flows.encode_latents --dataset coco --preset coco256-s2 --source /data/coco
@@ -10,6 +10,10 @@ resumable unit written as one file, so a crash loses at most one part and a reru
 ones; several Dask workers (one per GPU) encode disjoint parts. Bad images are skipped or repaired
 by rule (see `uvit.encoding`), counted in the manifest and listed in a Prefect table. The parts are
 then joined into one zarr latent store (`storage.latents`).
+
+Pixel-space presets (`data.space == "pixel"`) go the same way without a VAE: each image is cropped
+by its dataset's rule (`uvit.encoding.PIXEL_CROPS`) to the preset resolution and stored as uint8
+pixels, one view (the reader flips on read), in a pixel store (format 2) under `pixels/`.
 """
 
 from __future__ import annotations
@@ -62,6 +66,18 @@ def encode_key(preset, dataset_key: str, split: str, encoder_ids: dict[str, str]
     from storage.artifacts import artifact_key
     from uvit import encoders, encoding
 
+    if preset.data.space == "pixel":
+        config = {
+            "split": split,
+            "space": "pixel",
+            "resolution": preset.data.resolution,
+            "crop": encoding.crop_rule(preset.data.dataset).name,
+            "flip": "on-read",
+            "dtype": "uint8",
+            "part_size": PART_SIZE,
+            "labels": preset.data.conditioning == "class",
+        }
+        return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, code_version=code_version(encoding))
     config = {
         "split": split,
         "resolution": preset.data.resolution,
@@ -98,9 +114,11 @@ def _device() -> str:
 
 
 def encoder_identities(preset) -> dict[str, str]:
-    """Name -> weights hash of the VAE (and text encoder) this preset encodes with."""
+    """Name -> weights hash of the VAE (and text encoder) this preset encodes with (none for pixel presets)."""
     from storage.artifacts import hash_state_dict
 
+    if preset.data.space == "pixel":
+        return {}
     ids = {
         f"vae:{preset.data.autoencoder}": hash_state_dict(
             _vae(preset.data.autoencoder, _device()).state_dict()
@@ -123,6 +141,8 @@ def encode_part(
     from uvit.training import preset_from_json
 
     preset = preset_from_json(preset_json)
+    if preset.data.space == "pixel":
+        return _pixel_part(preset, part_url, items)
     device = _device()
     vae = _vae(preset.data.autoencoder, device)
     part = encode_images(vae, [it["path"] for it in items], preset.data.resolution, batch_size=batch_size)
@@ -151,6 +171,24 @@ def encode_part(
     return {"part": part_url, "good": int(len(arrays["moments"])), "problems": len(problems)}
 
 
+def _pixel_part(preset, part_url: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Crop one part's images by the dataset's rule into one `.npz` file (`pixels`, labels for class presets)."""
+    import numpy as np
+
+    from storage import paths
+    from uvit.encoding import crop_rule, encode_pixels
+
+    part = encode_pixels([it["path"] for it in items], preset.data.resolution, crop_rule(preset.data.dataset))
+    arrays: dict[str, Any] = {"pixels": part.pixels}
+    if preset.data.conditioning == "class":
+        arrays["labels"] = np.asarray([items[i]["label"] for i in part.indices], dtype=np.int64)
+    problems = [p.__dict__ for p in part.problems]
+    buffer = io.BytesIO()
+    np.savez(buffer, problems=np.frombuffer(json.dumps(problems).encode(), dtype=np.uint8), **arrays)
+    paths.write_bytes_atomic(part_url, buffer.getvalue())  # the part exists only once complete
+    return {"part": part_url, "good": int(len(part.pixels)), "problems": len(problems)}
+
+
 def _read_part(url: str) -> dict[str, Any]:
     import numpy as np
 
@@ -173,23 +211,40 @@ def assemble_store(
     from uvit.encoding import encode_captions
 
     text = preset.data.conditioning == "text"
-    sizes = [int(_read_part(u)["moments"].shape[0]) for u in part_urls]
+    pixel = preset.data.space == "pixel"
+    data_key = "pixels" if pixel else "moments"  # the part files' per-image array
+    sizes = [int(_read_part(u)[data_key].shape[0]) for u in part_urls]
     total = sum(sizes)
     if total == 0:
         raise ValueError("no usable images: every input was skipped (see the problems list)")
     first = _read_part(part_urls[0])
-    latent_shape = (first["moments"].shape[2] // 2, *first["moments"].shape[3:])
-    spec = LatentSpec(
-        num_images=total,
-        shard_size=min(PART_SIZE, total),
-        latent_shape=latent_shape,
-        latent_scale=float(preset.data.latent_scale),
-        encoder={"name": preset.data.autoencoder, "weights_sha256": next(iter(encoder_ids.values()))},
-        num_classes=preset.data.num_classes if preset.data.conditioning == "class" else 0,
-        max_captions=MAX_CAPTIONS if text else 0,
-        context_shape=(77, int(first["captions"].shape[-1])) if text else (77, 768),
-        text_encoder={"name": preset.data.text_encoder} if text else None,
-    )
+    num_classes = preset.data.num_classes if preset.data.conditioning == "class" else 0
+    if pixel:
+        from uvit.encoding import crop_rule
+
+        res = preset.data.resolution
+        spec = LatentSpec(
+            num_images=total,
+            shard_size=min(PART_SIZE, total),
+            latent_shape=(3, res, res),
+            latent_scale=1.0,
+            encoder={"name": "pixels", "crop": crop_rule(preset.data.dataset).name, "resolution": res},
+            num_classes=num_classes,
+            content="pixels",
+        )
+    else:
+        latent_shape = (first["moments"].shape[2] // 2, *first["moments"].shape[3:])
+        spec = LatentSpec(
+            num_images=total,
+            shard_size=min(PART_SIZE, total),
+            latent_shape=latent_shape,
+            latent_scale=float(preset.data.latent_scale),
+            encoder={"name": preset.data.autoencoder, "weights_sha256": next(iter(encoder_ids.values()))},
+            num_classes=num_classes,
+            max_captions=MAX_CAPTIONS if text else 0,
+            context_shape=(77, int(first["captions"].shape[-1])) if text else (77, 768),
+            text_encoder={"name": preset.data.text_encoder} if text else None,
+        )
     try:
         writer = create_latent_store(store_url, spec, overwrite=False)
     except LatentStoreError as e:
@@ -219,7 +274,7 @@ def assemble_store(
     for url in part_urls:
         part = _read_part(url)
         problems += part["problems"]
-        buffer["moments"].append(part["moments"])
+        buffer["moments"].append(part[data_key])
         if "labels" in part:
             buffer["labels"].append(part["labels"])
         if text:
@@ -242,7 +297,7 @@ def list_items(dataset_url: str, split: str, conditioning: str) -> tuple[list[di
     """The items of a download artifact's split ({path, label} or {path, captions}) and dropped entries."""
     from storage.items import caption_items, dataset_items
 
-    if conditioning != "text":
+    if conditioning != "text":  # unconditional presets ignore labels (CelebA's items carry label -1)
         return dataset_items(dataset_url, split), []
     items, dropped = caption_items(dataset_url, split)
     return items, [{"item": f"captions_{split}.json", "action": "skipped", "reason": f"{n} x {why}"}
@@ -269,12 +324,12 @@ def run_encode(
     from storage.artifacts import ArtifactStore, Manifest
 
     log = logger()
-    if preset.data.space != "latent":
-        raise ValueError(f"preset {preset.name!r} trains in pixel space: it has nothing to encode")
+    pixel = preset.data.space == "pixel"
     encoder_ids = encoder_identities(preset)
     store = ArtifactStore(store_root)
     key = encode_key(preset, dataset_key, split, encoder_ids)
     cached = store.exists(STAGE, key)
+    folder = "pixels" if pixel else "latents"
 
     def build(writer) -> Manifest:
         items, json_problems = list_items(dataset_url, split, preset.data.conditioning)
@@ -296,13 +351,13 @@ def run_encode(
                 progress.update((i + 1) / max(1, len(todo)))
         else:
             part_runner(preset_json, todo, batch_size)
-        summary = assemble_store(preset, part_urls, writer.path("latents"), encoder_ids, dataset_name)
+        summary = assemble_store(preset, part_urls, writer.path(folder), encoder_ids, dataset_name)
         problems = json_problems + summary["problems"]
         if problems:
             publish_table(f"{preset.name}-encode-problems", problems[:500], "skipped or repaired inputs")
         skipped = sum(p["action"] == "skipped" for p in problems)
         return Manifest(
-            kind="uvit-latents",
+            kind="uvit-pixels" if pixel else "uvit-latents",
             counts={
                 "images": summary["images"],
                 "inputs": len(items),
@@ -317,14 +372,15 @@ def run_encode(
                 "resolution": preset.data.resolution,
                 "encoders": encoder_ids,
                 "problems": problems[:1000],
-                "latents": "latents",
+                "latents": folder,
             },  # fmt: skip
         )
 
     manifest = store.ensure(STAGE, key, build)
     url = store.url_for(STAGE, key)
-    publish_link(f"{preset.name}-latents", paths.join(url, "latents"), "encoded latent store")
-    facts = {"latents_url": paths.join(url, "latents"), **manifest.counts}
+    what = "cropped pixel store" if pixel else "encoded latent store"
+    publish_link(f"{preset.name}-{folder}", paths.join(url, folder), what)
+    facts = {"latents_url": paths.join(url, folder), **manifest.counts}
     if cached:
         log.info("encode: cache hit %s", paths.redact_url(url))
     return StageOutput(stage=STAGE, key=key, url=url, cached=cached, facts=facts)
@@ -384,11 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: `python -m flows.encode_latents --dataset NAME [--source URL] --preset NAME`."""
     parser = OneLineErrorParser(prog="python -m flows.encode_latents", description=__doc__.splitlines()[0])
     add_common_args(parser)
-    parser.add_argument("--dataset", required=True, choices=["imagenet", "coco", "coco2014", "coco2017", "shapes",
-                        "shapes-coco"], help="dataset to encode")  # fmt: skip
+    parser.add_argument("--dataset", required=True, choices=["imagenet", "coco", "coco2014", "coco2017", "cifar10",
+                        "celeba", "shapes", "shapes-coco"], help="dataset to encode")  # fmt: skip
     parser.add_argument("--source", default=None, help="where the raw dataset is (path or fsspec URL)")
     parser.add_argument("--split", default="train", choices=["train", "val"])
-    parser.add_argument("--resolution", type=int, choices=[256, 512], default=None,
+    parser.add_argument("--resolution", type=int, choices=[32, 64, 256, 512], default=None,
                         help="image resolution (default: the preset's)")  # fmt: skip
     parser.add_argument("--dask-workers", type=int, default=1, help="local Dask workers (one per GPU)")
     parser.add_argument("--dask-address", default=None, help="address of an existing Dask scheduler")

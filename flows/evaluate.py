@@ -50,25 +50,34 @@ def _local_copy(url: str) -> str:
 
 
 def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_root: str, extractor) -> tuple[str, str]:
-    """Statistics and features of the dataset's images at the preset's resolution, cached; (npz URL, key)."""
+    """Statistics and features of the dataset's images at the preset's resolution, cached; (npz URL, key).
+
+    Pixel presets crop the reference images by the same rule as their training images
+    (`uvit.encoding.crop_rule`); latent presets by the ADM center crop, as their encoder does.
+    """
     import numpy as np
 
     from storage import paths
     from storage.artifacts import ArtifactStore, Manifest, artifact_key
     from storage.items import dataset_items
     from uvit import metrics
-    from uvit.encoding import load_item
+    from uvit.encoding import crop_rule, load_item
 
     n = preset.eval.n_samples
     split = "val" if preset.data.conditioning == "text" else "train"
-    key = artifact_key(REFERENCE_STAGE, {"resolution": preset.data.resolution, "n": n, "split": split},
+    config = {"resolution": preset.data.resolution, "n": n, "split": split}
+    rule = crop_rule(preset.data.dataset) if preset.data.space == "pixel" else None
+    if rule is not None:
+        config["crop"] = rule.name
+    key = artifact_key(REFERENCE_STAGE, config,
                        inputs={"dataset": dataset_key}, models={"inception": extractor.identity},
                        code_version=code_version(metrics))  # fmt: skip
     store = ArtifactStore(store_root)
 
     def build(writer) -> Manifest:
         items = dataset_items(dataset_url, split, captions=preset.data.conditioning == "text")[:n]
-        images = [a for a, _ in (load_item(it["path"], preset.data.resolution) for it in items) if a is not None]
+        crop = rule.crop if rule is not None else None
+        images = [a for a, _ in (load_item(it["path"], preset.data.resolution, crop) for it in items) if a is not None]
         if not images:
             raise ValueError(f"no readable images in {paths.redact_url(dataset_url)} split {split}")
         features = extractor.extract(np.stack(images), batch_size=32)

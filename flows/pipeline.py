@@ -68,11 +68,7 @@ def run_pipeline(
 
     dataset = DATASET_OF.get(preset.data.dataset, preset.data.dataset)
     ds = timed("download", run_download, dataset, source, store_root)
-    if preset.data.space != "latent":
-        raise ValueError(
-            f"preset {preset.name!r} trains in pixel space; the pipeline covers latent presets "
-            "(pixel-space data loading is not built yet)"
-        )
+    # Pixel presets: the encode stage crops the images into a pixel store (no VAE); the rest is shared.
     latents = timed("encode", run_encode, preset, ds.url, ds.key, store_root, dataset_name=dataset)
     val_latents = None
     if preset.data.conditioning == "text":

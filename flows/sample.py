@@ -184,7 +184,9 @@ def run_sample(
             start, stop = shard * shard_size, min(n, (shard + 1) * shard_size)
             g = torch.Generator().manual_seed(preset.sample.seed * 1_000_003 + shard)
             noise = torch.randn(stop - start, *preset.latent_shape, generator=g).to(device)
-            images = generate_images(preset, model, noise, conditions.slice(start, stop), vae=vae)
+            # The stochastic sampler's (euler_maruyama) own noise: seeded per shard, apart from every x_T seed.
+            sde = torch.Generator(device=device).manual_seed(preset.sample.seed * 1_000_003 + shard + 2**40)
+            images = generate_images(preset, model, noise, conditions.slice(start, stop), vae=vae, generator=sde)
             for j, image in enumerate(images):
                 write_png(paths.join(url, "images", f"{start + j:06d}.png"), image)
             extra = {} if conditions.labels is None else {"labels": conditions.labels[start:stop].numpy()}

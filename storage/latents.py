@@ -1,4 +1,4 @@
-"""Latent store: VAE moments, labels and CLIP caption embeddings of one dataset split, in zarr v3.
+"""Latent store: VAE moments (or uint8 pixels), labels and CLIP caption embeddings of one split, in zarr v3.
 
 Layout of a store at `<url>` (a zarr v3 group, on any fsspec URL):
 
@@ -6,6 +6,8 @@ Layout of a store at `<url>` (a zarr v3 group, on any fsspec URL):
                             (counts, shapes, dtype, encoder identities, latent scale), test prompts
     moments/                (N, 2, 2C, h, w) VAE mean|logvar per image and per horizontal flip
                             (flip 0 = as is, 1 = mirrored); chunks (S, 2, 2C, h, w), S = shard_size
+    pixels/                 pixel stores (spec.content == "pixels") instead of moments: (N, 1, 3, H, W)
+                            uint8 images as cropped, one stored view; a reader mirrors on read
     labels/                 (N,) int64, -1 where unlabeled; chunks (S,)
     captions/               text stores: (N, M, T, D) float16 CLIP token states, M = max_captions
                             slots per image, zero padded; zarr sharding: one object per store shard
@@ -16,6 +18,11 @@ Layout of a store at `<url>` (a zarr v3 group, on any fsspec URL):
     test_contexts/          text stores: (P, T, D) embeddings of the test prompts (strings in attrs)
     _shards/000012.done     JSON marker written after shard 12's data; all present == complete
     _shards/text.done       marker of null_context/test_contexts (text stores)
+
+Format versions: 1 is the moments layout (every store before pixel stores existed); 2 adds the
+`content` field and the pixels layout. A moments store is still written as version 1 (its spec has no
+`content` field), so older readers keep reading it; a pixel store is version 2, which they refuse by
+name. This code reads both.
 
 Captions use fixed padded slots (rather than an offsets array) so that a shard's captions live at
 known positions and several processes can write disjoint shards with no coordination. Every array
@@ -42,6 +49,7 @@ from storage import paths
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "LatentStoreError",
     "IncompleteStoreError",
     "LatentSpec",
@@ -54,12 +62,14 @@ __all__ = [
 ]
 
 FORMAT_NAME = "uvit_latents"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest layout this code writes (pixel stores); see the module docstring
+READABLE_VERSIONS = (1, 2)
 MARKERS = "_shards"
 TEXT_MARKER = "text"
 _OWNED_NAMES = {
     "zarr.json",
     "moments",
+    "pixels",
     "labels",
     "captions",
     "caption_counts",
@@ -68,6 +78,7 @@ _OWNED_NAMES = {
     MARKERS,
 }
 Compressor = Literal["zstd", "blosc-zstd", "blosc-lz4", "none"]
+Content = Literal["moments", "pixels"]
 
 
 class LatentStoreError(ValueError):
@@ -84,9 +95,9 @@ class LatentSpec:
 
     num_images: int
     shard_size: int
-    latent_shape: tuple[int, int, int]  # (C, h, w) of a sampled latent; moments have 2C channels
-    latent_scale: float  # z = latent_scale * sample(moments); decoding divides by it
-    encoder: dict[str, Any]  # identity of the VAE, e.g. {"name": ..., "weights_sha256": ...}
+    latent_shape: tuple[int, int, int]  # (C, h, w) of a sampled latent (moments have 2C channels), or of an image
+    latent_scale: float  # z = latent_scale * sample(moments); decoding divides by it (1.0 in pixel stores)
+    encoder: dict[str, Any]  # identity of the VAE, e.g. {"name": ..., "weights_sha256": ...}, or of the crop rule
     moments_dtype: Literal["float16", "float32"] = "float16"
     num_classes: int = 0  # 0: no class labels (labels are all -1)
     max_captions: int = 0  # 0: no captions; else caption slots per image
@@ -95,6 +106,8 @@ class LatentSpec:
     # Moments barely compress (zstd saves ~9%), and uncompressed local chunks are read by mapping
     # their files (`LatentStore.read_chunk`): "none" is several times faster to read.
     compressor: Compressor = "none"
+    # "moments": VAE moments of both flips (format 1); "pixels": uint8 images, one view (format 2).
+    content: Content = "moments"
 
     def __post_init__(self) -> None:
         if self.num_images <= 0 or self.shard_size <= 0:
@@ -111,6 +124,13 @@ class LatentSpec:
             raise LatentStoreError("max_captions and num_classes must be >= 0")
         if self.max_captions and self.text_encoder is None:
             raise LatentStoreError("a store with captions needs text_encoder (the CLIP identity)")
+        if self.content not in ("moments", "pixels"):
+            raise LatentStoreError(f"content must be 'moments' or 'pixels', got {self.content!r}")
+        if self.content == "pixels" and (self.latent_shape[0] != 3 or self.latent_scale != 1.0):
+            raise LatentStoreError(
+                f"a pixel store holds RGB images (3, H, W) with latent_scale 1.0, got {self.latent_shape}, "
+                f"{self.latent_scale}"
+            )
         object.__setattr__(self, "latent_shape", tuple(int(x) for x in self.latent_shape))
         object.__setattr__(self, "context_shape", tuple(int(x) for x in self.context_shape))
 
@@ -121,9 +141,38 @@ class LatentSpec:
 
     @property
     def moments_shape(self) -> tuple[int, ...]:
-        """(N, 2 flips, 2C, h, w)."""
+        """(N, 2 flips, 2C, h, w) of a moments store."""
+        if self.content != "moments":
+            raise LatentStoreError("a pixel store has no moments (use array_shape)")
         c, h, w = self.latent_shape
         return (self.num_images, 2, 2 * c, h, w)
+
+    @property
+    def is_pixels(self) -> bool:
+        """Whether the store holds uint8 images (flipped on read) rather than VAE moments."""
+        return self.content == "pixels"
+
+    @property
+    def array_name(self) -> str:
+        """The per-image data array: "moments" or "pixels"."""
+        return self.content
+
+    @property
+    def array_shape(self) -> tuple[int, ...]:
+        """(N, views, channels, h, w): (N, 2, 2C, h, w) moments or (N, 1, 3, H, W) pixels."""
+        if self.is_pixels:
+            return (self.num_images, 1, *self.latent_shape)
+        return self.moments_shape
+
+    @property
+    def array_dtype(self) -> str:
+        """dtype of the data array: `moments_dtype`, or uint8 for pixels."""
+        return "uint8" if self.is_pixels else self.moments_dtype
+
+    @property
+    def format_version(self) -> int:
+        """The oldest layout version that describes this store (1 for moments, 2 for pixels)."""
+        return 2 if self.is_pixels else 1
 
     @property
     def has_text(self) -> bool:
@@ -142,6 +191,8 @@ class LatentSpec:
         d = dataclasses.asdict(self)
         d["latent_shape"] = list(self.latent_shape)
         d["context_shape"] = list(self.context_shape)
+        if not self.is_pixels:
+            del d["content"]  # a moments store stays exactly format 1
         return d
 
     @classmethod
@@ -161,7 +212,10 @@ class LatentSpec:
 
 @dataclass
 class LatentChunk:
-    """One shard's worth of data read back: moments (n, 2, 2C, h, w), labels (n,), caption counts (n,)."""
+    """One shard's worth of data read back: moments (n, 2, 2C, h, w), labels (n,), caption counts (n,).
+
+    In a pixel store `moments` holds the shard's data array, uint8 pixels (n, 1, 3, H, W).
+    """
 
     start: int
     moments: np.ndarray
@@ -222,12 +276,19 @@ def _read_attrs(url: str) -> tuple[Any, LatentSpec, dict[str, Any]]:
         raise LatentStoreError(
             f"{paths.redact_url(url)} is a zarr group but not a latent store (no {FORMAT_NAME!r} attrs)"
         )
-    if attrs.get("format_version") != FORMAT_VERSION:
+    version = attrs.get("format_version")
+    if version not in READABLE_VERSIONS:
         raise LatentStoreError(
-            f"{paths.redact_url(url)}: latent store format version {attrs.get('format_version')}, "
-            f"this code reads version {FORMAT_VERSION}"
+            f"{paths.redact_url(url)}: latent store format version {version}, "
+            f"this code reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
-    return group, LatentSpec.from_dict(attrs["spec"]), attrs
+    spec = LatentSpec.from_dict(attrs["spec"])
+    if spec.format_version != version:
+        raise LatentStoreError(
+            f"{paths.redact_url(url)}: a {spec.content} store must be format version {spec.format_version}, "
+            f"its attributes say {version}"
+        )
+    return group, spec, attrs
 
 
 class LatentStoreWriter:
@@ -259,19 +320,24 @@ class LatentStoreWriter:
     ) -> None:
         """Write one whole shard, then its marker.
 
-        `moments`: (n, 2, 2C, h, w) floats (cast to the store dtype); `labels`: (n,) ints in
-        [0, num_classes) or -1; `captions`: per image an array (k_i, T, D) with 1 <= k_i <= max_captions.
+        `moments`: (n, 2, 2C, h, w) floats (cast to the store dtype), or for a pixel store uint8
+        pixels (n, 1, 3, H, W) as cropped (never flipped); `labels`: (n,) ints in [0, num_classes) or
+        -1; `captions`: per image an array (k_i, T, D) with 1 <= k_i <= max_captions.
         """
         spec = self.spec
         start, stop = spec.shard_range(shard)
         n = stop - start
-        moments = _to_numpy(moments, "moments")
-        expected = (n, *spec.moments_shape[1:])
+        what = spec.array_name
+        moments = _to_numpy(moments, what)
+        expected = (n, *spec.array_shape[1:])
         if moments.shape != expected:
-            raise LatentStoreError(f"shard {shard}: moments shape {moments.shape} != expected {expected}")
-        if not np.issubdtype(moments.dtype, np.floating):
+            raise LatentStoreError(f"shard {shard}: {what} shape {moments.shape} != expected {expected}")
+        if spec.is_pixels:
+            if moments.dtype != np.uint8:
+                raise LatentStoreError(f"shard {shard}: pixels dtype {moments.dtype} is not uint8")
+        elif not np.issubdtype(moments.dtype, np.floating):
             raise LatentStoreError(f"shard {shard}: moments dtype {moments.dtype} is not floating point")
-        if not np.isfinite(moments).all():
+        elif not np.isfinite(moments).all():
             raise LatentStoreError(f"shard {shard}: moments contain NaN or inf")
         if labels is None:
             if spec.num_classes:
@@ -288,7 +354,7 @@ class LatentStoreWriter:
             padded, counts = self._pad_captions(shard, n, captions)
         elif captions is not None:
             raise LatentStoreError(f"shard {shard}: the store has no captions (max_captions=0)")
-        self.group["moments"][start:stop] = moments.astype(spec.moments_dtype, copy=False)
+        self.group[what][start:stop] = moments.astype(spec.array_dtype, copy=False)
         self.group["labels"][start:stop] = labels.astype(np.int64, copy=False)
         if spec.has_text:
             self.group["captions"][start:stop] = padded
@@ -385,14 +451,13 @@ def create_latent_store(url: str, spec: LatentSpec, *, overwrite: bool = False) 
         paths.remove_tree(paths.join(url, name))
 
     group = zarr.open_group(store=paths.zarr_store(url, read_only=False), mode="a")
-    c, h, w = spec.latent_shape
     s = spec.shard_size
     compressors = _compressors(spec.compressor)
     group.create_array(
-        "moments",
-        shape=spec.moments_shape,
-        chunks=(s, 2, 2 * c, h, w),
-        dtype=spec.moments_dtype,
+        spec.array_name,
+        shape=spec.array_shape,
+        chunks=(s, *spec.array_shape[1:]),
+        dtype=spec.array_dtype,
         compressors=compressors,
         fill_value=0,
     )
@@ -411,7 +476,7 @@ def create_latent_store(url: str, spec: LatentSpec, *, overwrite: bool = False) 
         group.create_array("caption_counts", shape=(spec.num_images,), chunks=(s,), dtype="int32", fill_value=0)
     group.require_group(MARKERS)  # a (member-less) group, so zarr recognises the marker folder
     # Attributes last: a group without them is not a latent store, so a crash above leaves no store.
-    group.attrs.update({FORMAT_NAME: {"format_version": FORMAT_VERSION, "spec": spec.to_dict()}})
+    group.attrs.update({FORMAT_NAME: {"format_version": spec.format_version, "spec": spec.to_dict()}})
     return LatentStoreWriter(url, group, spec)
 
 
@@ -432,7 +497,7 @@ class LatentStore:
         self.url = url
         self.group = group
         self.spec = spec
-        self.moments = group["moments"]
+        self.moments = group[spec.array_name]  # the data array: moments, or pixels in a pixel store
         self.labels = group["labels"]
         self.captions = group["captions"] if spec.has_text else None
         self.caption_counts = group["caption_counts"] if spec.has_text else None
@@ -442,7 +507,7 @@ class LatentStore:
         return f"LatentStore({paths.redact_url(self.url)!r}, {self.spec.num_images} images)"
 
     def _mapped_moments(self, chunk: int, rows: int) -> np.ndarray | None:
-        """The chunk's moments (rows, 2, 2C, h, w) as a read-only map of its file, or None if not mappable.
+        """The chunk's data (rows, views, channels, h, w) as a read-only map of its file, or None if not mappable.
 
         An uncompressed chunk file holds the C-order array as is: mapping it skips zarr's read, decode
         and copy of the whole chunk, and a reader copies out only the (image, flip) rows it uses.
@@ -451,8 +516,8 @@ class LatentStore:
             return None
         key = self.moments.metadata.encode_chunk_key((chunk, 0, 0, 0, 0))
         path = os.path.join(self._raw_moments_dir, *key.split("/"))
-        dtype = np.dtype(self.spec.moments_dtype).newbyteorder("<")
-        shape = (self.spec.shard_size, *self.spec.moments_shape[1:])
+        dtype = np.dtype(self.spec.array_dtype).newbyteorder("<")
+        shape = (self.spec.shard_size, *self.spec.array_shape[1:])
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:  # zarr does not store a chunk that is all fill value
@@ -547,6 +612,7 @@ def open_latent_store(
     latent_scale: float | None = None,
     text: bool | None = None,
     num_classes: int | None = None,
+    content: Content | None = None,
 ) -> LatentStore:
     """Open a complete latent store for reading, validating its layout and what the caller expects.
 
@@ -568,14 +634,14 @@ def open_latent_store(
         raise IncompleteStoreError(f"latent store {where} is incomplete: null/test caption embeddings not written")
 
     arrays = set(group.array_keys())
-    needed = {"moments", "labels"} | (
+    needed = {spec.array_name, "labels"} | (
         {"captions", "caption_counts", "null_context", "test_contexts"} if spec.has_text else set()
     )
     if needed - arrays:
         raise LatentStoreError(f"latent store {where} lacks arrays {sorted(needed - arrays)}")
     t, d = spec.context_shape
     checks = [
-        ("moments", spec.moments_shape, spec.moments_dtype, spec.shard_size),
+        (spec.array_name, spec.array_shape, spec.array_dtype, spec.shard_size),
         ("labels", (spec.num_images,), "int64", spec.shard_size),
     ]
     if spec.has_text:
@@ -601,6 +667,7 @@ def open_latent_store(
         ("latent_scale", latent_scale, spec.latent_scale, lambda a, b: math.isclose(a, b, rel_tol=1e-6)),
         ("text", text, spec.has_text, lambda a, b: a == b),
         ("num_classes", num_classes, spec.num_classes, lambda a, b: a == b),
+        ("content", content, spec.content, lambda a, b: a == b),
     ]
     for name, wanted, stored, same in expectations:
         if wanted is not None and not same(wanted, stored):

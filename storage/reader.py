@@ -16,6 +16,12 @@ unlabeled) for class stores or `context` (B, T, D) for text stores (one random c
 and either `x0` (B, C, h, w) float32 = latent_scale * sample(moments) (`output="latent"`) or the
 chosen flip's raw `moments` (B, 2C, h, w) in the store dtype (`output="moments"`) so the training loop
 can call `sample_latent` on its device.
+
+Pixel stores (`spec.is_pixels`) hold one view per image; the drawn flip is applied on read
+(mirrored along the width when it is 1), so the same draws as for two-view stores decide it and a
+resumed reader reproduces it. Their batches carry `x0` (B, 3, H, W) float32 = pixels / 127.5 - 1
+(`output="latent"`) or the flipped uint8 `pixels` (B, 3, H, W) (`output="moments"`, the stored
+values as they are) instead.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from storage.latents import LatentStore, open_latent_store
 from uvit.encoders import sample_latents
 
-__all__ = ["sample_latent", "epoch_stream", "LatentBatches", "LatentLoader", "ReaderStateError"]
+__all__ = ["sample_latent", "pixels_to_x0", "epoch_stream", "LatentBatches", "LatentLoader", "ReaderStateError"]
 
 Output = Literal["latent", "moments"]
 
@@ -42,6 +48,13 @@ class ReaderStateError(ValueError):
 
 # The one implementation of sampling a latent from VAE moments lives with the encoders.
 sample_latent = sample_latents
+
+
+def pixels_to_x0(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (B, 3, H, W) -> float32 x0 in [-1, 1], the official Normalize(0.5, 0.5)."""
+    if pixels.dtype != torch.uint8:
+        raise ValueError(f"pixels must be uint8, got {pixels.dtype}")
+    return pixels.float() / 127.5 - 1.0
 
 
 def epoch_stream(
@@ -156,7 +169,7 @@ class LatentBatches(IterableDataset):
         store = self.store
         n = len(indices)
         flips = rng.integers(0, 2, n)
-        moments = np.empty((n, *store.spec.moments_shape[2:]), dtype=store.spec.moments_dtype)
+        moments = np.empty((n, *store.spec.array_shape[2:]), dtype=store.spec.array_dtype)
         labels = np.empty(n, dtype=np.int64)
         counts = np.empty(n, dtype=np.int64)
         for block in cache.values():
@@ -169,7 +182,11 @@ class LatentBatches(IterableDataset):
         else:
             batch["label"] = torch.from_numpy(labels)
         moments_t = torch.from_numpy(moments)
-        if self.output == "moments":
+        if store.spec.is_pixels and self.output == "moments":
+            batch["pixels"] = moments_t  # (B, 3, H, W) uint8, flip applied
+        elif store.spec.is_pixels:
+            batch["x0"] = pixels_to_x0(moments_t)
+        elif self.output == "moments":
             batch["moments"] = moments_t
         else:
             noise_seed = int(rng.integers(0, 2**63 - 1))
@@ -194,7 +211,11 @@ class _GroupBlock:
             if not mask.any():
                 continue
             rows = rows[mask]
-            moments[mask] = part.moments[rows, flips[mask]]  # (k, 2C, h, w)
+            if part.moments.shape[1] == 1:  # one stored view (pixels): mirror on read
+                views = part.moments[rows, 0]  # (k, C, h, w)
+                moments[mask] = np.where(flips[mask, None, None, None] == 1, views[..., ::-1], views)
+            else:
+                moments[mask] = part.moments[rows, flips[mask]]  # (k, 2C, h, w)
             labels[mask] = part.labels[rows]
             if part.caption_counts is not None:
                 counts[mask] = part.caption_counts[rows]

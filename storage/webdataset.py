@@ -95,6 +95,8 @@ def export_webdataset(store_url: str, out_url: str, *, samples_per_shard: int = 
         pass
     store = open_latent_store(store_url)
     spec = store.spec
+    if spec.is_pixels:
+        raise ValueError(f"{paths.redact_url(store_url)} is a pixel store; the export covers VAE-moments stores only")
     num_shards = math.ceil(spec.num_images / samples_per_shard)
     names, counts = [], []
     for shard in range(num_shards):

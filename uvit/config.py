@@ -2,7 +2,8 @@
 
 Every official U-ViT config (baofff/U-ViT @ ce55170, `configs/*.py`) is here under a readable name,
 with the model, diffusion, data, training, sampling and evaluation settings of the paper's code,
-plus `tiny`, a CPU-sized preset for the demo and the tests. Overrides use dotted keys
+plus `tiny`, a CPU-sized preset for the demo and the tests (`tiny-text` and `tiny-pixel` are its
+text-to-image and pixel-space twins). Overrides use dotted keys
 (`train.lr=1e-4`) and fail on unknown keys or values of the wrong type.
 """
 
@@ -469,6 +470,21 @@ def _tiny_text() -> Preset:
     )
 
 
+def _tiny_pixel() -> Preset:
+    """The pixel-space path on the built-in shapes: 32x32 RGB images, unconditional (like CIFAR-10/CelebA)."""
+    tiny = _tiny()
+    return dataclasses.replace(
+        tiny,
+        name="tiny-pixel",
+        description="Built-in coloured shapes, 32x32 pixels, unconditional CPU-sized pixel-space U-ViT (VP)",
+        # Patch 8: 4x4 = 16 tokens, as many as tiny's 8x8 latents with patch 2, so it trains as fast.
+        model=dataclasses.replace(tiny.model, img_size=32, patch_size=8, in_chans=3, num_classes=-1),
+        diffusion=_VP,
+        data=DataConfig(dataset="shapes", resolution=32, space="pixel", conditioning="none"),
+        sample=dataclasses.replace(tiny.sample, sampler="dpm_solver", steps=10, cfg_scale=0.0),
+    )
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
@@ -492,6 +508,7 @@ PRESETS: dict[str, Preset] = {
         _coco("coco256-s2-deep", "mscoco_uvit_small_deep", 16, 5.48, 58_345_636),
         _tiny(),
         _tiny_text(),
+        _tiny_pixel(),
     ]
 }  # fmt: skip
 

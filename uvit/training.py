@@ -110,14 +110,27 @@ def _condition_setup(preset: Preset, store) -> tuple[str | None, Any]:
 
 
 def _check_store(preset: Preset, store) -> None:
-    """Fail before any step when the latent store does not fit the preset."""
+    """Fail before any step when the latent (or pixel) store does not fit the preset."""
     spec = store.spec
     latent_shape = preset.latent_shape
-    moments = tuple(spec.moments_shape[-3:])
-    want = (2 * latent_shape[0], latent_shape[1], latent_shape[2])
+    pixel = preset.data.space == "pixel"
+    if pixel != spec.is_pixels:
+        held = "uint8 pixels" if spec.is_pixels else "VAE moments"
+        raise TrainingError(
+            f"store holds {held} but preset {preset.name!r} trains in {preset.data.space} space; "
+            f"encode the dataset for this preset (flows.encode_latents --preset {preset.name})"
+        )
     problems = []
-    if moments != want:
-        problems.append(f"moments per image are {moments}, the model needs {want} (latent {latent_shape})")
+    if pixel:
+        if tuple(spec.latent_shape) != latent_shape or spec.array_dtype != "uint8":
+            problems.append(f"pixels per image are {spec.array_dtype} {tuple(spec.latent_shape)}, the model needs "
+                            f"uint8 {latent_shape}")  # fmt: skip
+    elif tuple(spec.moments_shape[-3:]) != (2 * latent_shape[0], *latent_shape[1:]):
+        want = (2 * latent_shape[0], latent_shape[1], latent_shape[2])
+        problems.append(f"moments per image are {tuple(spec.moments_shape[-3:])}, the model needs {want} "
+                        f"(latent {latent_shape})")  # fmt: skip
+    if preset.data.conditioning == "class" and not spec.num_classes:
+        problems.append("the preset is class-conditional but the store has no labels")
     if preset.data.conditioning == "text" and not spec.has_text:
         problems.append("the preset is text-conditional but the store has no caption embeddings")
     if preset.data.conditioning == "text" and spec.has_text:
@@ -156,7 +169,7 @@ def train(
 
     from storage.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
     from storage.latents import open_latent_store
-    from storage.reader import LatentLoader, sample_latent
+    from storage.reader import LatentLoader, pixels_to_x0, sample_latent
 
     t_cfg = preset.train
     total_steps = max_steps if max_steps is not None else t_cfg.n_steps
@@ -178,7 +191,7 @@ def train(
     store = open_latent_store(latents_url)  # raises a clear error for a missing/incomplete store
     _check_store(preset, store)
     cond_key, null_cond = _condition_setup(preset, store)
-    if preset.data.latent_scale is None:
+    if preset.data.space == "latent" and preset.data.latent_scale is None:
         raise TrainingError(f"preset {preset.name!r} has no data.latent_scale")
 
     micro_batch = per_device_batch(t_cfg.batch_size, accelerator.num_processes, t_cfg.grad_accum)
@@ -266,8 +279,11 @@ def train(
     while step < total_steps:
         for _ in range(t_cfg.grad_accum):
             batch = next(batches)
-            moments = batch["moments"].to(device, non_blocking=True)
-            x0 = sample_latent(moments, preset.data.latent_scale, generator)  # (B, C, h, w)
+            if "pixels" in batch:  # a pixel store: uint8, already flipped by the reader
+                x0 = pixels_to_x0(batch["pixels"].to(device, non_blocking=True))  # (B, 3, H, W)
+            else:
+                moments = batch["moments"].to(device, non_blocking=True)
+                x0 = sample_latent(moments, preset.data.latent_scale, generator)  # (B, C, h, w)
             cond = batch[cond_key].to(device) if cond_key else None
             if cond is not None and cond.is_floating_point():
                 cond = cond.float()  # caption embeddings are stored in float16
@@ -355,7 +371,9 @@ def write_preview(preset: Preset, ema: nn.Module, store, folder_url: str, step: 
     noise = torch.randn(PREVIEW_COUNT, *preset.latent_shape, generator=g).to(device)
     vae = load_vae(preset.data.autoencoder, device=device) if preset.data.space == "latent" else None
     rng_state = torch.get_rng_state()  # previews must not disturb the training randomness
-    images = generate_images(preset, ema, noise, preview_conditions(preset, PREVIEW_COUNT, store), vae=vae)
+    sde = torch.Generator(device=device).manual_seed(PREVIEW_SEED + 1)  # euler_maruyama's noise (pixel presets)
+    images = generate_images(preset, ema, noise, preview_conditions(preset, PREVIEW_COUNT, store), vae=vae,
+                             generator=sde)  # fmt: skip
     torch.set_rng_state(rng_state)
     return write_png(preview_url(folder_url, step), image_grid(images, nrow=4))
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import flows.encode_latents as enc
 from storage.datasets import download_dataset
@@ -74,8 +75,58 @@ def test_cli_encodes_shapes_and_reports_json(tmp_path):
     assert json.loads(again.stdout)["cached"] is True
 
 
-def test_pixel_presets_have_nothing_to_encode(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "flows.encode_latents", "--dataset", "shapes", "--preset",
-                          "cifar10-s2", "--no-prefect", "--store", str(tmp_path)], capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
-    assert out.returncode == 1 and "pixel space" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+def test_pixel_preset_encodes_a_pixel_store_with_parts_resume_and_bad_inputs(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from storage.items import dataset_items
+    from uvit.encoding import crop_rule, load_item
+
+    monkeypatch.setattr(enc, "PART_SIZE", 16)  # 40 images -> 3 parts
+    monkeypatch.setattr(enc, "_vae", lambda *a: (_ for _ in ()).throw(AssertionError("a VAE was loaded")))
+    preset = get_preset("tiny-pixel")
+    ds = download_dataset("shapes", None, str(tmp_path), shapes={"n_train_per_class": 10, "n_val": 4})
+    items = dataset_items(ds.url, "train")
+    with open(items[5]["path"], "wb"):  # a zero-byte file: skipped and counted
+        pass
+    Image.new("L", (40, 36), 128).save(items[7]["path"], format="PNG")  # grayscale: repaired and counted
+    calls, crash = [], [True]
+    real = enc.encode_part
+
+    def crash_in_second(preset_json, url, part_items, batch_size=32):
+        calls.append(url)
+        if len(calls) == 2 and crash[0]:
+            raise RuntimeError("simulated crash")
+        return real(preset_json, url, part_items, batch_size)
+
+    monkeypatch.setattr(enc, "encode_part", crash_in_second)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        enc.run_encode(preset, ds.url, ds.key, str(tmp_path), dataset_name="shapes")
+    calls.clear()
+    crash[0] = False
+    out = enc.run_encode(preset, ds.url, ds.key, str(tmp_path), dataset_name="shapes")
+    assert len(calls) == 2  # the finished first part was kept
+    facts = out.facts
+    assert (facts["images"], facts["inputs"], facts["skipped"], facts["repaired"]) == (39, 40, 1, 1)
+    assert facts["latents_url"].endswith("/pixels")
+    store = open_latent_store(facts["latents_url"], content="pixels", latent_shape=(3, 32, 32), num_classes=0)
+    assert store.spec.encoder == {"name": "pixels", "crop": "adm-center-crop", "resolution": 32}
+    pixels = _moments(facts["latents_url"])  # (39, 1, 3, 32, 32) uint8, as cropped
+    assert pixels.shape == (39, 1, 3, 32, 32) and pixels.dtype == np.uint8
+    assert (store.labels[...] == -1).all()  # unconditional: no labels stored
+    good = [it for i, it in enumerate(items) if i != 5]
+    for row in (0, 6, 38):  # row 6 is item 7 (after the skipped item 5)
+        expected, _ = load_item(good[row]["path"], 32, crop_rule("shapes").crop)
+        np.testing.assert_array_equal(pixels[row, 0], expected.transpose(2, 0, 1))
+    again = enc.run_encode(preset, ds.url, ds.key, str(tmp_path), dataset_name="shapes")
+    assert again.cached and again.key == out.key
+    latent_key = enc.encode_key(get_preset("tiny"), ds.key, "train", {"vae": "x"})
+    bigger = enc.encode_key(get_preset("tiny-pixel", ["data.resolution=64"]), ds.key, "train", {})
+    assert len({out.key, latent_key, bigger}) == 3
+
+
+def test_class_conditional_pixel_store_keeps_labels(tmp_path):
+    preset = get_preset("tiny-pixel", ["data.conditioning=class", "data.num_classes=4"])
+    ds = download_dataset("shapes", None, str(tmp_path), shapes={"n_train_per_class": 3, "n_val": 2})
+    out = enc.run_encode(preset, ds.url, ds.key, str(tmp_path), dataset_name="shapes")
+    store = open_latent_store(out.facts["latents_url"], num_classes=4, content="pixels")
+    assert sorted(store.labels[...].tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]

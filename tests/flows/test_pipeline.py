@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -179,33 +181,105 @@ def test_sampling_from_an_official_format_state_dict(tmp_path):
     assert again.cached and again.url == out.url
 
 
-class _StopAfterDownload(Exception):
-    pass
+# The official pixel presets with their model and run shrunk to seconds; data, diffusion (VP-SDE),
+# sampler (Euler-Maruyama), crops and the stage wiring are the presets' own.
+SHRUNK = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.use_checkpoint=false",
+          "train.n_steps=4", "train.batch_size=4", "train.save_interval=2", "train.warmup_steps=1",
+          "train.mixed_precision=no", "train.num_workers=0", "sample.n_samples=8", "sample.steps=5",
+          "sample.mini_batch_size=4", "eval.n_samples=8", "eval.offline_smoke=true"]  # fmt: skip
 
 
-def test_pixel_presets_download_their_datasets(tmp_path):
+def _cifar10_folder(root: Path) -> Path:
+    """An extracted cifar-10-batches-bin/ with two seeded records per batch file (binary format)."""
     from storage import cifar10
+
+    rng = np.random.default_rng(0)
+    folder = root / cifar10.FOLDER
+    folder.mkdir(parents=True)
+    for n, name in enumerate([*cifar10.BATCHES["train"], *cifar10.BATCHES["val"]]):
+        records = []
+        for i in range(2):
+            image = rng.integers(0, 256, (3, 32, 32), dtype=np.uint8)  # R, G, B planes, row-major
+            records.append(bytes([(2 * n + i) % 10]) + image.tobytes())
+        (folder / name).write_bytes(b"".join(records))
+    return folder
+
+
+def _celeba_folder(root: Path) -> Path:
+    """img_align_celeba.zip with 178x218 JPEGs (the aligned size) and list_eval_partition.txt."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from storage import celeba
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    lines = []
+    with zipfile.ZipFile(root / celeba.ARCHIVE, "w") as zf:
+        for i in range(1, 11):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+            zf.writestr(f"{celeba.FOLDER}/{i:06d}.jpg", buffer.getvalue())
+            lines.append(f"{i:06d}.jpg {0 if i <= 8 else 1}")
+    (root / celeba.PARTITION).write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    "preset,make_source,side,n_train",
+    [("cifar10-s2", _cifar10_folder, 32, 10), ("celeba64-s4", _celeba_folder, 64, 8)],
+)
+def test_official_pixel_presets_run_end_to_end(tmp_path, monkeypatch, preset, make_source, side, n_train):
+    """cifar10-s2 / celeba64-s4: their datasets download, encode to pixels, train, sample and evaluate."""
+    import uvit.encoders
+    from storage.latents import open_latent_store
+
+    def no_vae(*args, **kwargs):
+        raise AssertionError("a pixel preset loaded a VAE")
+
+    monkeypatch.setattr(uvit.encoders, "load_vae", no_vae)
+    from storage.transfer import KNOWN_CHECKSUMS
+
+    for name in ("img_align_celeba.zip", "list_eval_partition.txt"):  # generated stand-ins of the real files
+        monkeypatch.delitem(KNOWN_CHECKSUMS, name, raising=False)
+    source = make_source(tmp_path / "source")
+    summary = run_pipeline(preset, SHRUNK, str(tmp_path / "store"), str(source))
+    assert [r["stage"] for r in summary["stages"]] == ["download", "encode", "train", "sample", "evaluate"]
+    pixels = open_latent_store(summary["stages"][1]["artifact"] + "/pixels", content="pixels")
+    assert pixels.spec.latent_shape == (3, side, side) and len(pixels) == n_train
+    with np.load(summary["stages"][3]["artifact"] + "/samples.npz") as samples:
+        assert samples["arr_0"].shape == (8, side, side, 3) and samples["arr_0"].dtype == np.uint8
+    assert {"FID", "IS", "KID"} <= set(summary["metrics"])
+
+
+def test_celeba_without_a_source_says_where_to_get_it(tmp_path):
     from storage.datasets import DatasetError
 
-    calls = []
-
-    def runner(name, fn, *args, **kwargs):
-        calls.append((name, args))
-        if name != "download":
-            raise _StopAfterDownload(name)
-        return fn(*args, **kwargs)
-
-    folder = tmp_path / cifar10.FOLDER
-    folder.mkdir()
-    for names in cifar10.BATCHES.values():
-        for name in names:
-            (folder / name).write_bytes(bytes([4]) + bytes(range(256)) * 12)
-    store = str(tmp_path / "store")
-    # Later stages (pixel-space encode/train) are not this test's business: stop after the download.
-    with pytest.raises((_StopAfterDownload, ValueError)):
-        run_pipeline("cifar10-s2", [], store, str(folder), stage_runner=runner)
-    assert calls[0][1][0] == "cifar10"
-    published = list((tmp_path / "store" / "download").glob("*/images/train/deer/*.png"))
-    assert len(published) == 5
     with pytest.raises(DatasetError, match=r"celeba: no source given\. CelebA needs img_align_celeba\.zip"):
-        run_pipeline("celeba64-s4", [], store, None, stage_runner=runner)
+        run_pipeline("celeba64-s4", [], str(tmp_path), None)
+
+
+def test_tiny_pixel_pipeline_end_to_end_without_a_vae(tmp_path, monkeypatch):
+    """tiny-pixel: download -> encode (cropped uint8 pixels) -> train -> sample -> evaluate; rerun all hits."""
+    import uvit.encoders
+    from storage.latents import open_latent_store
+
+    def no_vae(*args, **kwargs):
+        raise AssertionError("a pixel preset loaded a VAE")
+
+    monkeypatch.setattr(uvit.encoders, "load_vae", no_vae)
+    store = str(tmp_path)
+    summary = run_pipeline("tiny-pixel", FAST, store)
+    assert [r["stage"] for r in summary["stages"]] == ["download", "encode", "train", "sample", "evaluate"]
+    assert not any(r["cached"] for r in summary["stages"])
+    pixels = open_latent_store(summary["stages"][1]["artifact"] + "/pixels", content="pixels")
+    assert pixels.spec.latent_shape == (3, 32, 32) and len(pixels) == 256
+    samples = np.load(summary["stages"][3]["artifact"] + "/samples.npz")
+    assert samples["arr_0"].shape == (16, 32, 32, 3) and samples["arr_0"].dtype == np.uint8
+    assert "labels" not in samples.files  # unconditional
+    assert set(summary["metrics"]) >= {"FID", "IS", "KID"}
+    again = run_pipeline("tiny-pixel", FAST, store)
+    assert again["all_cached"]
+    assert [r["artifact"] for r in again["stages"]] == [r["artifact"] for r in summary["stages"]]

@@ -268,3 +268,65 @@ def test_two_processes_write_disjoint_shards(shared_root: str) -> None:
         assert p.returncode == 0 and "DONE" in out
     assert open_latent_store_writer(url).pending_shards() == []
     _check_all(url, spec)
+
+
+PIXEL_SPEC = LatentSpec(
+    num_images=10,
+    shard_size=4,
+    latent_shape=(3, 6, 5),
+    latent_scale=1.0,
+    encoder={"name": "pixels", "crop": "adm-center-crop", "resolution": 6},
+    content="pixels",
+)
+
+
+def pixel_data(spec: LatentSpec, shard: int) -> np.ndarray:
+    start, stop = spec.shard_range(shard)
+    return np.random.default_rng(shard).integers(0, 256, (stop - start, 1, *spec.latent_shape), dtype=np.uint8)
+
+
+def test_pixel_store_roundtrip(any_root: str) -> None:
+    url = paths.join(any_root, "pixels")
+    writer = create_latent_store(url, PIXEL_SPEC)
+    for shard in writer.pending_shards():
+        writer.write_shard(shard, pixel_data(PIXEL_SPEC, shard))
+    store = open_latent_store(url, latent_shape=(3, 6, 5), num_classes=0, content="pixels")
+    assert store.spec == PIXEL_SPEC and store.spec.is_pixels and store.moments.dtype == np.uint8
+    for shard in range(PIXEL_SPEC.num_shards):
+        chunk = store.read_chunk(shard)
+        np.testing.assert_array_equal(chunk.moments, pixel_data(PIXEL_SPEC, shard))
+        assert (chunk.labels == -1).all()
+    with pytest.raises(LatentStoreError, match="content='pixels' but 'moments'"):
+        open_latent_store(url, content="moments")
+
+
+def test_pixel_store_rejects_bad_input(memory_root: str) -> None:
+    writer = create_latent_store(paths.join(memory_root, "pixels"), PIXEL_SPEC)
+    with pytest.raises(LatentStoreError, match="pixels dtype float32 is not uint8"):
+        writer.write_shard(0, pixel_data(PIXEL_SPEC, 0).astype(np.float32))
+    with pytest.raises(LatentStoreError, match=r"pixels shape \(4, 2, 3, 6, 5\) != expected \(4, 1, 3, 6, 5\)"):
+        writer.write_shard(0, np.zeros((4, 2, 3, 6, 5), np.uint8))
+    with pytest.raises(LatentStoreError, match="RGB images"):
+        dataclasses.replace(PIXEL_SPEC, latent_shape=(4, 6, 5))
+    with pytest.raises(LatentStoreError, match="a pixel store has no moments"):
+        PIXEL_SPEC.moments_shape  # noqa: B018
+
+
+def test_format_versions(tmp_path) -> None:
+    """Moments stores stay format 1 (byte-identical spec), pixel stores are 2; both read, mismatches refused."""
+    import zarr
+
+    moments_url, pixels_url = str(tmp_path / "moments"), str(tmp_path / "pixels")
+    write_all(create_latent_store(moments_url, SPEC), SPEC)
+    writer = create_latent_store(pixels_url, PIXEL_SPEC)
+    for shard in writer.pending_shards():
+        writer.write_shard(shard, pixel_data(PIXEL_SPEC, shard))
+    moments_attrs = dict(zarr.open_group(moments_url, mode="r").attrs)["uvit_latents"]
+    assert moments_attrs["format_version"] == 1 and "content" not in moments_attrs["spec"]
+    pixel_group = zarr.open_group(pixels_url, mode="r+")
+    pixel_attrs = dict(pixel_group.attrs)["uvit_latents"]
+    assert pixel_attrs["format_version"] == 2 and pixel_attrs["spec"]["content"] == "pixels"
+    assert open_latent_store(moments_url).spec.content == "moments"
+    pixel_group.attrs.update({"uvit_latents": {**pixel_attrs, "format_version": 1}})
+    with pytest.raises(LatentStoreError, match="a pixels store must be format version 2, its attributes say 1"):
+        open_latent_store(pixels_url)

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from storage.latents import LatentSpec, LatentStore, create_latent_store
-from storage.reader import LatentBatches, LatentLoader, ReaderStateError, epoch_stream, sample_latent
+from storage.reader import (
+    LatentBatches,
+    LatentLoader,
+    ReaderStateError,
+    epoch_stream,
+    pixels_to_x0,
+    sample_latent,
+)
 
 SPEC = LatentSpec(
     num_images=100,
@@ -183,3 +190,56 @@ def test_text_batches(tmp_path) -> None:
             assert 0 <= slot < len(captions[i]), "context is not one of the image's captions"
             chosen.add((i % 3, slot))
     assert {(2, 0), (2, 1), (2, 2)} <= chosen, "captions are not drawn among all of an image's captions"
+
+
+PIXEL_SPEC = LatentSpec(num_images=60, shard_size=8, latent_shape=(3, 4, 5), latent_scale=1.0,
+                        encoder={"name": "pixels"}, content="pixels")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pixel_url(tmp_path_factory) -> str:
+    url = str(tmp_path_factory.mktemp("reader") / "pixels")
+    writer = create_latent_store(url, PIXEL_SPEC)
+    rng = np.random.default_rng(0)
+    for shard in range(PIXEL_SPEC.num_shards):
+        start, stop = PIXEL_SPEC.shard_range(shard)
+        writer.write_shard(shard, rng.integers(0, 256, (stop - start, 1, 3, 4, 5), dtype=np.uint8))
+    return url
+
+
+def test_pixel_batches_flip_on_read(pixel_url: str) -> None:
+    from storage.latents import open_latent_store
+
+    stored = open_latent_store(pixel_url).moments[...][:, 0]  # (N, 3, H, W) as written
+    raw = _take(LatentLoader(pixel_url, 12, seed=1, rank=0, world_size=1, output="moments"), 4)
+    for batch in raw:
+        assert set(batch) == {"index", "flip", "label", "pixels"} and batch["pixels"].dtype == torch.uint8
+        for i, f, got in zip(batch["index"].tolist(), batch["flip"].tolist(), batch["pixels"].numpy()):
+            want = np.flip(stored[i], axis=-1) if f else stored[i]
+            np.testing.assert_array_equal(got, want)
+        assert (batch["label"] == -1).all()
+    flips = torch.cat([b["flip"] for b in raw])
+    assert 0 < flips.sum() < len(flips)  # both views occur
+    x0 = _take(LatentLoader(pixel_url, 12, seed=1, rank=0, world_size=1), 4)
+    for a, b in zip(raw, x0):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["flip"], b["flip"])
+        assert b["x0"].dtype == torch.float32 and b["x0"].min() >= -1 and b["x0"].max() <= 1
+        torch.testing.assert_close(b["x0"], a["pixels"].float() / 127.5 - 1.0)
+    assert torch.equal(pixels_to_x0(torch.tensor([0, 255], dtype=torch.uint8)), torch.tensor([-1.0, 1.0]))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_pixel_reader_is_deterministic_and_resumes(pixel_url: str, num_workers: int) -> None:
+    def loader(seed=2):
+        return LatentLoader(pixel_url, 8, seed=seed, rank=0, world_size=1, num_workers=num_workers)
+
+    assert loader().batches_per_epoch < 9  # the 9 batches below cross an epoch boundary
+    expected = _take(loader(), 9)
+    assert _same(expected, _take(loader(), 9))
+    assert not _same(expected, _take(loader(seed=3), 9))
+    first = loader()
+    it = iter(first)
+    head = [next(it) for _ in range(4)]
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    assert _same(head + _take(resumed, 5), expected)

@@ -100,3 +100,12 @@ def test_text_export(s3_root: str) -> None:
     batch = next(itertools.islice(iter(latent_webdataset(out, 8, seed=0)), 1))
     assert set(batch) == {"index", "flip", "context", "x0"} and batch["context"].shape == (8, 3, 4)
     assert torch.equal(batch["context"][:, 0, 0], batch["index"].float())
+
+
+def test_pixel_stores_are_not_exported(tmp_path) -> None:
+    spec = LatentSpec(num_images=4, shard_size=4, latent_shape=(3, 2, 2), latent_scale=1.0, encoder={"name": "px"},
+                      content="pixels")  # fmt: skip
+    url = str(tmp_path / "pixels")
+    create_latent_store(url, spec).write_shard(0, np.zeros((4, 1, 3, 2, 2), np.uint8))
+    with pytest.raises(ValueError, match="is a pixel store; the export covers VAE-moments stores only"):
+        export_webdataset(url, str(tmp_path / "wds"))

@@ -13,7 +13,7 @@ OFFICIAL_NAMES = {
 
 
 def test_registry_has_all_official_configs_and_tiny():
-    assert OFFICIAL_NAMES | {"tiny", "tiny-text"} == set(preset_names())
+    assert OFFICIAL_NAMES | {"tiny", "tiny-text", "tiny-pixel"} == set(preset_names())
     assert {p.official_config for p in PRESETS.values() if p.official_config} == {
         "cifar10_uvit_small", "celeba64_uvit_small", "imagenet64_uvit_mid", "imagenet64_uvit_large",
         "imagenet256_uvit_large", "imagenet256_uvit_huge", "imagenet512_uvit_large", "imagenet512_uvit_huge",
@@ -93,3 +93,14 @@ def test_presets_are_frozen_and_serialisable():
         preset.train.lr = 1.0  # type: ignore[misc]
     assert '"name": "imagenet256-h2"' in preset.to_json()
     assert get_preset("tiny", {"train.lr": 1e-4}).to_json() != get_preset("tiny").to_json()
+
+
+def test_pixel_presets_are_pixel_space_vp_without_a_vae():
+    for name in ["cifar10-s2", "celeba64-s4", "imagenet64-m4", "imagenet64-l4", "tiny-pixel"]:
+        preset = get_preset(name)
+        assert preset.data.space == "pixel" and preset.diffusion.schedule == "vp", name
+        res = preset.data.resolution
+        assert preset.data.autoencoder is None and preset.latent_shape == (3, res, res), name
+    tiny = get_preset("tiny-pixel")
+    assert tiny.data.dataset == "shapes" and tiny.data.conditioning == "none" and tiny.model.num_classes == -1
+    assert tiny.sample.sampler == "dpm_solver" and tiny.eval.offline_smoke

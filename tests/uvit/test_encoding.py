@@ -111,3 +111,70 @@ def test_flip_view_equals_encoding_the_flipped_image(corpus):
     array, _ = load_item(corpus["good_png"], 32)
     flipped = encode_moments(vae, to_tensor(array[None], hflip=True)).numpy()
     np.testing.assert_allclose(part.moments[0, 1], flipped[0], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ pixel crop rules
+def test_pixel_encoding_keeps_good_images_and_counts_bad_ones_like_latents(corpus):
+    from uvit.encoding import crop_rule, encode_pixels
+
+    order = list(corpus)
+    part = encode_pixels([corpus[n] for n in order], 32, crop_rule("imagenet"), workers=2)
+    good = {"good_jpeg", "good_png", "grayscale", "cmyk", "rgba", "palette", "sixteen_bit"}
+    assert [order[i] for i in part.indices] == [n for n in order if n in good]
+    assert part.pixels.shape == (len(good), 1, 3, 32, 32) and part.pixels.dtype == np.uint8
+    assert len([p for p in part.problems if p.action == "skipped"]) == len(order) - len(good)
+    assert {p.reason for p in part.problems if p.action == "repaired"} >= {"L converted to RGB"}
+    array, _ = load_item(corpus["good_png"], 32)  # the stored view is the image as cropped, unflipped
+    np.testing.assert_array_equal(part.pixels[order.index("good_png"), 0], array.transpose(2, 0, 1))
+
+
+def test_celeba_rule_matches_the_official_crop_and_resize(tmp_path):
+    from torchvision import transforms
+    from torchvision.transforms import functional as F
+
+    from uvit.encoding import crop_rule
+
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8))  # CelebA: 178 wide, 218 high
+
+    class OfficialCrop:  # datasets.py of baofff/U-ViT, as written there
+        def __init__(self, x1, x2, y1, y2):
+            self.x1, self.x2, self.y1, self.y2 = x1, x2, y1, y2
+
+        def __call__(self, img):
+            return F.crop(img, self.x1, self.y1, self.x2 - self.x1, self.y2 - self.y1)
+
+    official = transforms.Compose([OfficialCrop(57, 185, 25, 153), transforms.Resize(64)])
+    rule = crop_rule("celeba")
+    np.testing.assert_array_equal(rule.crop(image, 64), np.asarray(official(image)))
+    # The box by hand: rows 57..184, columns 25..152 (a 128 resize is the identity).
+    np.testing.assert_array_equal(rule.crop(image, 128), np.asarray(image)[57:185, 25:153])
+    path = str(tmp_path / "small.png")
+    image.resize((120, 150)).save(path)
+    array, problem = load_item(path, 64, rule.crop)
+    assert array is None and problem.action == "skipped" and "smaller than the CelebA face box" in problem.reason
+
+
+def test_imagenet64_rule_is_the_adm_center_crop():
+    from uvit.encoding import crop_rule
+
+    rng = np.random.default_rng(2)
+    image = Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8))  # 300 wide, 200 high
+    # By hand: 200 >= 2*64, so BOX-halve to 150x100; bicubic to 96x64; take columns 16..79.
+    expected = np.asarray(image.resize((150, 100), Image.BOX).resize((96, 64), Image.BICUBIC))[:, 16:80]
+    np.testing.assert_array_equal(crop_rule("imagenet").crop(image, 64), expected)
+    assert crop_rule("imagenet").name == crop_rule("shapes").name == "adm-center-crop"
+
+
+def test_cifar10_images_are_kept_as_they_are(tmp_path):
+    from uvit.encoding import crop_rule
+
+    rule = crop_rule("cifar10")
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(rule.crop(image, 32), np.asarray(image))
+    path = str(tmp_path / "wide.png")
+    image.resize((33, 32)).save(path)
+    array, problem = load_item(path, 32, rule.crop)
+    assert array is None and "cannot crop (image is 33x32" in problem.reason
+    with pytest.raises(ValueError, match="no pixel crop rule for dataset 'mnist'; known: cifar10, celeba"):
+        crop_rule("mnist")

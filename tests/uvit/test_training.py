@@ -231,3 +231,81 @@ def test_previews_are_written_and_do_not_change_training(tmp_path, store):
     assert grid.shape == (2 + 4 * (32 + 2), 2 + 4 * (32 + 2), 3)  # 4x4 grid of 32x32 images
     assert grid.std() > 1  # not blank
     assert with_previews.param_checksum == without.param_checksum
+
+
+# ------------------------------------------------------------------------------------ pixel space
+# Patch 4 (64 tokens) learns these images within 60 steps; the preset's patch 8 needs longer.
+PIXEL_OVERRIDES = {**OVERRIDES, "model.embed_dim": 64, "model.patch_size": 4, "train.lr": 1e-2,
+                   "train.log_interval": 10, "train.save_interval": 1000}  # fmt: skip
+
+
+def make_pixel_store(url, n=16, shard=8, res=32, classes=0):
+    """uint8 images of two flat two-colour patterns (learnable), left/right asymmetric so flips matter."""
+    spec = LatentSpec(num_images=n, shard_size=shard, latent_shape=(3, res, res), latent_scale=1.0,
+                      encoder={"name": "pixels"}, num_classes=classes, content="pixels")  # fmt: skip
+    writer = create_latent_store(url, spec)
+    images = np.zeros((n, 1, 3, res, res), np.uint8)
+    images[0::2, 0, 0, :, : res // 4] = 255  # red left quarter
+    images[1::2, 0, 2, res // 2 :, :] = 200  # blue bottom half
+    labels = np.arange(n) % 2 if classes else None
+    for s in writer.pending_shards():
+        a, b = spec.shard_range(s)
+        writer.write_shard(s, images[a:b], None if labels is None else labels[a:b])
+    return url
+
+
+def test_tiny_pixel_loss_falls_and_previews_need_no_vae(tmp_path, monkeypatch):
+    import uvit.encoders
+
+    def no_vae(*args, **kwargs):
+        raise AssertionError("a pixel preset loaded a VAE")
+
+    monkeypatch.setattr(uvit.encoders, "load_vae", no_vae)
+    preset = get_preset("tiny-pixel", {**PIXEL_OVERRIDES, "train.sample_interval": 60, "sample.steps": 3})
+    url = make_pixel_store(str(tmp_path / "pixels"))
+    previews = []
+    result = train(preset, url, str(tmp_path / "ckpt"), max_steps=60, previews_url=str(tmp_path / "png"),
+                   on_preview=lambda step, png: previews.append(png))  # fmt: skip
+    first, last = result.losses[0][1], result.losses[-1][1]
+    assert result.step == 60
+    assert last < first / 1.5, result.losses  # steps 51-60 at least 1.5x below steps 1-10
+    from storage.images import read_png
+
+    assert read_png(previews[-1]).shape == (2 + 4 * 34, 2 + 4 * 34, 3)  # 4x4 grid of 32x32 pixel samples
+
+
+def test_class_conditional_pixel_store_trains(tmp_path):
+    """The imagenet64 path in small: a pixel store with labels, a class model with a null class."""
+    preset = get_preset("tiny-pixel", {**PIXEL_OVERRIDES, "data.conditioning": "class", "data.num_classes": 2,
+                                       "model.num_classes": 3, "diffusion.null_class": 2,
+                                       "diffusion.p_uncond": 0.1})  # fmt: skip
+    result = train(preset, make_pixel_store(str(tmp_path / "px"), classes=2), str(tmp_path / "ckpt"), max_steps=2)
+    assert result.step == 2 and all(np.isfinite(loss) for _, loss in result.losses)
+
+
+def test_wrong_store_kind_is_rejected_before_any_step(tmp_path):
+    pixels = make_pixel_store(str(tmp_path / "pixels"))
+    with pytest.raises(TrainingError, match="store holds uint8 pixels but preset 'tiny' trains in latent space"):
+        train(_preset(), pixels, str(tmp_path / "a"), max_steps=1)
+    latents = make_store(str(tmp_path / "latents"))
+    with pytest.raises(TrainingError, match="store holds VAE moments but preset 'tiny-pixel' trains in pixel space"):
+        train(get_preset("tiny-pixel", PIXEL_OVERRIDES), latents, str(tmp_path / "b"), max_steps=1)
+    small = make_pixel_store(str(tmp_path / "small"), res=16)
+    with pytest.raises(TrainingError, match=r"pixels per image are uint8 \(3, 16, 16\), the model needs uint8 \(3, 32"):
+        train(get_preset("tiny-pixel", PIXEL_OVERRIDES), small, str(tmp_path / "c"), max_steps=1)
+    imagenet_like = get_preset("tiny-pixel", {**PIXEL_OVERRIDES, "data.conditioning": "class", "data.num_classes": 2,
+                                              "model.num_classes": 3, "diffusion.null_class": 2})  # fmt: skip
+    with pytest.raises(TrainingError, match="the preset is class-conditional but the store has no labels"):
+        train(imagenet_like, pixels, str(tmp_path / "d"), max_steps=1)
+    for run in "abcd":
+        assert CheckpointStore(str(tmp_path / run)).latest() is None
+
+
+def test_previews_of_a_stochastic_sampler_preset_are_written(tmp_path):
+    """cifar10/celeba sample with euler_maruyama, which needs its own generator: previews must pass one."""
+    preset = get_preset("tiny-pixel", {**PIXEL_OVERRIDES, "sample.sampler": "euler_maruyama", "sample.steps": 3,
+                                       "train.sample_interval": 2})  # fmt: skip
+    seen = []
+    train(preset, make_pixel_store(str(tmp_path / "px")), str(tmp_path / "ckpt"), max_steps=2,
+          previews_url=str(tmp_path / "png"), on_preview=lambda step, url: seen.append(step))  # fmt: skip
+    assert seen == [2]

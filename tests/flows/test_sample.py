@@ -1,0 +1,55 @@
+"""Sample stage on pixel presets: the preset's sampler, no VAE, uint8 images of the preset's size."""
+
+import numpy as np
+import pytest
+import torch
+
+from flows.sample import run_sample
+from storage.images import read_png
+from uvit.checkpoint import save_official_pth
+from uvit.config import build_model, get_preset
+
+QUICK = ["sample.mini_batch_size=4", "model.embed_dim=32", "model.depth=2", "model.num_heads=2"]
+
+
+@pytest.fixture
+def no_vae(monkeypatch):
+    import uvit.encoders
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pixel preset loaded a VAE")
+
+    monkeypatch.setattr(uvit.encoders, "load_vae", refuse)
+
+
+def _weights(preset, path):
+    torch.manual_seed(0)
+    save_official_pth(build_model(preset).state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("sampler, steps", [("dpm_solver", 4), ("euler_maruyama", 6)])
+def test_pixel_sampling_writes_uint8_images_without_a_vae(tmp_path, no_vae, sampler, steps):
+    preset = get_preset("tiny-pixel", QUICK + [f"sample.sampler={sampler}", f"sample.steps={steps}"])
+    weights = _weights(preset, tmp_path / "nnet_ema.pth")
+    out = run_sample(preset, str(tmp_path / "store"), checkpoint=weights, n=6)
+    data = np.load(out.facts["samples_npz"])
+    assert data["arr_0"].shape == (6, 32, 32, 3) and data["arr_0"].dtype == np.uint8
+    assert "labels" not in data.files
+    assert read_png(out.url + "/images/000005.png").shape == (32, 32, 3)
+    assert data["arr_0"].std() > 1  # not a constant image
+
+
+def test_class_conditional_pixel_sampling_uses_labels(tmp_path, no_vae):
+    preset = get_preset("tiny-pixel", QUICK + ["sample.steps=3", "data.conditioning=class", "data.num_classes=4",
+                                               "model.num_classes=5", "diffusion.null_class=4",
+                                               "sample.cfg_scale=0.5"])  # fmt: skip
+    out = run_sample(preset, str(tmp_path / "store"), checkpoint=_weights(preset, tmp_path / "w.pth"), n=8)
+    data = np.load(out.facts["samples_npz"])
+    assert data["arr_0"].shape == (8, 32, 32, 3) and sorted(data["labels"].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_pixel_presets_sample_with_the_official_samplers():
+    assert get_preset("cifar10-s2").sample.sampler == "euler_maruyama" and get_preset("cifar10-s2").sample.steps == 1000
+    assert get_preset("celeba64-s4").sample.sampler == "euler_maruyama"
+    assert get_preset("imagenet64-l4").sample.sampler == "dpm_solver" and get_preset("imagenet64-m4").sample.steps == 50
