@@ -49,6 +49,7 @@ def train_key(preset, latents_key: str) -> str:
         "diffusion": preset.diffusion,
         "latent_scale": preset.data.latent_scale,
         "conditioning": preset.data.conditioning,
+        "random_flip": preset.data.random_flip,
         "train": train_cfg,
     }
     return artifact_key(STAGE, config, inputs={"latents": latents_key},

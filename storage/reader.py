@@ -93,6 +93,7 @@ class LatentBatches(IterableDataset):
         shuffle_chunks: int = 4,
         output: Output = "latent",
         start_batch: int = 0,
+        random_flip: bool = True,
     ) -> None:
         if output not in ("latent", "moments"):
             raise ValueError(f"output must be 'latent' or 'moments', got {output!r}")
@@ -110,6 +111,7 @@ class LatentBatches(IterableDataset):
         self.shuffle_chunks = shuffle_chunks
         self.output = output
         self.start_batch = start_batch
+        self.random_flip = random_flip
         self._store: LatentStore | None = None
 
     @property
@@ -168,7 +170,9 @@ class LatentBatches(IterableDataset):
     def _batch(self, indices: np.ndarray, cache: dict[int, _GroupBlock], rng: np.random.Generator) -> dict:
         store = self.store
         n = len(indices)
-        flips = rng.integers(0, 2, n)
+        flips = rng.integers(0, 2, n)  # drawn either way, so the other per-batch draws do not move
+        if not self.random_flip:
+            flips[:] = 0
         moments = np.empty((n, *store.spec.array_shape[2:]), dtype=store.spec.array_dtype)
         labels = np.empty(n, dtype=np.int64)
         counts = np.empty(n, dtype=np.int64)
@@ -241,6 +245,7 @@ class LatentLoader:
         output: Output = "latent",
         epochs: int | None = None,
         pin_memory: bool = False,
+        random_flip: bool = True,
     ) -> None:
         if (rank is None) != (world_size is None):
             raise ValueError("pass both rank and world_size, or neither")
@@ -259,6 +264,7 @@ class LatentLoader:
         self.output = output
         self.epochs = epochs
         self.pin_memory = pin_memory
+        self.random_flip = random_flip
         self.epoch = 0
         self.batch_in_epoch = 0
         self.batches_per_epoch = self._dataset(0, 0).batches_per_reader() * max(1, num_workers)
@@ -275,6 +281,7 @@ class LatentLoader:
             shuffle_chunks=self.shuffle_chunks,
             output=self.output,
             start_batch=start_batch,
+            random_flip=self.random_flip,
         )
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

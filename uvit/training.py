@@ -214,6 +214,7 @@ def train(
         world_size=accelerator.num_processes,
         num_workers=t_cfg.num_workers,
         output="moments",
+        random_flip=preset.data.random_flip,
     )
 
     ckpts = CheckpointStore(checkpoints_url, keep_last=t_cfg.keep_last)

@@ -282,3 +282,15 @@ def test_tiny_pixel_pipeline_end_to_end_without_a_vae(tmp_path, monkeypatch):
     again = run_pipeline("tiny-pixel", FAST, store)
     assert again["all_cached"]
     assert [r["artifact"] for r in again["stages"]] == [r["artifact"] for r in summary["stages"]]
+
+
+def test_train_key_covers_what_changes_the_weights_and_nothing_else():
+    from flows.train import train_key
+    from uvit.config import get_preset
+
+    base = train_key(get_preset("tiny"), "latents-key")
+    for override in ("train.lr=0.002", "data.random_flip=false", "model.depth=4", "diffusion.p_uncond=0.2"):
+        assert train_key(get_preset("tiny", [override]), "latents-key") != base, override
+    for override in ("train.log_interval=7", "train.save_interval=9", "train.sample_interval=3"):
+        assert train_key(get_preset("tiny", [override]), "latents-key") == base, override
+    assert train_key(get_preset("tiny"), "other-latents") != base

@@ -103,6 +103,19 @@ def test_batches_content(store_url: str) -> None:
     assert torch.equal(raw["index"], first["index"]) and torch.equal(raw["flip"], first["flip"])
 
 
+def test_random_flip_off_reads_only_the_stored_view(store_url: str) -> None:
+    """`data.random_flip=false`: every sample is the unflipped view; the order does not change."""
+    from storage.latents import open_latent_store
+
+    store = open_latent_store(store_url)
+    flipped = _take(LatentLoader(store_url, 16, seed=1, rank=0, world_size=1), 2)
+    plain = _take(LatentLoader(store_url, 16, seed=1, rank=0, world_size=1, random_flip=False), 2)
+    for a, b in zip(flipped, plain):
+        assert torch.equal(a["index"], b["index"]) and b["flip"].sum() == 0
+        means = np.stack([store.moments[int(i), 0, :4] for i in b["index"]])
+        np.testing.assert_allclose(b["x0"].numpy(), 0.5 * means, atol=1e-5)
+
+
 def test_deterministic_given_seed(store_url: str) -> None:
     a = _take(LatentLoader(store_url, 16, seed=5, rank=0, world_size=1), 8)
     b = _take(LatentLoader(store_url, 16, seed=5, rank=0, world_size=1), 8)
