@@ -29,3 +29,12 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 def official_data() -> Path:
     """Folder of data produced by the official U-ViT code (see tests/data/official/README.md)."""
     return OFFICIAL_DATA
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Late log lines (aiohttp's unclosed-session notice at garbage collection, Dask's scheduler
+    shutdown) reach Prefect's console handler after pytest closed the captured stream it holds:
+    drop them instead of printing a "Logging error" traceback under the summary."""
+    import logging
+
+    logging.raiseExceptions = False
