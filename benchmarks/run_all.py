@@ -19,6 +19,7 @@ BENCHMARKS = [
     "sampling",
     "sample_stage",
     "latent_reader",
+    "pixel_reader",
     "evaluation",
     "encode",
     "train_stage",

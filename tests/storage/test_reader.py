@@ -239,6 +239,9 @@ def test_pixel_batches_flip_on_read(pixel_url: str) -> None:
         assert b["x0"].dtype == torch.float32 and b["x0"].min() >= -1 and b["x0"].max() <= 1
         torch.testing.assert_close(b["x0"], a["pixels"].float() / 127.5 - 1.0)
     assert torch.equal(pixels_to_x0(torch.tensor([0, 255], dtype=torch.uint8)), torch.tensor([-1.0, 1.0]))
+    every = torch.arange(256, dtype=torch.uint8).reshape(1, 4, 8, 8).expand(2, 4, 8, 8).flip(-1)  # not contiguous
+    got = pixels_to_x0(every)  # the CPU path (numpy) gives bit for bit the torch arithmetic's values
+    assert got.is_contiguous() and torch.equal(got, every.float() / 127.5 - 1.0) and every.dtype == torch.uint8
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
