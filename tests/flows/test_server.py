@@ -131,7 +131,7 @@ def server(tmp_path_factory):
             started = pids()
         if out.returncode != 0:
             pytest.fail(f"server.sh start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-        assert "deployments: 9" in out.stdout, out.stdout
+        assert "deployments: 10" in out.stdout, out.stdout  # the nine presets and periodic-eval
         yield info
     finally:
         started = started or pids()
