@@ -12,7 +12,9 @@ a doubled batch). Guidance s = 0.4, labels in 0..999, null class 1000, as the Im
 
 The models: `--model s2` (default) U-ViT-S/2 dims (embed 512, depth 12, 8 heads) with the rest of the
 official ImageNet-256 H/2 config (patch 2 on 4x32x32 latents, 1001 classes, no time MLP, no qkv bias,
-conv=False); `--model h2` the official H/2 config itself (embed 1152, depth 28, 16 heads; a GPU size).
+conv=False) but no gradient checkpointing, as the official S configs; `--model h2` the official H/2
+config itself (embed 1152, depth 28, 16 heads, `use_checkpoint=True`, which the official blocks honour
+even without gradients; a GPU size).
 Random weights (the official initialisation, seeded), eval mode.
 
 First the final latents of both paths are checked equal (relative max difference <= 1e-4 in float32),
@@ -63,7 +65,7 @@ _LATENT = dict(img_size=32, patch_size=2, in_chans=4, mlp_ratio=4, qkv_bias=Fals
                num_classes=1001, conv=False)  # fmt: skip
 MODELS = {
     "s2": dict(_LATENT, embed_dim=512, depth=12, num_heads=8),
-    "h2": dict(_LATENT, embed_dim=1152, depth=28, num_heads=16),
+    "h2": dict(_LATENT, embed_dim=1152, depth=28, num_heads=16, use_checkpoint=True),  # as the official config
 }
 MODEL_NAMES = {"s2": "U-ViT-S/2", "h2": "U-ViT-H/2"}
 OFFICIAL_FILES = ("libs/__init__.py", "libs/timm.py", "libs/uvit.py", "dpm_solver_pp.py")
