@@ -19,18 +19,20 @@ Random weights (the official initialisation, seeded), eval mode.
 
 First the final latents of both paths are checked equal (relative max difference <= 1e-4 in float32),
 from one untimed run of each that also warms them up; then both are timed in interleaved rounds
-(median). A 50-step run takes minutes per path on a CPU, so each run does `--steps` network
-evaluations (NFE) of the same sampler and the time is extrapolated linearly to 50 steps (one NFE =
-one guided network evaluation; the sampler math is measured separately and is well under 1%).
+(median; the order flips every other round). A 50-step run takes minutes per path on a CPU, so each
+run does `--steps` network evaluations (NFE) of the same sampler and the time is extrapolated linearly
+to 50 steps (one NFE = one guided network evaluation; the sampler math is measured separately and is
+well under 1%).
 Further rows split the gain: the model alone (two calls of batch B per NFE in both), batched
 guidance alone (ours, one call of 2B vs two of B), and the sampler math alone (zero eps, 50 steps).
 
 The official code comes from `--official PATH` or `UVIT_OFFICIAL_REPO`: a checkout of baofff/U-ViT,
-or a git repository of it (then the four files run are extracted from `HEAD` to a temporary folder); it needs `einops`.
+or a git repository of it (then the four files run are extracted from `HEAD` to a temporary folder);
+it needs `einops`. Figures and what they mean: BENCHMARKS.md, "Sampling against the official code".
 
-    python -m benchmarks.sampling_official --official PATH --quick   # ~1 min on 2 CPU cores
-    python -m benchmarks.sampling_official --official PATH           # ~4-5 min on 2 CPU cores
-    python -m benchmarks.sampling_official --official PATH --device cuda --model h2 --batch 50 --steps 50
+    python -m benchmarks.sampling_official --official PATH --quick   # 15-70 s on 2 shared CPU cores
+    python -m benchmarks.sampling_official --official PATH           # 1-2.5 min (--threads 1, --repeats 5)
+    python -m benchmarks.sampling_official --official PATH --device cuda --model h2 --amp fp16 --batch 50 --steps 50
 """
 
 from __future__ import annotations
