@@ -17,6 +17,7 @@ from pathlib import Path
 BENCHMARKS = [
     "model_step",
     "sampling",
+    "sampling_official",
     "sample_stage",
     "latent_reader",
     "pixel_reader",
