@@ -38,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = uvit(preset="tiny", store_root=store)
     took = time.perf_counter() - start
     print()
-    print(
-        f"Pipeline finished in {took:.0f} s ({'all cache hits' if summary['all_cached'] else 'fresh run'})."
-    )
+    print(f"Pipeline finished in {took:.0f} s ({'all cache hits' if summary['all_cached'] else 'fresh run'}).")
     for row in summary["stages"]:
         print(
             f"  {row['stage']:<9} {'cached' if row['cached'] else 'ran   '} {row['seconds']:>7.1f} s  {row['artifact']}"

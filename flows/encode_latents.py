@@ -119,20 +119,14 @@ def encoder_identities(preset) -> dict[str, str]:
 
     if preset.data.space == "pixel":
         return {}
-    ids = {
-        f"vae:{preset.data.autoencoder}": hash_state_dict(
-            _vae(preset.data.autoencoder, _device()).state_dict()
-        )
-    }
+    ids = {f"vae:{preset.data.autoencoder}": hash_state_dict(_vae(preset.data.autoencoder, _device()).state_dict())}
     if preset.data.conditioning == "text":
         enc = _text_encoder(preset.data.text_encoder, _device())
         ids[f"text:{preset.data.text_encoder}"] = hash_state_dict(enc.model.state_dict())
     return ids
 
 
-def encode_part(
-    preset_json: str, part_url: str, items: list[dict[str, Any]], batch_size: int = 32
-) -> dict[str, Any]:
+def encode_part(preset_json: str, part_url: str, items: list[dict[str, Any]], batch_size: int = 32) -> dict[str, Any]:
     """Encode one part (a list of items {path, label} or {path, captions}) into one `.npz` file."""
     import numpy as np
 
@@ -201,9 +195,7 @@ def _read_part(url: str) -> dict[str, Any]:
     return data
 
 
-def assemble_store(
-    preset, part_urls: list[str], store_url: str, encoder_ids: dict[str, str], dataset: str
-) -> dict:
+def assemble_store(preset, part_urls: list[str], store_url: str, encoder_ids: dict[str, str], dataset: str) -> dict:
     """Join encoded parts into one latent store (streaming, one part in memory at a time)."""
     import numpy as np
 
@@ -340,9 +332,7 @@ def run_encode(
         done = set(paths.list_names(writer.path("parts")))
         todo = [(part_urls[i], items[i * PART_SIZE : (i + 1) * PART_SIZE]) for i in range(num_parts)
                 if f"part_{i:06d}.npz" not in done]  # fmt: skip
-        log.info(
-            "encode: %d images in %d parts, %d already done", len(items), num_parts, num_parts - len(todo)
-        )
+        log.info("encode: %d images in %d parts, %d already done", len(items), num_parts, num_parts - len(todo))
         progress = Progress(f"encoding {len(items)} images for {preset.name}")
         preset_json = preset.to_json()
         if part_runner is None:
@@ -429,9 +419,7 @@ def _flow():
 
         p = get_preset(preset, overrides or [])
         ds = run_download(dataset, source, store_root)
-        return encode_task(
-            p.to_json(), ds.url, ds.key, store_root, split, dataset, dask_workers, dask_address
-        )
+        return encode_task(p.to_json(), ds.url, ds.key, store_root, split, dataset, dask_workers, dask_address)
 
     return encode_flow
 

@@ -109,9 +109,7 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     lines = [f"# U-ViT pipeline: {summary['preset']}", "", "| stage | cached | seconds | artifact |",
              "|---|---|---|---|"]  # fmt: skip
     for row in summary["stages"]:
-        lines.append(
-            f"| {row['stage']} | {row['cached']} | {row['seconds']} | `{redact_url(row['artifact'])}` |"
-        )
+        lines.append(f"| {row['stage']} | {row['cached']} | {row['seconds']} | `{redact_url(row['artifact'])}` |")
     lines += ["", f"- sample grid: `{summary['sample_grid']}`", f"- loss curve: `{summary['loss_curve']}`",
               f"- metrics report: `{summary['metrics_report']}`"]  # fmt: skip
     return "\n".join(lines)
@@ -149,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         if args.no_prefect:
-            return run_pipeline(
-                args.preset, args.override, args.store, args.source, args.processes, args.n_samples
-            )
+            return run_pipeline(args.preset, args.override, args.store, args.source, args.processes, args.n_samples)
         return make_flow()(preset=args.preset, overrides=args.override, store_root=args.store, source=args.source,
                            num_processes=args.processes, n_samples=args.n_samples)  # fmt: skip
 

@@ -72,9 +72,7 @@ def resolve_class(preset, name: str, dataset_run: str | None = None) -> int:
         from storage import paths
 
         manifest = paths.read_json(paths.join(dataset_run, "_MANIFEST.json"))
-        classes = [
-            (c["wnid"], c.get("name", ""), int(c["index"])) for c in manifest["extra"].get("classes", [])
-        ]
+        classes = [(c["wnid"], c.get("name", ""), int(c["index"])) for c in manifest["extra"].get("classes", [])]
     elif preset.data.dataset == "shapes":
         from uvit.shapes import SHAPE_CLASSES, WNIDS
 
@@ -158,9 +156,7 @@ def run_sample(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = weights_for(train_run_url, checkpoint)
     weights_hash = hash_file(weights)
-    conditions, conditions_id = conditions_for(
-        preset, n, latents_url, class_label, preset.sample.seed, prompt
-    )
+    conditions, conditions_id = conditions_for(preset, n, latents_url, class_label, preset.sample.seed, prompt)
     store = ArtifactStore(store_root)
     key = sample_key(preset, weights_hash, n, conditions_id)
     cached = store.exists(STAGE, key)
@@ -202,9 +198,7 @@ def run_sample(
     def build(writer) -> Manifest:
         draw_shards(writer.url, 0, 1)
         shards_url = writer.path("shards")
-        arrays = [
-            read_npz_images(paths.join(shards_url, f"shard_{s:06d}{SHARD_DONE}")) for s in range(num_shards)
-        ]
+        arrays = [read_npz_images(paths.join(shards_url, f"shard_{s:06d}{SHARD_DONE}")) for s in range(num_shards)]
         samples = np.concatenate(arrays)  # (n, H, W, 3)
         labels = {} if conditions.labels is None else {"labels": conditions.labels.numpy()}
         write_npz(writer.path("samples.npz"), samples, **labels)
@@ -233,9 +227,7 @@ def run_sample(
 
     manifest = store.ensure(STAGE, key, build)
     url = store.url_for(STAGE, key)
-    publish_png(
-        f"{preset.name}-samples", paths.join(url, "grid.png"), f"{n} samples, {preset.sample.steps} steps"
-    )
+    publish_png(f"{preset.name}-samples", paths.join(url, "grid.png"), f"{n} samples, {preset.sample.steps} steps")
     publish_link(f"{preset.name}-sample-artifact", url, "samples (PNG, samples.npz)")
     facts = {"samples_npz": paths.join(url, "samples.npz"), "grid": paths.join(url, "grid.png"),
              "n": manifest.counts["samples"]}  # fmt: skip

@@ -133,9 +133,7 @@ def run_train(
         def on_log(step: int, metrics: dict[str, float]) -> None:
             progress.update(step / preset.train.n_steps)
             rows.append({"step": step, **{k: round(v, 6) for k, v in metrics.items()}})
-            log.info(
-                "step %d/%d loss %.4f lr %.2e", step, preset.train.n_steps, metrics["loss"], metrics["lr"]
-            )
+            log.info("step %d/%d loss %.4f lr %.2e", step, preset.train.n_steps, metrics["loss"], metrics["lr"])
 
         def on_preview(step: int, url: str) -> None:
             publish_png(f"{preset.name}-samples-step-{step}", url, f"EMA samples at step {step}")

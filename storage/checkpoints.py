@@ -248,8 +248,7 @@ class CheckpointStore:
             return paths.read_json(paths.join(url, MANIFEST_NAME))
         except FileNotFoundError:
             raise CheckpointStoreError(
-                f"checkpoint step {step} at {paths.redact_url(url)} is missing or incomplete"
-                f" (no {MANIFEST_NAME})"
+                f"checkpoint step {step} at {paths.redact_url(url)} is missing or incomplete (no {MANIFEST_NAME})"
             ) from None
 
     def _read_file(self, step: int, name: str, manifest: Mapping[str, Any], verify: bool) -> bytes:
@@ -285,9 +284,7 @@ class CheckpointStore:
                 weights[name] = None
                 continue
             data = self._read_file(step, fname, manifest, verify)
-            weights[name] = _load_weights(
-                data, paths.redact_url(paths.join(self.url_for(step), fname)), map_location
-            )
+            weights[name] = _load_weights(data, paths.redact_url(paths.join(self.url_for(step), fname)), map_location)
         data = self._read_file(step, "state.pt", manifest, verify)
         state = _load_state(data, paths.redact_url(paths.join(self.url_for(step), "state.pt")), map_location)
         if state.get("format_version") != FORMAT_VERSION or state.get("step") != step:

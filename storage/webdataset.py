@@ -134,9 +134,7 @@ def read_index(out_url: str) -> dict[str, Any]:
     """The export's index; `FileNotFoundError` if the export is absent or unfinished."""
     index = paths.read_json(paths.join(out_url, INDEX_NAME))
     if index.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(
-            f"{paths.redact_url(out_url)}: webdataset export format {index.get('format_version')}"
-        )
+        raise ValueError(f"{paths.redact_url(out_url)}: webdataset export format {index.get('format_version')}")
     return index
 
 

@@ -274,9 +274,7 @@ def _override(preset: Preset, key: str, value: Any) -> Preset:
     section_name, field_name = key.split(".", 1)
     section = getattr(preset, section_name, None)
     if not dataclasses.is_dataclass(section):
-        raise ConfigError(
-            f"unknown override section {section_name!r}; valid keys: {', '.join(_valid_keys(preset))}"
-        )
+        raise ConfigError(f"unknown override section {section_name!r}; valid keys: {', '.join(_valid_keys(preset))}")
     hints = typing.get_type_hints(type(section))
     if field_name not in hints:
         raise ConfigError(f"unknown override key {key!r}; valid keys: {', '.join(_valid_keys(preset))}")
@@ -446,8 +444,9 @@ def _tiny() -> Preset:
             num_workers=0,
         ),
         sample=SampleConfig(sampler="dpm_solver", steps=25, cfg_scale=1.0, n_samples=256, mini_batch_size=64),
-        eval=EvalConfig(fid_reference=None, n_samples=256, periodic_n_samples=64, published_fid=None,
-                        offline_smoke=True),  # fmt: skip
+        eval=EvalConfig(
+            fid_reference=None, n_samples=256, periodic_n_samples=64, published_fid=None, offline_smoke=True
+        ),  # fmt: skip
     )
 
 

@@ -95,9 +95,7 @@ class DiscreteSchedule(_ScheduleBase):
     def __init__(self, betas: torch.Tensor | None = None):
         betas = stable_diffusion_betas() if betas is None else torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or betas.numel() < 2:
-            raise ValueError(
-                f"betas must be a 1-D tensor of at least 2 values, got shape {tuple(betas.shape)}"
-            )
+            raise ValueError(f"betas must be a 1-D tensor of at least 2 values, got shape {tuple(betas.shape)}")
         if not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError("betas must lie strictly between 0 and 1")
         self.betas = betas  # (N,) float64, betas[n-1] is the variance of q(x_n | x_{n-1})
@@ -188,9 +186,7 @@ Schedule = DiscreteSchedule | VPSchedule
 def from_config(config: DiffusionConfig) -> Schedule:
     """The schedule a `DiffusionConfig` describes."""
     if config.schedule == "discrete":
-        return DiscreteSchedule(
-            stable_diffusion_betas(config.num_timesteps, config.beta_start, config.beta_end)
-        )
+        return DiscreteSchedule(stable_diffusion_betas(config.num_timesteps, config.beta_start, config.beta_end))
     if config.schedule == "vp":
         return VPSchedule(config.beta_min, config.beta_max)
     raise ValueError(f"unknown schedule {config.schedule!r}; valid schedules: 'discrete', 'vp'")
@@ -201,9 +197,7 @@ def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-def forward_noise(
-    x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
-) -> torch.Tensor:
+def forward_noise(x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """x_t = alpha x0 + sigma eps with per-sample alpha, sigma (B,)."""
     if x0.shape != eps.shape:
         raise ValueError(f"x0 {tuple(x0.shape)} and eps {tuple(eps.shape)} differ in shape")
@@ -226,15 +220,11 @@ def drop_condition(
     drop = torch.rand(batch, generator=generator, device=cond.device) < p_uncond  # (B,)
     if isinstance(null_cond, int):
         if cond.dtype.is_floating_point or cond.ndim != 1:
-            raise ValueError(
-                f"an int null class needs integer labels (B,), got {cond.dtype} {tuple(cond.shape)}"
-            )
+            raise ValueError(f"an int null class needs integer labels (B,), got {cond.dtype} {tuple(cond.shape)}")
         return torch.where(drop, torch.full_like(cond, null_cond), cond)
     null_cond = null_cond.to(device=cond.device, dtype=cond.dtype)
     if null_cond.shape != cond.shape[1:]:
-        raise ValueError(
-            f"null condition {tuple(null_cond.shape)} must match one condition {tuple(cond.shape[1:])}"
-        )
+        raise ValueError(f"null condition {tuple(null_cond.shape)} must match one condition {tuple(cond.shape[1:])}")
     return torch.where(_per_sample(drop, cond), null_cond.unsqueeze(0), cond)  # (B, N, D)
 
 

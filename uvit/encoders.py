@@ -96,9 +96,7 @@ def _split_subfolder(spec: str) -> tuple[str, str | None]:
     return repo, subfolder
 
 
-def load_vae(
-    spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> AutoencoderKL:
+def load_vae(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AutoencoderKL:
     """A frozen `AutoencoderKL` from a hub id, 'repo:subfolder', a local directory or 'builtin:tiny-vae'."""
     from diffusers import AutoencoderKL
 
@@ -122,9 +120,7 @@ def load_vae(
         )
     except (OSError, ValueError) as error:  # hub errors (offline, not found) are OSErrors
         if local:
-            raise EncoderNotAvailableError(
-                f"cannot load a diffusers AutoencoderKL from {spec!r}: {error}"
-            ) from error
+            raise EncoderNotAvailableError(f"cannot load a diffusers AutoencoderKL from {spec!r}: {error}") from error
         include = f"--include '{subfolder}/*' " if subfolder else ""
         where = f"DIR/{subfolder}" if subfolder else "DIR"
         raise EncoderNotAvailableError(
@@ -153,17 +149,13 @@ def encode_moments(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     _check_images(images)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     if images.shape[-1] % factor or images.shape[-2] % factor:
-        raise ValueError(
-            f"image size {tuple(images.shape[-2:])} is not divisible by the VAE's factor {factor}"
-        )
+        raise ValueError(f"image size {tuple(images.shape[-2:])} is not divisible by the VAE's factor {factor}")
     param = next(vae.parameters())
     moments = vae.encode(images.to(param.device, param.dtype)).latent_dist.parameters  # (B, 2C, h, w)
     return moments
 
 
-def sample_latents(
-    moments: torch.Tensor, scale: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def sample_latents(moments: torch.Tensor, scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Scaled latent `scale * (mean + std * eps)` from moments: (B, 2C, h, w) -> (B, C, h, w)."""
     if moments.ndim != 4 or moments.shape[1] % 2:
         raise ValueError(f"moments must be (B, 2C, h, w), got {tuple(moments.shape)}")
@@ -239,9 +231,7 @@ def hf_clip_text_to_open_clip(state_dict: dict[str, torch.Tensor]) -> dict[str, 
     # CLIPTextModel without the prefix.
     prefix = "text_model." if any(k.startswith("text_model.") for k in state_dict) else ""
     text = {
-        k[len(prefix) :]: v
-        for k, v in state_dict.items()
-        if k.startswith(tuple(prefix + p for p in _HF_TEXT_KEYS))
+        k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(tuple(prefix + p for p in _HF_TEXT_KEYS))
     }
     if "embeddings.token_embedding.weight" not in text:
         raise ValueError("no 'embeddings.token_embedding.weight': not a transformers CLIP text state dict")
@@ -286,9 +276,7 @@ def _load_hf_clip_dir(path: Path) -> nn.Module:
     weights = [path / "model.safetensors", path / "pytorch_model.bin"]
     weight_file = next((w for w in weights if w.exists()), None)
     if weight_file is None:
-        raise EncoderNotAvailableError(
-            f"{path} has config.json but no model.safetensors or pytorch_model.bin"
-        )
+        raise EncoderNotAvailableError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
     if weight_file.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -445,9 +433,7 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
     while min(pil_image.size) >= 2 * image_size:
         pil_image = pil_image.resize(tuple(side // 2 for side in pil_image.size), resample=Image.BOX)
     scale = image_size / min(pil_image.size)
-    pil_image = pil_image.resize(
-        tuple(round(side * scale) for side in pil_image.size), resample=Image.BICUBIC
-    )
+    pil_image = pil_image.resize(tuple(round(side * scale) for side in pil_image.size), resample=Image.BICUBIC)
     array = np.asarray(pil_image)
     top = (array.shape[0] - image_size) // 2
     left = (array.shape[1] - image_size) // 2

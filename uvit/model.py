@@ -59,9 +59,7 @@ def unpatchify(x: torch.Tensor, channels: int = 3) -> torch.Tensor:
     p = int(round(math.sqrt(patch_dim // channels)))
     h = int(round(math.sqrt(L)))
     if h * h != L or p * p * channels != patch_dim:
-        raise ValueError(
-            f"cannot unpatchify tokens of shape {tuple(x.shape)} into a square {channels}-channel image"
-        )
+        raise ValueError(f"cannot unpatchify tokens of shape {tuple(x.shape)} into a square {channels}-channel image")
     x = x.reshape(B, h, h, p, p, channels)  # B h w p1 p2 C
     x = x.permute(0, 5, 1, 3, 2, 4)  # B C h p1 w p2
     return x.reshape(B, channels, h * p, h * p)
@@ -293,9 +291,7 @@ class UViT(_UViTBase):
         if self.num_classes > 0:
             self.label_emb = nn.Embedding(self.num_classes, embed_dim)
 
-    def forward(
-        self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict eps for images `x` (B, C, H, W) at `timesteps` (B,) with optional labels `y` (B,)."""
         time_token = self._time_token(timesteps, x.shape[0])  # (B, 1, D)
         if self.num_classes > 0:
@@ -347,9 +343,7 @@ class UViTT2I(_UViTBase):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Predict eps for latents `x` at `timesteps` given text embeddings `context` (B, N, clip_dim)."""
         if context.ndim != 3 or context.shape[1:] != (self.num_clip_token, self.clip_dim):
-            raise ValueError(
-                f"context must be (B, {self.num_clip_token}, {self.clip_dim}), got {tuple(context.shape)}"
-            )
+            raise ValueError(f"context must be (B, {self.num_clip_token}, {self.clip_dim}), got {tuple(context.shape)}")
         time_token = self._time_token(timesteps, x.shape[0])  # (B, 1, D)
         prefix = torch.cat([time_token, self.context_embed(context)], dim=1)  # (B, 1+N, D)
         return self._backbone(x, prefix)

@@ -396,9 +396,7 @@ def generate(
         if cfg_scale > 0:
             if empty_context is None or empty_context.shape != context.shape[1:]:
                 got = None if empty_context is None else tuple(empty_context.shape)
-                raise ValueError(
-                    f"guidance needs empty_context of shape {tuple(context.shape[1:])}, got {got}"
-                )
+                raise ValueError(f"guidance needs empty_context of shape {tuple(context.shape[1:])}, got {got}")
             uncond = empty_context.to(context).unsqueeze(0).expand_as(context)  # (B, N, D)
     elif cfg_scale > 0:
         raise ValueError("cfg_scale > 0 needs labels or context")

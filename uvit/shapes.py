@@ -137,9 +137,7 @@ def sample_shape(
             break
     jitter = rng.integers(-_JITTER, _JITTER + 1, size=6)
     rgb = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(SHAPE_COLOURS[colour], jitter[:3]))
-    background_rgb = tuple(
-        int(np.clip(c + j, 0, 255)) for c, j in zip(BACKGROUND_COLOURS[background], jitter[3:])
-    )
+    background_rgb = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(BACKGROUND_COLOURS[background], jitter[3:]))
 
     # Place the shape inside the central square (what a center crop keeps), described in thirds.
     side = min(width, height)

@@ -100,9 +100,7 @@ def test_latest_ignores_partial(tmp_path) -> None:
     store = CheckpointStore(tmp_path / "ckpt", keep_last=5)
     store.save(10, model=model)
     # A crash mid-save: a temporary folder for step 30 and a moved folder for step 20 without manifest.
-    paths.write_bytes_atomic(
-        paths.join(store.root, "step_000000030.tmp-abc123", "model.safetensors"), b"partial"
-    )
+    paths.write_bytes_atomic(paths.join(store.root, "step_000000030.tmp-abc123", "model.safetensors"), b"partial")
     paths.write_bytes_atomic(paths.join(store.root, "step_000000020", "model.safetensors"), b"partial")
     assert store.latest() == 10 and store.steps() == [10]
     with pytest.raises(CheckpointStoreError, match="step 20 .* is missing or incomplete"):

@@ -105,9 +105,7 @@ def test_open_names_what_is_wrong(tmp_path) -> None:
     group.create_array("labels", shape=(10,), dtype="int64", chunks=(5,), overwrite=True)
     with pytest.raises(LatentStoreError, match="labels is cut every 5 rows"):
         open_latent_store(url)
-    group.create_array(
-        "moments", shape=(9, 2, 8, 4, 4), dtype="float16", chunks=(4, 2, 8, 4, 4), overwrite=True
-    )
+    group.create_array("moments", shape=(9, 2, 8, 4, 4), dtype="float16", chunks=(4, 2, 8, 4, 4), overwrite=True)
     with pytest.raises(LatentStoreError, match=r"moments shape \(9, 2, 8, 4, 4\) != \(10, 2, 8, 4, 4\)"):
         open_latent_store(url)
 
@@ -126,9 +124,7 @@ def test_create_resumes_or_refuses(memory_root: str) -> None:
 def test_write_shard_rejects_bad_input(memory_root: str) -> None:
     writer = create_latent_store(paths.join(memory_root, "l"), SPEC)
     good = shard_data(SPEC, 0)
-    with pytest.raises(
-        LatentStoreError, match=r"moments shape \(3, 2, 8, 4, 4\) != expected \(4, 2, 8, 4, 4\)"
-    ):
+    with pytest.raises(LatentStoreError, match=r"moments shape \(3, 2, 8, 4, 4\) != expected \(4, 2, 8, 4, 4\)"):
         writer.write_shard(0, good["moments"][:3], good["labels"][:3])
     bad = good["moments"].copy()
     bad[0, 0, 0, 0, 0] = np.nan

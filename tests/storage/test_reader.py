@@ -148,9 +148,7 @@ def test_resume_from_position(store_url: str, num_workers: int, cut: int) -> Non
 
 
 @pytest.mark.parametrize("world_size, num_workers", [(2, 0), (2, 2), (3, 1)])
-def test_ranks_and_workers_split_disjoint_and_complete(
-    store_url: str, world_size: int, num_workers: int
-) -> None:
+def test_ranks_and_workers_split_disjoint_and_complete(store_url: str, world_size: int, num_workers: int) -> None:
     batch = 4
     seen = []
     for rank in range(world_size):
@@ -180,9 +178,7 @@ def test_each_chunk_read_once_per_epoch(store_url: str, monkeypatch: pytest.Monk
 
 
 def test_text_batches(tmp_path) -> None:
-    spec = dataclasses.replace(
-        SPEC, num_classes=0, max_captions=3, context_shape=(3, 4), text_encoder={"name": "clip"}
-    )
+    spec = dataclasses.replace(SPEC, num_classes=0, max_captions=3, context_shape=(3, 4), text_encoder={"name": "clip"})
     url = str(tmp_path / "coco")
     writer = create_latent_store(url, spec)
     rng = np.random.default_rng(1)

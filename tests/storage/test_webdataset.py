@@ -90,9 +90,7 @@ def test_resampled_streams_endlessly(memory_root: str) -> None:
 
 
 def test_text_export(s3_root: str) -> None:
-    spec = dataclasses.replace(
-        SPEC, num_classes=0, max_captions=2, context_shape=(3, 4), text_encoder={"name": "clip"}
-    )
+    spec = dataclasses.replace(SPEC, num_classes=0, max_captions=2, context_shape=(3, 4), text_encoder={"name": "clip"})
     store_url = paths.join(s3_root, "latents")
     _make_store(store_url, spec)
     out = paths.join(s3_root, "wds")

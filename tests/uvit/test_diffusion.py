@@ -114,9 +114,7 @@ class SpyModel:
         self.output = output
         self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
 
-    def __call__(
-        self, xt: torch.Tensor, t_net: torch.Tensor, cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def __call__(self, xt: torch.Tensor, t_net: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         self.calls.append((xt.clone(), t_net.clone(), None if cond is None else cond.clone()))
         return torch.full_like(xt, self.output)
 

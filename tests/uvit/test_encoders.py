@@ -238,9 +238,7 @@ def _hf_tokenizer_from_open_clip_vocab(folder: Path):
 def test_token_ids_match_transformers_clip_tokenizer(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     tokenizer = _hf_tokenizer_from_open_clip_vocab(tmp_path / "tok")
-    expected = tokenizer(
-        _PARITY_CAPTIONS, truncation=True, max_length=77, padding="max_length", return_tensors="pt"
-    )
+    expected = tokenizer(_PARITY_CAPTIONS, truncation=True, max_length=77, padding="max_length", return_tensors="pt")
     torch.testing.assert_close(tokenize(_PARITY_CAPTIONS), expected["input_ids"], rtol=0, atol=0)
 
 

@@ -78,9 +78,7 @@ def test_random_weights_are_seeded_kaiming_and_say_not_comparable(extractor: M.I
     assert not torch.equal(other.model.Mixed_7c.branch1x1.conv.weight, conv)
 
 
-def test_offline_download_fails_fast_with_clear_error(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_offline_download_fails_fast_with_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(M.INCEPTION_WEIGHTS_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
     calls = []
@@ -278,9 +276,7 @@ def test_compute_metrics_with_statistics_reference_says_what_is_missing(
     rng = np.random.default_rng(0)
     pool = (rng.standard_normal((40, M.FEATURE_DIM)) * 0.1).astype(np.float32)
     ref_pool = (rng.standard_normal((30, M.FEATURE_DIM)) * 0.1 + 0.02).astype(np.float32)
-    samples = M.InceptionFeatures(
-        pool, rng.standard_normal((40, 1008)).astype(np.float32), extractor.identity
-    )
+    samples = M.InceptionFeatures(pool, rng.standard_normal((40, 1008)).astype(np.float32), extractor.identity)
     ref_features = M.InceptionFeatures(ref_pool, samples.logits[:30], extractor.identity)
     out = M.compute_metrics(samples, M.feature_statistics(ref_pool), extractor, metrics=("fid", "kid", "pr"))
     assert set(out["skipped"]) == {"kid", "pr"}
@@ -338,9 +334,7 @@ def test_precision_recall_of_shifted_sets(shifted_features: dict[int, M.Inceptio
     assert precision + recall < 2.0
 
 
-def test_compute_metrics_end_to_end_from_folder_and_arr0_npz(
-    extractor: M.InceptionExtractor, tmp_path: Path
-) -> None:
+def test_compute_metrics_end_to_end_from_folder_and_arr0_npz(extractor: M.InceptionExtractor, tmp_path: Path) -> None:
     images = _shapes(6, seed=7)
     folder = _write_pngs(images, tmp_path / "samples")
     np.savez(tmp_path / "ref.npz", arr_0=images)  # arr_0 only: statistics come from the images
@@ -392,9 +386,7 @@ def test_fid_grows_with_noise_on_larger_sets_and_matches_torch_fidelity(
 
     base = _shapes(48, seed=11)
     rng = np.random.default_rng(0)
-    noisy = {
-        level: np.clip(base + rng.normal(0, level, base.shape), 0, 255).astype(np.uint8) for level in (10, 40)
-    }
+    noisy = {level: np.clip(base + rng.normal(0, level, base.shape), 0, 255).astype(np.uint8) for level in (10, 40)}
     f0 = extractor.extract(base, batch_size=16)
     features = {level: extractor.extract(noisy[level], batch_size=16) for level in (10, 40)}
     fids = [M.fid_from_features(f0.pool, features[level].pool) for level in (10, 40)]

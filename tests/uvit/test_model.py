@@ -74,9 +74,7 @@ def test_patchify_unpatchify_match_official(official_data):
         p = int(tag.split("_p")[1])
         channels = int(tag.split("_C")[1].split("_")[0])
         assert torch.equal(patchify(t[f"patchify.{tag}.input"], p), t[f"patchify.{tag}.output"]), tag
-        assert torch.equal(
-            unpatchify(t[f"unpatchify.{tag}.input"], channels), t[f"unpatchify.{tag}.output"]
-        ), tag
+        assert torch.equal(unpatchify(t[f"unpatchify.{tag}.input"], channels), t[f"unpatchify.{tag}.output"]), tag
 
 
 def test_unpatchify_rejects_wrong_shape():

@@ -101,17 +101,13 @@ def golden() -> dict[str, torch.Tensor]:
     return load_file(str(GOLDEN))
 
 
-def analytic_eps(
-    x: torch.Tensor, t_net: torch.Tensor, kind: str, params: dict[str, torch.Tensor]
-) -> torch.Tensor:
+def analytic_eps(x: torch.Tensor, t_net: torch.Tensor, kind: str, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """The golden data's network (same as make_sampler_golden.analytic_eps)."""
     tau = t_net.double()  # (B,)
     if kind == "discrete":
         betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
         half_log_alpha_bar = 0.5 * np.cumsum(np.log1p(-betas))
-        log_alpha = torch.from_numpy(
-            np.interp(tau.numpy(), np.arange(1, 1001, dtype=np.float64), half_log_alpha_bar)
-        )
+        log_alpha = torch.from_numpy(np.interp(tau.numpy(), np.arange(1, 1001, dtype=np.float64), half_log_alpha_bar))
     else:
         u = tau / 999.0
         log_alpha = -0.25 * u**2 * (20.0 - 0.1) - 0.5 * u * 0.1
@@ -146,9 +142,7 @@ def test_samplers_reproduce_the_official_code(golden: dict[str, torch.Tensor], c
     prefix = f"{case}.steps{steps}"
     if case == "vp_euler_maruyama":
         generator = torch.Generator().manual_seed(int(golden[f"{prefix}.seed"]))
-        out = euler_maruyama(
-            eps_fn, golden[f"x_T.em_steps{steps}"], steps=steps, schedule=VP, generator=generator
-        )
+        out = euler_maruyama(eps_fn, golden[f"x_T.em_steps{steps}"], steps=steps, schedule=VP, generator=generator)
     else:
         sampler = dpm_solver_2m if case.endswith("2m") else dpm_solver
         schedule = DISCRETE if kind == "discrete" else VP
@@ -211,10 +205,7 @@ def convergence_rates(sampler, schedule, steps: tuple[int, ...], **kwargs) -> li
     x_T = standard_normal(64, 1)
     reference = exact_flow(schedule, x_T, schedule.t_end)
     errors = [
-        (sampler(gaussian_eps_fn(schedule), x_T, steps=n, schedule=schedule, **kwargs) - reference)
-        .abs()
-        .max()
-        .item()
+        (sampler(gaussian_eps_fn(schedule), x_T, steps=n, schedule=schedule, **kwargs) - reference).abs().max().item()
         for n in steps
     ]
     assert all(a > b for a, b in zip(errors, errors[1:])), f"error must fall with steps: {errors}"
@@ -242,14 +233,10 @@ def test_official_discrete_configuration_converges() -> None:
 def test_euler_maruyama_reaches_the_data_distribution() -> None:
     mean_T, std_T = marginal(VP, 1.0)
     x_T = mean_T + std_T * standard_normal(2000, 2)
-    out = euler_maruyama(
-        gaussian_eps_fn(VP), x_T, steps=100, schedule=VP, generator=torch.Generator().manual_seed(3)
-    )
+    out = euler_maruyama(gaussian_eps_fn(VP), x_T, steps=100, schedule=VP, generator=torch.Generator().manual_seed(3))
     assert out.mean().item() == pytest.approx(MU, abs=0.04)
     assert out.std().item() == pytest.approx(STD, abs=0.04)
-    again = euler_maruyama(
-        gaussian_eps_fn(VP), x_T, steps=100, schedule=VP, generator=torch.Generator().manual_seed(3)
-    )
+    again = euler_maruyama(gaussian_eps_fn(VP), x_T, steps=100, schedule=VP, generator=torch.Generator().manual_seed(3))
     assert torch.equal(out, again)
 
 
@@ -273,9 +260,7 @@ def test_sampler_argument_errors() -> None:
 @pytest.fixture(scope="module")
 def class_model() -> UViT:
     torch.manual_seed(0)
-    return UViT(
-        img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=4, num_heads=2, num_classes=11
-    ).eval()
+    return UViT(img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=4, num_heads=2, num_classes=11).eval()
 
 
 @pytest.fixture(scope="module")
@@ -291,9 +276,7 @@ def test_batched_guidance_equals_two_pass_guidance(class_model: UViT) -> None:
     labels, null = torch.tensor([1, 5, 9]), torch.full((3,), 10)
     with torch.no_grad():
         batched = guided_eps_fn(class_model, cond=labels, uncond=null, cfg_scale=0.4, batched=True)(x, t_net)
-        two_pass = guided_eps_fn(class_model, cond=labels, uncond=null, cfg_scale=0.4, batched=False)(
-            x, t_net
-        )
+        two_pass = guided_eps_fn(class_model, cond=labels, uncond=null, cfg_scale=0.4, batched=False)(x, t_net)
         eps_c, eps_u = class_model(x, t_net, labels), class_model(x, t_net, null)
     torch.testing.assert_close(batched, two_pass, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(two_pass, 1.4 * eps_c - 0.4 * eps_u, rtol=1e-5, atol=1e-5)

@@ -159,9 +159,7 @@ def test_shapes_arrays_are_center_cropped_jpegs() -> None:
     assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
     assert labels.tolist() == [shapes.sample_shape(shapes._rng(5, "val", i)).label for i in range(6)]
     spec = shapes.sample_shape(shapes._rng(5, "val", 0))
-    expected = center_crop_arr(
-        Image.open(__import__("io").BytesIO(shapes.jpeg_bytes(shapes.render_shape(spec)))), 32
-    )
+    expected = center_crop_arr(Image.open(__import__("io").BytesIO(shapes.jpeg_bytes(shapes.render_shape(spec)))), 32)
     np.testing.assert_array_equal(images[0], expected)
     again, _ = shapes.shapes_arrays(6, 32, seed=5, split="val")
     np.testing.assert_array_equal(images, again)

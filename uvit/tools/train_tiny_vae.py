@@ -73,9 +73,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     """Train, evaluate and save; returns the metrics written to training.json."""
     torch.set_num_threads(args.threads)
     start = time.time()
-    train_images = to_tensor(
-        shapes_arrays(args.n_train, 32, seed=args.seed, split="train")[0]
-    )  # (N, 3, 32, 32)
+    train_images = to_tensor(shapes_arrays(args.n_train, 32, seed=args.seed, split="train")[0])  # (N, 3, 32, 32)
     heldout = to_tensor(shapes_arrays(args.n_heldout, 32, seed=args.seed, split="val")[0])
     print(f"data: {len(train_images)} train, {len(heldout)} held-out images in {time.time() - start:.0f} s")
 

@@ -66,17 +66,13 @@ def eps_parameters() -> dict[str, torch.Tensor]:
     }
 
 
-def analytic_eps(
-    x: torch.Tensor, t_net: torch.Tensor, kind: str, params: dict[str, torch.Tensor]
-) -> torch.Tensor:
+def analytic_eps(x: torch.Tensor, t_net: torch.Tensor, kind: str, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """A smooth deterministic eps(x, t_net): Gaussian-data eps + 0.05 sigma W x (float64 inside)."""
     tau = t_net.double()  # (B,)
     if kind == "discrete":
         betas = np.linspace(0.00085**0.5, 0.012**0.5, N, dtype=np.float64) ** 2
         half_log_alpha_bar = 0.5 * np.cumsum(np.log1p(-betas))
-        log_alpha = torch.from_numpy(
-            np.interp(tau.numpy(), np.arange(1, N + 1, dtype=np.float64), half_log_alpha_bar)
-        )
+        log_alpha = torch.from_numpy(np.interp(tau.numpy(), np.arange(1, N + 1, dtype=np.float64), half_log_alpha_bar))
     else:
         u = tau / 999.0
         log_alpha = -0.25 * u**2 * (20.0 - 0.1) - 0.5 * u * 0.1
@@ -152,9 +148,7 @@ def main() -> None:
         # Discrete DPM-Solver++(2M): the official multistep loop with the official update methods.
         rec = Recorder("discrete", params)
         solver = dpm_pp.DPM_Solver(discrete_model_fn(rec), ns, predict_x0=True, thresholding=False)
-        timesteps = solver.get_time_steps(
-            skip_type="time_uniform", t_T=1.0, t_0=1.0 / N, N=steps, device="cpu"
-        )
+        timesteps = solver.get_time_steps(skip_type="time_uniform", t_T=1.0, t_0=1.0 / N, N=steps, device="cpu")
         x, order = x_T.clone(), 2
         with torch.no_grad():
             vec_t = timesteps[0].expand(x.shape[0])
