@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import stat
@@ -11,24 +10,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from archive_builders import add_member, tar_bytes
 
 from storage.archives import ArchiveError, extract_archive, iter_tar, member_problem
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", **fields: object) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    for key, value in fields.items():
-        setattr(info, key, value)
-    tar.addfile(info, io.BytesIO(data) if data else None)
-
-
-def _tar_bytes(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            _add(tar, name, data)
-    return buffer.getvalue()
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -56,15 +40,15 @@ def test_member_problem(name: str, problem: str | None) -> None:
 def test_malicious_tar_is_extracted_safely(tmp_path: Path) -> None:
     archive = tmp_path / "evil.tar"
     with tarfile.open(archive, "w") as tar:
-        _add(tar, "ok/a.txt", b"hello")
-        _add(tar, "../evil.txt", b"escaped")
-        _add(tar, "/abs.txt", b"absolute")
-        _add(tar, "link_out", type=tarfile.SYMTYPE, linkname="../../outside.txt")
-        _add(tar, "ok/link_abs", type=tarfile.SYMTYPE, linkname="/etc/passwd")
-        _add(tar, "ok/link_in", type=tarfile.SYMTYPE, linkname="a.txt")
-        _add(tar, "hard_out", type=tarfile.LNKTYPE, linkname="../outside.txt")
-        _add(tar, "dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
-        _add(tar, "fifo", type=tarfile.FIFOTYPE)
+        add_member(tar, "ok/a.txt", b"hello")
+        add_member(tar, "../evil.txt", b"escaped")
+        add_member(tar, "/abs.txt", b"absolute")
+        add_member(tar, "link_out", type=tarfile.SYMTYPE, linkname="../../outside.txt")
+        add_member(tar, "ok/link_abs", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+        add_member(tar, "ok/link_in", type=tarfile.SYMTYPE, linkname="a.txt")
+        add_member(tar, "hard_out", type=tarfile.LNKTYPE, linkname="../outside.txt")
+        add_member(tar, "dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
+        add_member(tar, "fifo", type=tarfile.FIFOTYPE)
     dest = tmp_path / "a" / "b" / "dest"
     record = extract_archive(archive, str(dest))
 
@@ -114,7 +98,7 @@ def test_malicious_zip_is_extracted_safely(tmp_path: Path) -> None:
 
 def test_truncated_tar_gives_a_clear_error(tmp_path: Path) -> None:
     payload = os.urandom(10_000)
-    data = _tar_bytes({"a.bin": payload, "b.bin": payload})
+    data = tar_bytes({"a.bin": payload, "b.bin": payload})
     first_member_end = 512 + 10_240  # header + data padded to 512-byte blocks
     cases = {
         "mid-data.tar": data[: first_member_end + 512 + 3000],  # inside b.bin's data

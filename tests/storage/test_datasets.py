@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import shutil
-import tarfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import fsspec
 import pytest
+from archive_builders import tar_bytes
 
 from storage import datasets
 from storage.archives import Sink
@@ -30,22 +29,6 @@ if TYPE_CHECKING:
 # Builders
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes = b"", **fields: object) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    for key, value in fields.items():
-        setattr(info, key, value)
-    tar.addfile(info, io.BytesIO(data) if data else None)
-
-
-def _tar_bytes(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            _add(tar, name, data)
-    return buffer.getvalue()
-
-
 def make_imagenet_archives(root: Path, n_train_per_class: int = 3, n_val: int = 8) -> Path:
     """The shapes set as ILSVRC2012 files: a tar of per-class tars, a flat val tar, labels, synsets."""
     tree = shapes.make_imagenet_like(root / "tree", n_train_per_class, n_val, seed=1)
@@ -53,11 +36,11 @@ def make_imagenet_archives(root: Path, n_train_per_class: int = 3, n_val: int = 
     out.mkdir(parents=True)
     outer = {}
     for class_dir in sorted((tree / "train").iterdir()):
-        outer[f"{class_dir.name}.tar"] = _tar_bytes({p.name: p.read_bytes() for p in sorted(class_dir.iterdir())})
+        outer[f"{class_dir.name}.tar"] = tar_bytes({p.name: p.read_bytes() for p in sorted(class_dir.iterdir())})
     outer["README.txt"] = b"not a class archive"
-    (out / "ILSVRC2012_img_train.tar").write_bytes(_tar_bytes(outer))
+    (out / "ILSVRC2012_img_train.tar").write_bytes(tar_bytes(outer))
     val = {p.name: p.read_bytes() for p in sorted((tree / "val").iterdir())}
-    (out / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes(val))
+    (out / "ILSVRC2012_img_val.tar").write_bytes(tar_bytes(val))
     shutil.copy(tree / "LOC_val_solution.csv", out / "LOC_val_solution.csv")
     shutil.copy(tree / "classes.txt", out / "LOC_synset_mapping.txt")
     return out
