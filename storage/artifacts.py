@@ -400,10 +400,7 @@ class ArtifactStore:
 
     def exists(self, stage: str, key: str) -> bool:
         """Whether the artifact is published (its manifest exists)."""
-        fs, path = paths.filesystem(paths.join(self.url_for(stage, key), MANIFEST_NAME))
-        if hasattr(fs, "invalidate_cache"):
-            fs.invalidate_cache(path)
-        return fs.exists(path)
+        return paths.exists(paths.join(self.url_for(stage, key), MANIFEST_NAME))
 
     def manifest(self, stage: str, key: str) -> Manifest:
         """The published artifact's manifest; `ArtifactError` if it is not published."""

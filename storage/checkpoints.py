@@ -236,10 +236,7 @@ class CheckpointStore:
         return steps[-1] if steps else None
 
     def _is_complete(self, url: str) -> bool:
-        fs, path = paths.filesystem(paths.join(url, MANIFEST_NAME))
-        if hasattr(fs, "invalidate_cache"):
-            fs.invalidate_cache(path)
-        return fs.exists(path)
+        return paths.exists(paths.join(url, MANIFEST_NAME))
 
     def manifest(self, step: int) -> dict[str, Any]:
         """A complete checkpoint's manifest; error if it is partial or absent."""
@@ -313,8 +310,7 @@ class CheckpointStore:
         """Whether a checkpoint is protected from pruning (KEEP marker or `keep_steps`)."""
         if step in self.keep_steps:
             return True
-        fs, path = paths.filesystem(paths.join(self.url_for(step), KEEP_NAME))
-        return fs.exists(path)
+        return paths.exists(paths.join(self.url_for(step), KEEP_NAME))
 
     def prune(self) -> list[str]:
         """Delete checkpoints beyond the last `keep_last` (unless kept) and partial ones older than latest."""

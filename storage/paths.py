@@ -33,6 +33,7 @@ __all__ = [
     "create_exclusive",
     "remove_atomic_leftovers",
     "remove_tree",
+    "exists",
     "list_names",
     "zarr_store",
 ]
@@ -216,6 +217,14 @@ def remove_tree(url: str) -> None:
         pass
     if hasattr(fs, "invalidate_cache"):
         fs.invalidate_cache(path)
+
+
+def exists(url: str) -> bool:
+    """Whether a file or folder exists now (fsspec's listing cache is bypassed: writers elsewhere publish)."""
+    fs, path = filesystem(url)
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache(path)
+    return fs.exists(path)
 
 
 def list_names(url: str) -> list[str]:

@@ -125,8 +125,7 @@ def _check_store(preset: Preset, store) -> None:
         if tuple(spec.latent_shape) != latent_shape or spec.array_dtype != "uint8":
             problems.append(f"pixels per image are {spec.array_dtype} {tuple(spec.latent_shape)}, the model needs "
                             f"uint8 {latent_shape}")  # fmt: skip
-    elif tuple(spec.moments_shape[-3:]) != (2 * latent_shape[0], *latent_shape[1:]):
-        want = (2 * latent_shape[0], latent_shape[1], latent_shape[2])
+    elif tuple(spec.moments_shape[-3:]) != (want := (2 * latent_shape[0], *latent_shape[1:])):
         problems.append(f"moments per image are {tuple(spec.moments_shape[-3:])}, the model needs {want} "
                         f"(latent {latent_shape})")  # fmt: skip
     if preset.data.conditioning == "class" and not spec.num_classes:
@@ -167,6 +166,7 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
+    from storage import paths
     from storage.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
     from storage.latents import open_latent_store
     from storage.reader import LatentLoader, pixels_to_x0, sample_latent
@@ -335,7 +335,7 @@ def train(
         # A run killed after its final checkpoint resumes with no step to take: its final grid
         # may never have been drawn.
         final_url = preview_url(previews_url, step)
-        if not _exists(final_url):
+        if not paths.exists(final_url):
             write_preview(preset, ema, store, previews_url, step, device)
             if on_preview:
                 on_preview(step, final_url)
@@ -384,13 +384,6 @@ def preview_url(folder_url: str, step: int) -> str:
     from storage import paths
 
     return paths.join(folder_url, f"step_{step:09d}.png")
-
-
-def _exists(url: str) -> bool:
-    from storage import paths
-
-    fs, path = paths.filesystem(url)
-    return fs.exists(path)
 
 
 # ------------------------------------------------------------------------------------- launching
