@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from uvit.encoders import center_crop_arr
+
 __all__ = [
     "MAX_PIXELS",
     "ImageProblem",
@@ -110,13 +112,6 @@ def crop_celeba(image: Any, image_size: int) -> np.ndarray:
     return np.asarray(F.resize(face, image_size, interpolation=InterpolationMode.BILINEAR, antialias=True))
 
 
-def crop_adm(image: Any, image_size: int) -> np.ndarray:
-    """ImageNet (and the latent presets): the ADM center crop."""
-    from uvit.encoders import center_crop_arr
-
-    return center_crop_arr(image, image_size)
-
-
 @dataclass(frozen=True)
 class CropRule:
     """How one dataset's images become (S, S, 3) uint8 arrays; `name` goes into content keys."""
@@ -125,7 +120,7 @@ class CropRule:
     crop: Callable[[Any, int], np.ndarray]
 
 
-ADM_CROP = CropRule("adm-center-crop", crop_adm)
+ADM_CROP = CropRule("adm-center-crop", center_crop_arr)  # ImageNet (and the latent presets)
 PIXEL_CROPS: dict[str, CropRule] = {
     "cifar10": CropRule("as-is", crop_as_is),
     "celeba": CropRule("celeba-face-box-57-25-128-resize-bilinear", crop_celeba),
@@ -149,7 +144,6 @@ def load_item(
     from PIL import Image, UnidentifiedImageError
 
     from storage import paths
-    from uvit.encoders import center_crop_arr
 
     crop = crop or center_crop_arr
     try:
