@@ -1,4 +1,7 @@
-"""Builders of small tar archives for the storage tests (shared by test_archives and test_datasets)."""
+"""Builders of small tar archives for the tests (archives, datasets, the malformed-input corpus).
+
+Importable from every test module: pytest puts the folder of tests/conftest.py on sys.path.
+"""
 
 import io
 import tarfile

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from archive_builders import add_member
 
 from storage.archives import extract_archive
 from storage.artifacts import ArtifactStore
@@ -58,14 +59,6 @@ def attempt(fn: Callable[[], Any]) -> Outcome:
 
 # ------------------------------------------------------------------------------------------------
 # Builders
-
-
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes = b"", **fields: Any) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    for key, value in fields.items():
-        setattr(info, key, value)
-    tar.addfile(info, io.BytesIO(data) if data else None)
 
 
 def _zip_link(zf: zipfile.ZipFile, name: str, target: str) -> None:
@@ -106,13 +99,13 @@ def hostile_zip_members(zf: zipfile.ZipFile) -> None:
 
 def hostile_tar(path: Path) -> Path:
     with tarfile.open(path, "w") as tar:
-        _tar_add(tar, "ok/a.txt", b"hello")
-        _tar_add(tar, "../evil.txt", b"escaped")
-        _tar_add(tar, "/tmp/uvit-drill-abs.txt", b"absolute")
-        _tar_add(tar, "ok/link_out", type=tarfile.SYMTYPE, linkname="../../outside.txt")
-        _tar_add(tar, "ok/link_abs", type=tarfile.SYMTYPE, linkname="/etc/passwd")
-        _tar_add(tar, "hard_out", type=tarfile.LNKTYPE, linkname="../outside.txt")
-        _tar_add(tar, "dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
+        add_member(tar, "ok/a.txt", b"hello")
+        add_member(tar, "../evil.txt", b"escaped")
+        add_member(tar, "/tmp/uvit-drill-abs.txt", b"absolute")
+        add_member(tar, "ok/link_out", type=tarfile.SYMTYPE, linkname="../../outside.txt")
+        add_member(tar, "ok/link_abs", type=tarfile.SYMTYPE, linkname="/etc/passwd")
+        add_member(tar, "hard_out", type=tarfile.LNKTYPE, linkname="../outside.txt")
+        add_member(tar, "dev", type=tarfile.CHRTYPE, devmajor=1, devminor=3)
     return path
 
 
@@ -266,7 +259,7 @@ def run_truncated_tar(tmp: Path) -> Outcome:
     archive = tmp / "payload.tar"
     with tarfile.open(archive, "w") as tar:
         for i in range(3):
-            _tar_add(tar, f"f{i}.bin", os.urandom(20_000))
+            add_member(tar, f"f{i}.bin", os.urandom(20_000))
     truncated(archive)
     return attempt(lambda: extract_archive(archive, str(tmp / "dest")))
 
