@@ -12,7 +12,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-all test-slow demo bench lint format clean server server-stop server-status
+.PHONY: setup test test-all test-parity test-slow demo bench lint format clean server server-stop server-status
 
 # Re-install only when the project's dependencies changed (the venv is ~6 GB).
 $(STAMP): pyproject.toml
@@ -26,6 +26,14 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not gpu"
+
+# The parity tests under torch's generic, AVX2 and the machine's own kernels: numerics must hold on any x86 CPU.
+test-parity: $(STAMP)
+	@for cap in default avx2 native; do \
+	  if [ $$cap = native ]; then unset ATEN_CPU_CAPABILITY; else export ATEN_CPU_CAPABILITY=$$cap; fi; \
+	  echo "== parity tests, ATEN_CPU_CAPABILITY=$$cap (torch runs $$($(PY) -c 'import torch; print(torch.backends.cpu.get_cpu_capability())'))"; \
+	  $(PY) -m pytest -q -p no:cacheprovider -m "parity and not slow and not gpu" || exit 1; \
+	done
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m "slow and not gpu"

@@ -23,6 +23,7 @@ def tiny_state():
     return build_model(get_preset("tiny")).state_dict()
 
 
+@pytest.mark.parity
 def test_official_pth_round_trip_strict(tmp_path, tiny_state):
     path = tmp_path / "nnet_ema.pth"
     save_official_pth(tiny_state, path)

@@ -21,6 +21,8 @@ from uvit.diffusion import (
 
 N = 1000
 
+pytestmark = pytest.mark.parity
+
 
 # ------------------------------------------------------------------ schedules against closed forms
 def test_default_betas_are_stable_diffusion_scaled_linear() -> None:

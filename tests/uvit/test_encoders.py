@@ -140,6 +140,7 @@ def test_load_vae_from_a_local_directory_with_subfolder(tiny_vae, tmp_path: Path
 # Text
 
 
+@pytest.mark.parity
 def test_tokenize_pads_with_end_of_text_like_the_official_encoder() -> None:
     tokens = tokenize(["a cat", ""])
     assert tokens.shape == (2, 77) and tokens.dtype == torch.long
@@ -235,6 +236,7 @@ def _hf_tokenizer_from_open_clip_vocab(folder: Path):
     return tokenizer
 
 
+@pytest.mark.parity
 def test_token_ids_match_transformers_clip_tokenizer(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     tokenizer = _hf_tokenizer_from_open_clip_vocab(tmp_path / "tok")
@@ -242,6 +244,7 @@ def test_token_ids_match_transformers_clip_tokenizer(tmp_path: Path) -> None:
     torch.testing.assert_close(tokenize(_PARITY_CAPTIONS), expected["input_ids"], rtol=0, atol=0)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
 def test_last_hidden_state_matches_transformers_clip_text_model(tmp_path: Path, activation: str) -> None:
     pytest.importorskip("transformers")

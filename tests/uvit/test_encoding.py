@@ -103,6 +103,7 @@ def test_encode_images_keeps_every_good_image_and_counts_the_rest(corpus):
     assert not np.allclose(part.moments[:, 0], part.moments[:, 1])
 
 
+@pytest.mark.parity
 def test_flip_view_equals_encoding_the_flipped_image(corpus):
     vae = _tiny_vae()
     part = encode_images(vae, [corpus["good_png"]], 32, batch_size=1, workers=1, dtype=torch.float32)
@@ -128,6 +129,7 @@ def test_pixel_encoding_keeps_good_images_and_counts_bad_ones_like_latents(corpu
     np.testing.assert_array_equal(part.pixels[order.index("good_png"), 0], array.transpose(2, 0, 1))
 
 
+@pytest.mark.parity
 def test_celeba_rule_matches_the_official_crop_and_resize(tmp_path):
     from torchvision import transforms
     from torchvision.transforms import functional as F

@@ -1,12 +1,14 @@
 """From samples to images: pixel presets skip the VAE and map x to uint8 as the official code does."""
 
 import numpy as np
+import pytest
 import torch
 
 from uvit import generation, sampling
 from uvit.config import get_preset
 
 
+@pytest.mark.parity
 def test_pixel_images_are_the_official_unpreprocess(monkeypatch):
     x = torch.linspace(-1.3, 1.3, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)  # beyond [-1, 1] at both ends
     monkeypatch.setattr(sampling, "generate", lambda *args, **kwargs: x.clone())

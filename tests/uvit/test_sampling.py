@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from numerics import SAMPLER_STATE_ULPS, SAMPLER_TIME_ULPS, assert_ulps
+from parity import SAMPLER_CASES, sampler_golden, sampler_ulps
 
+import uvit.sampling as sampling
 from uvit.diffusion import DiscreteSchedule, VPSchedule
 from uvit.model import UViT, UViTT2I
 from uvit.sampling import (
@@ -25,6 +25,8 @@ from uvit.sampling import (
 )
 
 DISCRETE, VP = DiscreteSchedule(), VPSchedule()
+
+pytestmark = pytest.mark.parity
 
 
 # ------------------------------------------------------------------ orders and grids (UVIT_FACTS)
@@ -93,64 +95,18 @@ def test_vp_samplers_call_the_network_at_999_t() -> None:
 
 
 # ------------------------------------------------------------------ parity with the official code
-GOLDEN = Path(__file__).resolve().parents[1] / "data" / "official" / "sampler_golden.safetensors"
-
-
 @pytest.fixture(scope="module")
 def golden() -> dict[str, torch.Tensor]:
-    return load_file(str(GOLDEN))
+    return sampler_golden()
 
 
-def analytic_eps(x: torch.Tensor, t_net: torch.Tensor, kind: str, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The golden data's network (same as make_sampler_golden.analytic_eps)."""
-    tau = t_net.double()  # (B,)
-    if kind == "discrete":
-        betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
-        half_log_alpha_bar = 0.5 * np.cumsum(np.log1p(-betas))
-        log_alpha = torch.from_numpy(np.interp(tau.numpy(), np.arange(1, 1001, dtype=np.float64), half_log_alpha_bar))
-    else:
-        u = tau / 999.0
-        log_alpha = -0.25 * u**2 * (20.0 - 0.1) - 0.5 * u * 0.1
-    alpha = torch.exp(log_alpha)[:, None, None, None]  # (B, 1, 1, 1)
-    sigma2 = -torch.expm1(2 * log_alpha)[:, None, None, None]
-    mu = params["eps.mu"][None, :, None, None]
-    var = params["eps.std"][None, :, None, None] ** 2
-    xd = x.double()
-    eps = sigma2.sqrt() * (xd - alpha * mu) / (alpha**2 * var + sigma2)
-    eps = eps + 0.05 * sigma2.sqrt() * torch.einsum("oc,bchw->bohw", params["eps.W"], xd)
-    return eps.to(x.dtype)
-
-
-CASES = [("discrete_dpm_solver", s) for s in (10, 25, 50)]
-CASES += [("discrete_dpm_solver_2m", s) for s in (10, 25, 50)]
-CASES += [("vp_dpm_solver", s) for s in (10, 25, 50)]
-CASES += [("vp_euler_maruyama", s) for s in (10, 25)]
-
-
-@pytest.mark.parametrize("case,steps", CASES)
+@pytest.mark.parametrize("case,steps", SAMPLER_CASES)
 def test_samplers_reproduce_the_official_code(golden: dict[str, torch.Tensor], case: str, steps: int) -> None:
-    params = {k: v for k, v in golden.items() if k.startswith("eps.")}
-    kind = case.split("_")[0]
-    xs: list[torch.Tensor] = []
-    ts: list[torch.Tensor] = []
-
-    def eps_fn(x: torch.Tensor, t_net: torch.Tensor) -> torch.Tensor:
-        xs.append(x.clone())
-        ts.append(t_net.clone())
-        return analytic_eps(x, t_net, kind, params)
-
-    prefix = f"{case}.steps{steps}"
-    if case == "vp_euler_maruyama":
-        generator = torch.Generator().manual_seed(int(golden[f"{prefix}.seed"]))
-        out = euler_maruyama(eps_fn, golden[f"x_T.em_steps{steps}"], steps=steps, schedule=VP, generator=generator)
-    else:
-        sampler = dpm_solver_2m if case.endswith("2m") else dpm_solver
-        schedule = DISCRETE if kind == "discrete" else VP
-        out = sampler(eps_fn, golden[f"x_T.steps{steps}"], steps=steps, schedule=schedule)
-    assert len(xs) == golden[f"{prefix}.x_calls"].shape[0]
-    torch.testing.assert_close(torch.stack(ts), golden[f"{prefix}.t_net_calls"], rtol=0, atol=1e-5)
-    torch.testing.assert_close(torch.stack(xs), golden[f"{prefix}.x_calls"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out, golden[f"{prefix}.output"], rtol=1e-5, atol=1e-5)
+    ulps = sampler_ulps(sampling, golden, case, steps)
+    assert ulps["calls"][0] == ulps["calls"][1], f"network calls: ours {ulps['calls'][0]}, official {ulps['calls'][1]}"
+    assert_ulps(ulps["t_net"], SAMPLER_TIME_ULPS, f"{case} {steps} network times")
+    assert_ulps(ulps["x"], SAMPLER_STATE_ULPS, f"{case} {steps} network inputs")
+    assert_ulps(ulps["output"], SAMPLER_STATE_ULPS, f"{case} {steps} output")
 
 
 # ------------------------------------------------------------------ Gaussian data: exact solution
