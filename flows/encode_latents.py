@@ -131,10 +131,10 @@ def encode_part(preset_json: str, part_url: str, items: list[dict[str, Any]], ba
     import numpy as np
 
     from storage import paths
+    from uvit.config import Preset
     from uvit.encoding import encode_captions, encode_images
-    from uvit.training import preset_from_json
 
-    preset = preset_from_json(preset_json)
+    preset = Preset.from_json(preset_json)
     if preset.data.space == "pixel":
         return _pixel_part(preset, part_url, items)
     device = _device()
@@ -403,10 +403,10 @@ def _flow():
     @task(name="encode-latents")
     def encode_task(preset_json: str, dataset_url: str, dataset_key: str, store_root: str, split: str,
                     dataset_name: str, dask_workers: int, dask_address: str | None) -> dict:  # fmt: skip
-        from uvit.training import preset_from_json
+        from uvit.config import Preset
 
         runner = dask_part_runner(dask_address, dask_workers) if (dask_workers > 1 or dask_address) else None
-        return run_encode(preset_from_json(preset_json), dataset_url, dataset_key, store_root, split=split,
+        return run_encode(Preset.from_json(preset_json), dataset_url, dataset_key, store_root, split=split,
                           dataset_name=dataset_name, part_runner=runner).to_dict()  # fmt: skip
 
     @flow(name="encode-latents", log_prints=True)

@@ -187,9 +187,9 @@ def _flow():
     @task(name="evaluate-samples")
     def evaluate_task(preset_json: str, samples_url: str, store_root: str, reference: str | None,
                       dataset_url: str | None, dataset_key: str | None, weights: str | None) -> dict:  # fmt: skip
-        from uvit.training import preset_from_json
+        from uvit.config import Preset
 
-        return run_evaluate(preset_from_json(preset_json), samples_url, store_root, reference=reference,
+        return run_evaluate(Preset.from_json(preset_json), samples_url, store_root, reference=reference,
                             reference_dataset_url=dataset_url, reference_dataset_key=dataset_key,
                             inception_weights=weights).to_dict()  # fmt: skip
 

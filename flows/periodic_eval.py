@@ -37,9 +37,9 @@ def run_periodic_eval(preset_json: str, store_root: str, checkpoint: str, latent
     """Sample from `checkpoint` and evaluate the samples (plain Python)."""
     from flows.evaluate import run_evaluate
     from flows.sample import run_sample
-    from uvit.training import preset_from_json
+    from uvit.config import Preset
 
-    preset = preset_from_json(preset_json)
+    preset = Preset.from_json(preset_json)
     samples = run_sample(preset, store_root, checkpoint=checkpoint, latents_url=latents_url, n=n_samples)
     result = run_evaluate(preset, samples.url, store_root, reference_dataset_url=dataset_url,
                           reference_dataset_key=dataset_key)  # fmt: skip

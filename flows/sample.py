@@ -240,9 +240,9 @@ def _flow():
     @task(name="sample-uvit")
     def sample_task(preset_json: str, store_root: str, train_run_url: str | None, checkpoint: str | None,
                     latents_url: str | None, n: int | None) -> dict:  # fmt: skip
-        from uvit.training import preset_from_json
+        from uvit.config import Preset
 
-        return run_sample(preset_from_json(preset_json), store_root, train_run_url=train_run_url,
+        return run_sample(Preset.from_json(preset_json), store_root, train_run_url=train_run_url,
                           checkpoint=checkpoint, latents_url=latents_url, n=n).to_dict()  # fmt: skip
 
     @flow(name="sample", log_prints=True)

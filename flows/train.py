@@ -202,9 +202,9 @@ def _flow():
 
     @task(name="train-uvit")
     def train_task(preset_json: str, latents_url: str, store_root: str, num_processes: int) -> dict:
-        from uvit.training import preset_from_json
+        from uvit.config import Preset
 
-        return run_train(preset_from_json(preset_json), latents_url, store_root,
+        return run_train(Preset.from_json(preset_json), latents_url, store_root,
                          num_processes=num_processes).to_dict()  # fmt: skip
 
     @flow(name="train", log_prints=True)

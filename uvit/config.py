@@ -185,14 +185,42 @@ class Preset:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        """Canonical JSON of every setting (sorted keys)."""
+        """Canonical JSON of every setting (sorted keys); `Preset.from_json` gives the same preset back."""
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Preset:
+        """The preset `to_json` wrote, field by field with the types checked (no registry look-up)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"preset JSON does not parse: {e}") from None
+        return _from_dict(cls, data, "preset")
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of what the network sees."""
         m = self.model
         return (m.in_chans, m.img_size, m.img_size)
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    """A frozen config dataclass from its `dataclasses.asdict` form; every field present, none extra."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing, extra = sorted(set(names) - set(data)), sorted(set(data) - set(names))
+    if missing or extra:
+        raise ConfigError(f"{where}: missing fields {missing}, unknown fields {extra}")
+    values = {}
+    for name in names:
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _from_dict(hint, data[name], f"{where}.{name}")
+        else:
+            values[name] = _coerce(data[name], hint, f"{where}.{name}")
+    return cls(**values)
 
 
 def parse_override_strings(items: list[str]) -> dict[str, Any]:

@@ -476,19 +476,6 @@ def _summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def preset_from_json(text: str) -> Preset:
-    """Rebuild a preset (with its overrides) from `Preset.to_json()`."""
-    data = json.loads(text)
-    base = get_preset(data["name"])
-    overrides = {
-        f"{section}.{key}": value
-        for section, values in data.items()
-        if isinstance(values, dict)
-        for key, value in values.items()
-    }
-    return base.with_overrides(overrides)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Per-process entry point used by `accelerate launch -m uvit.training`."""
     parser = argparse.ArgumentParser(prog="python -m uvit.training", description="Train a U-ViT preset.")
@@ -504,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", default=None, help="write the run summary JSON here (main process)")
     args = parser.parse_args(argv)
     try:
-        preset = preset_from_json(args.preset_json) if args.preset_json else get_preset(args.preset)
+        preset = Preset.from_json(args.preset_json) if args.preset_json else get_preset(args.preset)
         preset = preset.with_overrides(args.override)
         result = train(preset, args.latents, args.checkpoints, max_steps=args.max_steps, logdir=args.logdir,
                        previews_url=args.previews)  # fmt: skip

@@ -1,10 +1,11 @@
 """Preset registry and overrides."""
 
 import dataclasses
+import json
 
 import pytest
 
-from uvit.config import PRESETS, ConfigError, get_preset, parse_override_strings, preset_names
+from uvit.config import PRESETS, ConfigError, Preset, get_preset, parse_override_strings, preset_names
 
 OFFICIAL_NAMES = {
     "cifar10-s2", "celeba64-s4", "imagenet64-m4", "imagenet64-l4", "imagenet256-l2", "imagenet256-h2",
@@ -93,6 +94,29 @@ def test_presets_are_frozen_and_serialisable():
         preset.train.lr = 1.0  # type: ignore[misc]
     assert '"name": "imagenet256-h2"' in preset.to_json()
     assert get_preset("tiny", {"train.lr": 1e-4}).to_json() != get_preset("tiny").to_json()
+
+
+def test_preset_json_is_an_exact_round_trip():
+    for preset in PRESETS.values():
+        assert Preset.from_json(preset.to_json()) == preset, preset.name
+    changed = get_preset("tiny", ["train.lr=1.2345678901234e-4", "train.betas=[0.5,0.75]", "sample.steps=7"])
+    back = Preset.from_json(changed.to_json())
+    assert back == changed and isinstance(back.train.betas, tuple)
+    # Not a registry look-up: a renamed preset comes back as it was.
+    renamed = dataclasses.replace(changed, name="my-experiment")
+    assert Preset.from_json(renamed.to_json()) == renamed
+
+
+def test_preset_json_errors_name_the_field():
+    data = json.loads(get_preset("tiny").to_json())
+    data["train"]["lr"] = "fast"
+    with pytest.raises(ConfigError, match="preset.train.lr must be a number"):
+        Preset.from_json(json.dumps(data))
+    del data["train"]["lr"]
+    with pytest.raises(ConfigError, match=r"preset.train: missing fields \['lr'\]"):
+        Preset.from_json(json.dumps(data))
+    with pytest.raises(ConfigError, match="does not parse"):
+        Preset.from_json("{")
 
 
 def test_pixel_presets_are_pixel_space_vp_without_a_vae():

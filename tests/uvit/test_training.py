@@ -17,7 +17,6 @@ from uvit.training import (
     TrainingError,
     ema_update,
     per_device_batch,
-    preset_from_json,
     train,
     warmup_schedule,
 )
@@ -179,11 +178,6 @@ def test_schedule_ema_and_batch_helpers():
     assert per_device_batch(1024, 8, 2) == 64
     with pytest.raises(TrainingError, match="not divisible"):
         per_device_batch(100, 3, 1)
-
-
-def test_preset_json_round_trip():
-    preset = _preset(**{"train.lr": 1e-4})
-    assert preset_from_json(preset.to_json()) == preset
 
 
 def _free_port():
