@@ -11,7 +11,8 @@ flip), generated in a temporary folder in the same run:
 Shuffled mini-batches of 256, one process each. "warm" leaves the files in the page cache; "cold"
 evicts them first with posix_fadvise(DONTNEED), as for a dataset bigger than memory.
 
-The second comparison is the reader's rate with latent sampling (`output="latent"`) against the
+The second comparison is the reader's rate with latent sampling (`uvit.spaces.LatentSpace.x0` on each
+batch's moments, as the training loop does) against the
 rate a U-ViT-S/2 training step (forward, backward, AdamW, batch 8) consumes latents on this CPU.
 
     python -m benchmarks.latent_reader [--quick] [--n 20000] [--dir TMP]
@@ -97,14 +98,18 @@ def _official_rate(npy_dir: Path, n: int, samples: int, seed: int) -> float:
     return (len(order) // BATCH) * BATCH / elapsed
 
 
-def _ours_rate(store_url: str, output: str, seed: int) -> float:
-    """One epoch of `LatentBatches` in this process; samples/s."""
+def _ours_rate(store_url: str, seed: int, sample: bool = False) -> float:
+    """One epoch of `LatentBatches` in this process (latents sampled from the moments if `sample`); samples/s."""
     from storage.reader import LatentBatches
+    from uvit.spaces import LatentSpace
 
-    dataset = LatentBatches(store_url, batch_size=BATCH, seed=seed, epoch=0, output=output)
+    dataset = LatentBatches(store_url, batch_size=BATCH, seed=seed, epoch=0)
+    space, generator = LatentSpace(0.18215), torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     count = 0
     for batch in dataset:
+        if sample:
+            space.x0(batch["moments"], generator)
         count += len(batch["index"])
     return count / (time.perf_counter() - start)
 
@@ -142,18 +147,18 @@ def run(quick: bool = False, n: int | None = None, workdir: str | None = None) -
         t0 = time.perf_counter()
         store_url, compressed_url, npy_dir = _generate(root, n, shard_size=1024)
         generate_s = time.perf_counter() - t0
-        _ours_rate(store_url, "moments", seed=99)  # imports, first zarr open
-        _ours_rate(compressed_url, "moments", seed=99)
-        ours_warm = _ours_rate(store_url, "moments", seed=0)
+        _ours_rate(store_url, seed=99)  # imports, first zarr open
+        _ours_rate(compressed_url, seed=99)
+        ours_warm = _ours_rate(store_url, seed=0)
         official_warm = _official_rate(npy_dir, n, official_samples, seed=0)
-        ours_lz4 = _ours_rate(compressed_url, "moments", seed=0)
+        ours_lz4 = _ours_rate(compressed_url, seed=0)
         official_warm2 = _official_rate(npy_dir, n, official_samples, seed=3)
         official_warm = (official_warm + official_warm2) / 2  # interleaved with both stores' reads
         _evict(root)
-        ours_cold = _ours_rate(store_url, "moments", seed=1)
+        ours_cold = _ours_rate(store_url, seed=1)
         _evict(root)
         official_cold = _official_rate(npy_dir, n, official_samples, seed=1)
-        ours_latent = _ours_rate(store_url, "latent", seed=2)
+        ours_latent = _ours_rate(store_url, seed=2, sample=True)
     train_rate, step_s = _train_step_rate(steps=1 if quick else 3)
     note = f"n={n}, batch {BATCH}, 1 process, {torch.get_num_threads()} threads, data made in {generate_s:.0f}s"
     return [

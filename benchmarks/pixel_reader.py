@@ -5,7 +5,7 @@ random horizontal flips, batch 128, over two epochs (worker start-up included, a
 - ours: `storage.reader.LatentLoader` over a pixel store (`content="pixels"`, uint8 (N, 1, 3, H, W),
   shards of 512 = encode parts, uncompressed, so chunks are memory-mapped) built in a temporary folder,
   used as `uvit.training` uses it: the reader gathers whole batches and mirrors the drawn flips
-  (`output="moments"`: uint8 pixels), and the consumer computes x0 = `pixels_to_x0(pixels)` on its
+  (the stored uint8 `pixels`), and the consumer computes x0 = `pixels_to_x0(pixels)` on its
   device (here the CPU, in the main process; on a GPU after a 4x smaller uint8 transfer);
 - official CIFAR-10 path (`datasets.py` CIFAR10 + train.py): torchvision's `datasets.CIFAR10`
   `__getitem__` over an in-memory uint8 NHWC array (the object is built without download, its own
@@ -155,14 +155,13 @@ def _official_loader(dataset: Dataset, workers: int) -> DataLoader:
 def _ours_loader(url: str, workers: int, epochs: int = EPOCHS):
     from storage.reader import LatentLoader
 
-    return LatentLoader(url, BATCH, seed=0, rank=0, world_size=1, num_workers=workers, epochs=epochs,
-                        output="moments")  # fmt: skip
+    return LatentLoader(url, BATCH, seed=0, rank=0, world_size=1, num_workers=workers, epochs=epochs)
 
 
 def _x(batch) -> torch.Tensor:
     """The image tensor of a batch from either side."""
     if isinstance(batch, dict):  # ours: uint8 pixels, converted by the consumer as in uvit.training
-        from storage.reader import pixels_to_x0
+        from uvit.spaces import pixels_to_x0
 
         return pixels_to_x0(batch["pixels"])
     return batch[0] if isinstance(batch, (list, tuple)) else batch
@@ -194,7 +193,7 @@ def _check(url: str, images: np.ndarray, official: Dataset) -> None:
     """Both sides yield (B, 3, H, W) float32 in [-1, 1]; ours is the stored pixels, flipped as drawn."""
     from torchvision import transforms
 
-    from storage.reader import pixels_to_x0
+    from uvit.spaces import pixels_to_x0
 
     size = images.shape[1]
     ours = next(iter(_ours_loader(url, 0, epochs=1)))

@@ -1,7 +1,7 @@
 """Train-stage throughput: the whole training loop against the bare model step, in latents/s.
 
 The stage is `uvit.training.train` on a latent store built here (`storage.latents`): the reader,
-`sample_latent` from the stored moments, condition dropout, the eps loss, backward, AdamW with the
+`LatentSpace.x0` from the stored moments, condition dropout, the eps loss, backward, AdamW with the
 warm-up schedule, the EMA update, logging and the checkpoint cadence. Its step time is the median
 interval between consecutive `on_log` calls (`train.log_interval=1`), after a first warm-up step,
 so setup and the run's final checkpoint are left out (the checkpoint cadence of a real run is

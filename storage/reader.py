@@ -13,57 +13,33 @@ reproduces the remaining batches exactly, given the same seed, batch size, world
 
 Batches are dicts: `index` (B,) int64 image indices, `flip` (B,) int64, `label` (B,) int64 (-1
 unlabeled) for class stores or `context` (B, T, D) for text stores (one random caption per image),
-and either `x0` (B, C, h, w) float32 = latent_scale * sample(moments) (`output="latent"`) or the
-chosen flip's raw `moments` (B, 2C, h, w) in the store dtype (`output="moments"`) so the training loop
-can call `sample_latent` on its device.
+and what is stored, under its own name: the chosen flip's `moments` (B, 2C, h, w) in the store dtype
+for moments stores, or `pixels` (B, 3, H, W) uint8 for pixel stores; captions' `context` in the store
+dtype too. The model's x0 comes from these through the preset's data space (`uvit.spaces`), on the
+training device.
 
 Pixel stores (`spec.is_pixels`) hold one view per image; the drawn flip is applied on read
 (mirrored along the width when it is 1), so the same draws as for two-view stores decide it and a
-resumed reader reproduces it. Their batches carry `x0` (B, 3, H, W) float32 = pixels / 127.5 - 1
-(`output="latent"`) or the flipped uint8 `pixels` (B, 3, H, W) (`output="moments"`, the stored
-values as they are) instead.
+resumed reader reproduces it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from storage.latents import LatentStore, open_latent_store
-from uvit.encoders import sample_latents
 
-__all__ = ["sample_latent", "pixels_to_x0", "epoch_stream", "LatentBatches", "LatentLoader", "ReaderStateError"]
-
-Output = Literal["latent", "moments"]
+__all__ = ["epoch_stream", "LatentBatches", "LatentLoader", "ReaderStateError"]
 
 
 class ReaderStateError(ValueError):
     """A reader position that does not fit this reader (other seed, world size, workers or batch size)."""
-
-
-# The one implementation of sampling a latent from VAE moments lives with the encoders.
-sample_latent = sample_latents
-
-
-def pixels_to_x0(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels (B, 3, H, W) -> float32 x0 in [-1, 1], the official Normalize(0.5, 0.5)."""
-    if pixels.dtype != torch.uint8:
-        raise ValueError(f"pixels must be uint8, got {pixels.dtype}")
-    if pixels.device.type == "cpu":
-        # numpy runs this memory-bound conversion in the calling thread; torch splits a batch over its
-        # intra-op threads, whose fork/join cost more than the arithmetic (about 6 ms per op and batch
-        # on 2 busy cores, a third of a 32x32 batch's whole read). Same float32 operations, same values.
-        x0 = np.ascontiguousarray(pixels.numpy(), dtype=np.float32)  # (B, 3, H, W), a new array
-        np.divide(x0, np.float32(127.5), out=x0)
-        return torch.from_numpy(np.subtract(x0, np.float32(1.0), out=x0))
-    # In place after the one converting copy: `pixels.float() / 127.5 - 1.0` allocates two more
-    # batch-sized tensors (same values either way).
-    return pixels.to(torch.float32).div_(127.5).sub_(1.0)
 
 
 def epoch_stream(
@@ -100,12 +76,9 @@ class LatentBatches(IterableDataset):
         world_size: int = 1,
         num_workers: int = 0,
         shuffle_chunks: int = 4,
-        output: Output = "latent",
         start_batch: int = 0,
         random_flip: bool = True,
     ) -> None:
-        if output not in ("latent", "moments"):
-            raise ValueError(f"output must be 'latent' or 'moments', got {output!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         if batch_size <= 0 or shuffle_chunks <= 0:
@@ -118,7 +91,6 @@ class LatentBatches(IterableDataset):
         self.world_size = world_size
         self.num_workers = num_workers
         self.shuffle_chunks = shuffle_chunks
-        self.output = output
         self.start_batch = start_batch
         self.random_flip = random_flip
         self._store: LatentStore | None = None
@@ -190,21 +162,11 @@ class LatentBatches(IterableDataset):
         batch = {"index": torch.from_numpy(indices.copy()), "flip": torch.from_numpy(flips)}
         if store.spec.has_text:
             slots = np.floor(rng.random(n) * counts).astype(np.int64)
-            context = torch.from_numpy(store.read_captions(indices, slots))
-            batch["context"] = context.float() if self.output == "latent" else context
+            batch["context"] = torch.from_numpy(store.read_captions(indices, slots))
         else:
             batch["label"] = torch.from_numpy(labels)
-        moments_t = torch.from_numpy(moments)
-        if store.spec.is_pixels and self.output == "moments":
-            batch["pixels"] = moments_t  # (B, 3, H, W) uint8, flip applied
-        elif store.spec.is_pixels:
-            batch["x0"] = pixels_to_x0(moments_t)
-        elif self.output == "moments":
-            batch["moments"] = moments_t
-        else:
-            noise_seed = int(rng.integers(0, 2**63 - 1))
-            generator = torch.Generator().manual_seed(noise_seed)
-            batch["x0"] = sample_latent(moments_t, store.spec.latent_scale, generator)
+        # (B, 3, H, W) uint8 pixels with the flip applied, or (B, 2C, h, w) moments of the chosen flip
+        batch["pixels" if store.spec.is_pixels else "moments"] = torch.from_numpy(moments)
         return batch
 
 
@@ -251,7 +213,6 @@ class LatentLoader:
         world_size: int | None = None,
         num_workers: int = 0,
         shuffle_chunks: int = 4,
-        output: Output = "latent",
         epochs: int | None = None,
         pin_memory: bool = False,
         random_flip: bool = True,
@@ -270,7 +231,6 @@ class LatentLoader:
         self.world_size = world_size
         self.num_workers = num_workers
         self.shuffle_chunks = shuffle_chunks
-        self.output = output
         self.epochs = epochs
         self.pin_memory = pin_memory
         self.random_flip = random_flip
@@ -288,7 +248,6 @@ class LatentLoader:
             world_size=self.world_size,
             num_workers=self.num_workers,
             shuffle_chunks=self.shuffle_chunks,
-            output=self.output,
             start_batch=start_batch,
             random_flip=self.random_flip,
         )

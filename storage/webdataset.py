@@ -10,7 +10,7 @@ Layout under an export folder:
 
 Use this when training streams from object storage over many nodes; on one machine or a shared
 filesystem the zarr reader (`storage.reader`) reads faster and resumes exactly. Streaming batches
-are dicts like the zarr reader's (`index`, `flip`, `label` or `context`, `x0` or `moments`).
+are dicts like the zarr reader's (`index`, `flip`, `label` or `context`, `moments`: what is stored).
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ import math
 import os
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from storage import paths
 from storage.latents import LatentSpec, open_latent_store
-from storage.reader import sample_latent
 
 __all__ = [
     "INDEX_NAME",
@@ -146,25 +145,22 @@ def shard_urls(out_url: str) -> list[str]:
 class _ToBatch:
     """Turns decoded samples into the reader's batch dicts (picklable for dataloader workers)."""
 
-    def __init__(self, spec: LatentSpec, output: str, seed: int) -> None:
+    def __init__(self, spec: LatentSpec, seed: int) -> None:
         self.spec = spec
-        self.output = output
         self.seed = seed
         self._rng: np.random.Generator | None = None
-        self._gen: torch.Generator | None = None
 
-    def _rngs(self) -> tuple[np.random.Generator, torch.Generator]:
+    def _rngs(self) -> np.random.Generator:
         if self._rng is None:
             import webdataset.utils
 
             rank, _, worker, _ = webdataset.utils.pytorch_worker_info()
             self._rng = np.random.default_rng([self.seed, rank, worker])
-            self._gen = torch.Generator().manual_seed(int(self._rng.integers(0, 2**63 - 1)))
-        return self._rng, self._gen
+        return self._rng
 
     def pick(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Choose the flip (and a caption) of one sample."""
-        rng, _ = self._rngs()
+        rng = self._rngs()
         flip = int(rng.integers(0, 2))
         out = {"index": int(sample["__key__"]), "flip": flip, "moments": sample["moments.npy"][flip]}
         if self.spec.has_text:
@@ -175,22 +171,16 @@ class _ToBatch:
         return out
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Stack picked samples into a batch, sampling latents unless raw moments are wanted."""
-        _, gen = self._rngs()
+        """Stack picked samples into a batch of what is stored (moments, labels or caption embeddings)."""
         batch = {
             "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
             "flip": torch.tensor([s["flip"] for s in samples], dtype=torch.int64),
         }
         if self.spec.has_text:
-            context = torch.from_numpy(np.stack([s["context"] for s in samples]))
-            batch["context"] = context.float() if self.output == "latent" else context
+            batch["context"] = torch.from_numpy(np.stack([s["context"] for s in samples]))
         else:
             batch["label"] = torch.tensor([s["label"] for s in samples], dtype=torch.int64)
-        moments = torch.from_numpy(np.stack([s["moments"] for s in samples]))
-        if self.output == "moments":
-            batch["moments"] = moments
-        else:
-            batch["x0"] = sample_latent(moments, self.spec.latent_scale, gen)
+        batch["moments"] = torch.from_numpy(np.stack([s["moments"] for s in samples]))
         return batch
 
 
@@ -202,7 +192,6 @@ def latent_webdataset(
     shuffle_buffer: int = 2000,
     resampled: bool = False,
     epoch_batches: int | None = None,
-    output: Literal["latent", "moments"] = "latent",
 ) -> Any:
     """A webdataset pipeline of batches over an export, split by node (DDP rank) and dataloader worker.
 
@@ -215,7 +204,7 @@ def latent_webdataset(
     index = read_index(out_url)
     spec = LatentSpec.from_dict(index["spec"])
     urls = [paths.join(out_url, n) for n in index["shards"]]
-    to_batch = _ToBatch(spec, output, seed)
+    to_batch = _ToBatch(spec, seed)
     dataset = wds.WebDataset(
         urls,
         resampled=resampled,

@@ -169,7 +169,8 @@ def train(
     from storage import paths
     from storage.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
     from storage.latents import open_latent_store
-    from storage.reader import LatentLoader, pixels_to_x0, sample_latent
+    from storage.reader import LatentLoader
+    from uvit.spaces import space_of
 
     t_cfg = preset.train
     total_steps = max_steps if max_steps is not None else t_cfg.n_steps
@@ -191,8 +192,10 @@ def train(
     store = open_latent_store(latents_url)  # raises a clear error for a missing/incomplete store
     _check_store(preset, store)
     cond_key, null_cond = _condition_setup(preset, store)
-    if preset.data.space == "latent" and preset.data.latent_scale is None:
-        raise TrainingError(f"preset {preset.name!r} has no data.latent_scale")
+    try:
+        space = space_of(preset)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
 
     micro_batch = per_device_batch(t_cfg.batch_size, accelerator.num_processes, t_cfg.grad_accum)
     torch.manual_seed(t_cfg.seed)  # the same initial weights on every rank
@@ -213,7 +216,6 @@ def train(
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
         num_workers=t_cfg.num_workers,
-        output="moments",
         random_flip=preset.data.random_flip,
     )
 
@@ -280,11 +282,8 @@ def train(
     while step < total_steps:
         for _ in range(t_cfg.grad_accum):
             batch = next(batches)
-            if "pixels" in batch:  # a pixel store: uint8, already flipped by the reader
-                x0 = pixels_to_x0(batch["pixels"].to(device, non_blocking=True))  # (B, 3, H, W)
-            else:
-                moments = batch["moments"].to(device, non_blocking=True)
-                x0 = sample_latent(moments, preset.data.latent_scale, generator)  # (B, C, h, w)
+            # (B, C, h, w) latents sampled from moments, or (B, 3, H, W) pixels in [-1, 1]
+            x0 = space.x0(batch[space.stored].to(device, non_blocking=True), generator)
             cond = batch[cond_key].to(device) if cond_key else None
             if cond is not None and cond.is_floating_point():
                 cond = cond.float()  # caption embeddings are stored in float16

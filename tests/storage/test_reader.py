@@ -1,4 +1,4 @@
-"""Tests for storage.reader: latent sampling, determinism, resume, rank/worker split, chunk reads."""
+"""Tests for storage.reader: what is stored per batch, determinism, resume, rank/worker split, chunk reads."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from storage.reader import (
     LatentLoader,
     ReaderStateError,
     epoch_stream,
-    pixels_to_x0,
-    sample_latent,
 )
 
 SPEC = LatentSpec(
@@ -58,17 +56,6 @@ def _same(a: list[dict], b: list[dict]) -> bool:
     )
 
 
-def test_sample_latent_formula() -> None:
-    g = torch.Generator().manual_seed(0)
-    moments = torch.randn(3, 8, 2, 2, generator=g)
-    moments[0, 4:] = 100.0  # clamped to 20
-    z = sample_latent(moments, 0.18215, torch.Generator().manual_seed(1))
-    eps = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(1))
-    mean, logvar = moments[:, :4], moments[:, 4:].clamp(-30, 20)
-    torch.testing.assert_close(z, 0.18215 * (mean + torch.exp(0.5 * logvar) * eps))
-    assert z.dtype == torch.float32 and z.shape == (3, 4, 2, 2)
-
-
 def test_epoch_stream_is_a_grouped_permutation() -> None:
     order, groups = epoch_stream(100, 8, seed=3, epoch=0, shuffle_chunks=4)
     assert sorted(order.tolist()) == list(range(100))
@@ -89,18 +76,14 @@ def test_batches_content(store_url: str) -> None:
     store = open_latent_store(store_url)
     loader = LatentLoader(store_url, 16, seed=1, rank=0, world_size=1)
     for batch in _take(loader, 3):
-        assert set(batch) == {"index", "flip", "label", "x0"}
+        assert set(batch) == {"index", "flip", "label", "moments"}
         idx, flip = batch["index"].numpy(), batch["flip"].numpy()
-        assert batch["x0"].shape == (16, 4, 2, 2) and batch["x0"].dtype == torch.float32
+        assert batch["moments"].shape == (16, 8, 2, 2) and batch["moments"].dtype == torch.float32
         assert batch["label"].tolist() == (idx % 10).tolist()
-        means = np.stack([store.moments[int(i), int(f), :4] for i, f in zip(idx, flip)])
-        # logvar = -30: the sample is the (flip's) mean times the scale
-        np.testing.assert_allclose(batch["x0"].numpy(), 0.5 * means, atol=1e-5)
+        # each image's moments of its drawn flip, exactly as stored
+        stored = np.stack([store.moments[int(i), int(f)] for i, f in zip(idx, flip)])
+        np.testing.assert_array_equal(batch["moments"].numpy(), stored)
     assert 0 < batch["flip"].sum() < 16
-    raw = _take(LatentLoader(store_url, 16, seed=1, rank=0, world_size=1, output="moments"), 1)[0]
-    assert raw["moments"].shape == (16, 8, 2, 2) and "x0" not in raw
-    first = _take(LatentLoader(store_url, 16, seed=1, rank=0, world_size=1), 1)[0]
-    assert torch.equal(raw["index"], first["index"]) and torch.equal(raw["flip"], first["flip"])
 
 
 def test_random_flip_off_reads_only_the_stored_view(store_url: str) -> None:
@@ -112,8 +95,8 @@ def test_random_flip_off_reads_only_the_stored_view(store_url: str) -> None:
     plain = _take(LatentLoader(store_url, 16, seed=1, rank=0, world_size=1, random_flip=False), 2)
     for a, b in zip(flipped, plain):
         assert torch.equal(a["index"], b["index"]) and b["flip"].sum() == 0
-        means = np.stack([store.moments[int(i), 0, :4] for i in b["index"]])
-        np.testing.assert_allclose(b["x0"].numpy(), 0.5 * means, atol=1e-5)
+        stored = np.stack([store.moments[int(i), 0] for i in b["index"]])
+        np.testing.assert_array_equal(b["moments"].numpy(), stored)
 
 
 def test_deterministic_given_seed(store_url: str) -> None:
@@ -193,7 +176,8 @@ def test_text_batches(tmp_path) -> None:
     loader = LatentLoader(url, 10, seed=0, rank=0, world_size=1)
     chosen = set()
     for batch in _take(loader, 10):
-        assert set(batch) == {"index", "flip", "context", "x0"} and batch["context"].shape == (10, 3, 4)
+        assert set(batch) == {"index", "flip", "context", "moments"} and batch["context"].shape == (10, 3, 4)
+        assert batch["context"].dtype == torch.float16  # as stored
         for i, ctx in zip(batch["index"].tolist(), batch["context"]):
             slot = int(ctx[0, 0].item()) - 10 * i
             assert 0 <= slot < len(captions[i]), "context is not one of the image's captions"
@@ -220,7 +204,7 @@ def test_pixel_batches_flip_on_read(pixel_url: str) -> None:
     from storage.latents import open_latent_store
 
     stored = open_latent_store(pixel_url).moments[...][:, 0]  # (N, 3, H, W) as written
-    raw = _take(LatentLoader(pixel_url, 12, seed=1, rank=0, world_size=1, output="moments"), 4)
+    raw = _take(LatentLoader(pixel_url, 12, seed=1, rank=0, world_size=1), 4)
     for batch in raw:
         assert set(batch) == {"index", "flip", "label", "pixels"} and batch["pixels"].dtype == torch.uint8
         for i, f, got in zip(batch["index"].tolist(), batch["flip"].tolist(), batch["pixels"].numpy()):
@@ -229,15 +213,6 @@ def test_pixel_batches_flip_on_read(pixel_url: str) -> None:
         assert (batch["label"] == -1).all()
     flips = torch.cat([b["flip"] for b in raw])
     assert 0 < flips.sum() < len(flips)  # both views occur
-    x0 = _take(LatentLoader(pixel_url, 12, seed=1, rank=0, world_size=1), 4)
-    for a, b in zip(raw, x0):
-        assert torch.equal(a["index"], b["index"]) and torch.equal(a["flip"], b["flip"])
-        assert b["x0"].dtype == torch.float32 and b["x0"].min() >= -1 and b["x0"].max() <= 1
-        torch.testing.assert_close(b["x0"], a["pixels"].float() / 127.5 - 1.0)
-    assert torch.equal(pixels_to_x0(torch.tensor([0, 255], dtype=torch.uint8)), torch.tensor([-1.0, 1.0]))
-    every = torch.arange(256, dtype=torch.uint8).reshape(1, 4, 8, 8).expand(2, 4, 8, 8).flip(-1)  # not contiguous
-    got = pixels_to_x0(every)  # the CPU path (numpy) gives bit for bit the torch arithmetic's values
-    assert got.is_contiguous() and torch.equal(got, every.float() / 127.5 - 1.0) and every.dtype == torch.uint8
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
