@@ -147,8 +147,8 @@ def run_sample(
     from storage.artifacts import ArtifactStore, Manifest, hash_file
     from storage.images import read_npz_images, write_npz, write_png
     from uvit.checkpoint import load_model
-    from uvit.encoders import load_vae
     from uvit.generation import generate_images
+    from uvit.spaces import space_of
 
     n = n or preset.sample.n_samples
     if n < 1:
@@ -174,7 +174,7 @@ def run_sample(
         if not todo:
             return
         model = load_model(preset, weights).to(device).eval()
-        vae = load_vae(preset.data.autoencoder, device=device) if preset.data.space == "latent" else None
+        vae = space_of(preset).decoder(device)
         progress = Progress(f"sampling {n} images with {preset.name}")
         for i, shard in enumerate(todo):
             start, stop = shard * shard_size, min(n, (shard + 1) * shard_size)

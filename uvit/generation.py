@@ -86,7 +86,7 @@ def generate_images(
     generator: torch.Generator | None = None,
 ) -> np.ndarray:
     """Sample with the preset's sampler (overridable), decode, and return uint8 images (B, H, W, 3)."""
-    from uvit.encoders import decode, to_uint8
+    from uvit.spaces import space_of
 
     schedule = diffusion.from_config(preset.diffusion)
     s = preset.sample
@@ -105,13 +105,7 @@ def generate_images(
         empty_context=None if conditions.empty_context is None else conditions.empty_context.to(device),
         generator=generator,
     )  # (B, C, h, w)
-    if preset.data.space == "latent":
-        if vae is None:
-            raise ValueError(f"preset {preset.name!r} samples latents: pass the VAE to decode them")
-        images = decode(vae, z, preset.data.latent_scale)  # (B, 3, H, W) in [-1, 1]
-    else:
-        images = z.clamp(-1.0, 1.0)
-    return to_uint8(images)
+    return space_of(preset).to_images(z, vae)
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:

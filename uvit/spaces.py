@@ -43,7 +43,16 @@ class LatentSpace:
     """Stores SD-VAE moments per image; x0 is a scaled latent sampled from them; images need the VAE."""
 
     scale: float
+    autoencoder: str | None = None  # the VAE `load_vae` takes (hub id, folder, builtin:...)
     stored = "moments"  # the batch field a reader fills
+
+    def decoder(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The VAE that turns sampled latents into images."""
+        from uvit.encoders import load_vae
+
+        if self.autoencoder is None:
+            raise ValueError("this latent space names no autoencoder (data.autoencoder)")
+        return load_vae(self.autoencoder, device=device)
 
     def x0(self, moments: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Scaled latent `scale * (mean + std * eps)`: (B, 2C, h, w) -> (B, C, h, w), on moments' device."""
@@ -66,6 +75,10 @@ class PixelSpace:
 
     stored = "pixels"
 
+    def decoder(self, device: str | torch.device = "cpu") -> None:
+        """Pixels need no decoder."""
+        return None
+
     def x0(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """float32 x0 in [-1, 1] from uint8 pixels (B, 3, H, W); no randomness."""
         return pixels_to_x0(pixels)
@@ -86,4 +99,4 @@ def space_of(preset: Preset) -> Space:
         return PixelSpace()
     if preset.data.latent_scale is None:
         raise ValueError(f"preset {preset.name!r} is a latent preset without data.latent_scale")
-    return LatentSpace(preset.data.latent_scale)
+    return LatentSpace(preset.data.latent_scale, preset.data.autoencoder)

@@ -364,12 +364,12 @@ PREVIEW_SEED = 20230101
 def write_preview(preset: Preset, ema: nn.Module, store, folder_url: str, step: int, device) -> str:
     """Sample a grid from the EMA model on fixed noise and conditions; write it as a PNG."""
     from storage.images import write_png
-    from uvit.encoders import load_vae
     from uvit.generation import generate_images, image_grid, preview_conditions
+    from uvit.spaces import space_of
 
     g = torch.Generator().manual_seed(PREVIEW_SEED)
     noise = torch.randn(PREVIEW_COUNT, *preset.latent_shape, generator=g).to(device)
-    vae = load_vae(preset.data.autoencoder, device=device) if preset.data.space == "latent" else None
+    vae = space_of(preset).decoder(device)
     rng_state = torch.get_rng_state()  # previews must not disturb the training randomness
     sde = torch.Generator(device=device).manual_seed(PREVIEW_SEED + 1)  # euler_maruyama's noise (pixel presets)
     images = generate_images(preset, ema, noise, preview_conditions(preset, PREVIEW_COUNT, store), vae=vae,

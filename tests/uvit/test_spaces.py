@@ -45,7 +45,8 @@ def test_latent_images_need_the_vae() -> None:
 
 def test_space_of_presets() -> None:
     assert space_of(get_preset("tiny-pixel")) == PixelSpace() and PixelSpace.stored == "pixels"
-    assert space_of(get_preset("imagenet256-h2")) == LatentSpace(0.18215) and LatentSpace.stored == "moments"
+    assert space_of(get_preset("imagenet256-h2")) == LatentSpace(0.18215, "stabilityai/sd-vae-ft-ema")
+    assert LatentSpace.stored == "moments" and PixelSpace().decoder() is None
     assert space_of(get_preset("coco256-s2")).scale == 0.23010
     with pytest.raises(ValueError, match="latent_scale"):
         space_of(get_preset("tiny", {"data.latent_scale": None}))
