@@ -80,32 +80,97 @@ def test_loss_falls_on_a_handful_of_latents(tmp_path, store):
     assert last < first / 1.5, result.losses
 
 
-def test_kill_and_resume_is_bit_identical(tmp_path, store):
-    preset = _preset()
-    full = str(tmp_path / "full")
-    uninterrupted = train(preset, store, full, max_steps=9)
-    crashed = str(tmp_path / "crashed")
-    # "Crash" after 5 steps: the last checkpoint is step 3, steps 4-5 are lost and redone.
-    partial = train(preset, store, crashed, max_steps=9, stop_after=5)
-    assert partial.step == 5 and CheckpointStore(crashed).latest() == 3
-    resumed = train(preset, store, crashed, max_steps=9)
-    assert resumed.resumed_from == 3 and resumed.step == 9
+def _assert_resumed_run_is_the_uninterrupted_one(full, crashed, uninterrupted, resumed, batch_size):
+    """Weights, EMA, every checkpoint's RNG states, the loss history: bit for bit (CPU, fp32)."""
     (m1, e1), (m2, e2) = _weights(full), _weights(crashed)
+    assert list(m1) == list(m2)
     for key in m1:
         assert torch.equal(m1[key], m2[key]), key
         assert torch.equal(e1[key], e2[key]), key
     # The report covers the whole run, and the loss logged at step 4 (accumulated over steps 3-4,
     # across the checkpoint at 3) is the same mean as without the crash.
-    assert resumed.losses == uninterrupted.losses and len(resumed.losses) == 5
-    assert resumed.samples_seen == uninterrupted.samples_seen == 9 * preset.train.batch_size
-    # The global torch RNG in a checkpoint after the resume is the uninterrupted run's.
-    a, b = CheckpointStore(full).load(9), CheckpointStore(crashed).load(9)
-    assert torch.equal(a.rng[0]["process"]["torch"], b.rng[0]["process"]["torch"])
+    assert [tuple(x) for x in resumed["losses"]] == [tuple(x) for x in uninterrupted["losses"]]
+    assert len(resumed["losses"]) == 5
+    assert resumed["samples_seen"] == uninterrupted["samples_seen"] == 9 * batch_size
+    # The global RNG states in the checkpoints after the resume are the uninterrupted run's.
+    from drills.drillkit import state_differences
+
+    assert CheckpointStore(crashed).steps() == CheckpointStore(full).steps()
+    for step in CheckpointStore(crashed).steps():
+        a, b = CheckpointStore(full).load(step), CheckpointStore(crashed).load(step)
+        assert state_differences(a.rng, b.rng, "rng") == [], step
+
+
+def _logging_draws(record):
+    """An on_log callback that draws from the global RNGs, as any callback or library in the process may."""
+    from drills.drillkit import global_rng_draws
+
+    return lambda step, metrics: record.append([step, global_rng_draws()])
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path, store):
+    preset = _preset()
+    full, crashed = str(tmp_path / "full"), str(tmp_path / "crashed")
+    seen_full, seen_crashed = [], []
+    uninterrupted = train(preset, store, full, max_steps=9, on_log=_logging_draws(seen_full))
+    # "Crash" after 5 steps: the last checkpoint is step 3, steps 4-5 are lost and redone.
+    partial = train(preset, store, crashed, max_steps=9, stop_after=5, on_log=_logging_draws(seen_crashed))
+    assert partial.step == 5 and CheckpointStore(crashed).latest() == 3
+    seen_crashed.clear()
+    resumed = train(preset, store, crashed, max_steps=9, on_log=_logging_draws(seen_crashed))
+    assert resumed.resumed_from == 3 and resumed.step == 9
+    _assert_resumed_run_is_the_uninterrupted_one(full, crashed, vars(uninterrupted), vars(resumed),
+                                                 preset.train.batch_size)  # fmt: skip
+    # Code in the process draws the same random numbers after the resume as without the crash:
+    # the global torch/numpy/Python RNG streams continue from the checkpoint.
+    assert seen_crashed == [d for d in seen_full if d[0] > 3] and len(seen_crashed) == 4
     # A second identical run checkpoints the same torch RNG state (nothing else draws from it).
     again = str(tmp_path / "again")
-    train(preset, store, again, max_steps=3)
+    train(preset, store, again, max_steps=9, stop_after=3, on_log=_logging_draws([]))
     x, y = CheckpointStore(full).load(3).rng[0]["process"], CheckpointStore(again).load(3).rng[0]["process"]
     assert torch.equal(x["torch"], y["torch"])
+
+
+def test_sigkill_and_resume_in_a_fresh_process_is_bit_identical(tmp_path, store):
+    """A child process SIGKILLed right after publishing checkpoint 3, resumed by a new process."""
+    import signal
+
+    from drills.drillkit import start_child
+
+    preset = _preset()
+    log = tmp_path / "children.log"
+
+    def spec(name, **extra):
+        return {"preset": preset.to_json(), "latents": store, "checkpoints": str(tmp_path / name), "max_steps": 9,
+                "result_file": str(tmp_path / f"{name}-{len(extra)}.json"), **extra}  # fmt: skip
+
+    def run(child_spec):
+        child = start_child(child_spec, "train-loop", log)
+        assert child.wait(300) == 0, log.read_text()[-3000:]
+        return json.loads(open(child_spec["result_file"]).read())
+
+    draws = []  # the uninterrupted run in this process: the same code, another process than the resumed one
+    uninterrupted = {**vars(train(preset, store, str(tmp_path / "full"), max_steps=9, on_log=_logging_draws(draws))),
+                     "draws": draws}  # fmt: skip
+    doomed = spec("crashed", hang_after_checkpoint=3)
+    child = start_child(doomed, "train-loop", log)
+    manifest = tmp_path / "crashed" / "step_000000003" / "MANIFEST.json"
+    try:
+        while not manifest.exists():  # the event: checkpoint 3 is published
+            try:
+                code = child.wait(0.05)
+                raise AssertionError(f"the child ended (exit {code}) before checkpoint 3:\n{log.read_text()[-3000:]}")
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        child.kill()
+    assert child.wait(60) == -signal.SIGKILL
+    assert CheckpointStore(str(tmp_path / "crashed")).latest() == 3
+    resumed = run(spec("crashed"))
+    assert resumed["resumed_from"] == 3 and resumed["step"] == 9
+    _assert_resumed_run_is_the_uninterrupted_one(str(tmp_path / "full"), str(tmp_path / "crashed"), uninterrupted,
+                                                 resumed, preset.train.batch_size)  # fmt: skip
+    assert resumed["draws"] == [d for d in uninterrupted["draws"] if d[0] > 3] and len(resumed["draws"]) == 4
 
 
 def test_run_killed_after_its_final_checkpoint_still_draws_the_final_preview(tmp_path, store):
