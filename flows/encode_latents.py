@@ -66,6 +66,8 @@ def encode_key(preset, dataset_key: str, split: str, encoder_ids: dict[str, str]
     from storage.artifacts import artifact_key
     from uvit import encoders, encoding
 
+    # The store holds labels (and says how many classes) only for class-conditional presets.
+    labels = [preset.data.num_classes] if preset.data.conditioning == "class" else False
     if preset.data.space == "pixel":
         config = {
             "split": split,
@@ -75,7 +77,7 @@ def encode_key(preset, dataset_key: str, split: str, encoder_ids: dict[str, str]
             "flip": "on-read",
             "dtype": "uint8",
             "part_size": PART_SIZE,
-            "labels": preset.data.conditioning == "class",
+            "labels": labels,
         }
         return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, code_version=code_version(encoding))
     config = {
@@ -88,6 +90,7 @@ def encode_key(preset, dataset_key: str, split: str, encoder_ids: dict[str, str]
         "part_size": PART_SIZE,
         "max_captions": MAX_CAPTIONS,
         "text": preset.data.conditioning == "text",
+        "labels": labels,
     }
     return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, models=encoder_ids,
                         code_version=code_version(encoding, encoders))  # fmt: skip

@@ -49,6 +49,41 @@ def _local_copy(url: str) -> str:
     return local
 
 
+def _reference_split(preset) -> str:
+    return "val" if preset.data.conditioning == "text" else "train"
+
+
+def reference_key(preset, dataset_key: str, inception_id: str) -> str:
+    """Content key of reference statistics: dataset, split, resolution, crop rule, count, Inception, code."""
+    from storage.artifacts import artifact_key
+    from uvit import metrics
+    from uvit.encoding import crop_rule
+
+    config = {"resolution": preset.data.resolution, "n": preset.eval.n_samples, "split": _reference_split(preset)}
+    if preset.data.space == "pixel":
+        config["crop"] = crop_rule(preset.data.dataset).name
+    return artifact_key(REFERENCE_STAGE, config, inputs={"dataset": dataset_key}, models={"inception": inception_id},
+                        code_version=code_version(metrics))  # fmt: skip
+
+
+def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str) -> str:
+    """Content key of an evaluation: samples, reference, Inception, code, and the preset's report settings.
+
+    The report compares against `eval.published_fid` / `eval.fid_reference` and the protocol's
+    `eval.n_samples`: a change to them changes report.md and metrics.json, so they are in the key.
+    """
+    from storage.artifacts import artifact_key
+    from uvit import metrics
+
+    e = preset.eval
+    config = {
+        "metrics": list(metrics.METRICS),
+        "report": {"published_fid": e.published_fid, "fid_reference": e.fid_reference, "n_samples": e.n_samples},
+    }
+    return artifact_key(STAGE, config, inputs={"samples": samples_key, "reference": reference_sha},
+                        models={"inception": inception_id}, code_version=code_version(metrics))  # fmt: skip
+
+
 def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_root: str, extractor) -> tuple[str, str]:
     """Statistics and features of the dataset's images at the preset's resolution, cached; (npz URL, key).
 
@@ -58,20 +93,15 @@ def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_roo
     import numpy as np
 
     from storage import paths
-    from storage.artifacts import ArtifactStore, Manifest, artifact_key
+    from storage.artifacts import ArtifactStore, Manifest
     from storage.items import dataset_items
     from uvit import metrics
     from uvit.encoding import crop_rule, load_item
 
     n = preset.eval.n_samples
-    split = "val" if preset.data.conditioning == "text" else "train"
-    config = {"resolution": preset.data.resolution, "n": n, "split": split}
+    split = _reference_split(preset)
     rule = crop_rule(preset.data.dataset) if preset.data.space == "pixel" else None
-    if rule is not None:
-        config["crop"] = rule.name
-    key = artifact_key(REFERENCE_STAGE, config,
-                       inputs={"dataset": dataset_key}, models={"inception": extractor.identity},
-                       code_version=code_version(metrics))  # fmt: skip
+    key = reference_key(preset, dataset_key, extractor.identity)
     store = ArtifactStore(store_root)
 
     def build(writer) -> Manifest:
@@ -137,7 +167,7 @@ def run_evaluate(
     import json
 
     from storage import paths
-    from storage.artifacts import ArtifactStore, Manifest, artifact_key, hash_file
+    from storage.artifacts import ArtifactStore, Manifest, hash_file
     from uvit import metrics
 
     log = logger()
@@ -150,9 +180,7 @@ def run_evaluate(
     reference_sha = hash_file(reference)
     store = ArtifactStore(store_root)
     samples_manifest = Manifest.from_dict(paths.read_json(paths.join(samples_url, "_MANIFEST.json")))
-    key = artifact_key(STAGE, {"metrics": list(metrics.METRICS)},
-                       inputs={"samples": samples_manifest.key, "reference": reference_sha},
-                       models={"inception": extractor.identity}, code_version=code_version(metrics))  # fmt: skip
+    key = evaluate_key(preset, samples_manifest.key, reference_sha, extractor.identity)
     cached = store.exists(STAGE, key)
 
     def build(writer) -> Manifest:

@@ -56,6 +56,10 @@ def sample_key(preset, weights_hash: str, n: int, conditions_id: str) -> str:
         "space": preset.data.space,
         "autoencoder": preset.data.autoencoder,
         "latent_scale": preset.data.latent_scale,
+        # The conditions: class-balanced labels over num_classes, prompts through the text encoder.
+        "conditioning": preset.data.conditioning,
+        "num_classes": preset.data.num_classes,
+        "text_encoder": preset.data.text_encoder,
         "n": n,
         "conditions": conditions_id,
     }

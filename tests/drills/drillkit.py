@@ -170,8 +170,48 @@ def _fork_target(spec: dict[str, Any]) -> None:
     Path(spec["result_file"]).write_text(json.dumps(result))
 
 
+def global_rng_draws() -> list[float]:
+    """One draw from each process-global RNG (torch, numpy, Python): what code in the loop's process sees."""
+    import random
+
+    import torch
+
+    return [float(torch.rand(1)), float(np.random.random()), random.random()]
+
+
+def train_loop_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run `uvit.training.train` on `spec["latents"]`; record what a resumed run must reproduce.
+
+    Every log step draws from the global RNGs (as any callback or library in the process may) and
+    records the draws. With `hang_after_checkpoint` the child blocks once that checkpoint is
+    published, so the parent can SIGKILL it exactly there (it waits for the checkpoint's manifest).
+    """
+    import signal as signals
+
+    import torch
+
+    from uvit.training import _summary, preset_from_json, train
+
+    torch.set_num_threads(1)
+    draws: list[list[Any]] = []
+    hang_at = spec.get("hang_after_checkpoint")
+
+    def on_checkpoint(step: int, url: str | None) -> None:
+        if step == hang_at:
+            signals.pause()  # killed here by the parent
+
+    result = train(preset_from_json(spec["preset"]), spec["latents"], spec["checkpoints"],
+                   max_steps=spec["max_steps"], on_log=lambda step, _: draws.append([step, global_rng_draws()]),
+                   on_checkpoint=on_checkpoint)  # fmt: skip
+    return {**_summary(result), "draws": draws}
+
+
 def child_main(argv: list[str]) -> int:
     """`python drillkit.py SPEC_JSON`: import, run the stage, write the result file."""
+    if argv[0] == "--train-loop":
+        spec = json.loads(argv[1])
+        Path(spec["result_file"]).write_text(json.dumps(train_loop_child(spec)))
+        return 0
     spec = json.loads(argv[0])
     import flows.encode_latents  # noqa: F401 - the imports are part of a real restart's start-up
     import flows.sample  # noqa: F401
@@ -237,7 +277,15 @@ class DrillLog:
 
 
 def start_child(spec: dict[str, Any], mode: str, log_path: Path) -> Any:
-    """Start a child running `spec`; returns a handle with `.pid`, `.wait(timeout)` and `.returncode`."""
+    """Start a child running `spec`; returns a handle with `.pid`, `.wait(timeout)` and `.returncode`.
+
+    Modes: "fork", "fresh" (a stage, see the module docstring) and "train-loop" (a fresh interpreter
+    running `train_loop_child(spec)`: the training loop alone, no stage, no Prefect).
+    """
+    if mode == "train-loop":
+        out = open(log_path, "ab")
+        return subprocess.Popen([sys.executable, str(Path(__file__)), "--train-loop", json.dumps(spec)],
+                                stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT)  # fmt: skip
     if mode == "fork":
         proc = multiprocessing.get_context("fork").Process(target=_fork_target, args=(spec,), daemon=True)
         proc.start()

@@ -270,6 +270,42 @@ def test_kid_and_precision_recall_on_synthetic_features() -> None:
         M.precision_recall(x[:3], x)
 
 
+def _knn_precision_recall(samples: np.ndarray, reference: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Kynkaanniemi et al. 2019 by definition (float64): precision = share of samples inside some
+    reference point's k-NN ball, recall = share of reference points inside some sample's ball."""
+
+    def radii(x):
+        d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+        return np.sort(d, axis=1)[:, k]  # the k-th neighbour (index 0 is the point itself)
+
+    d = np.linalg.norm(samples[:, None].astype(np.float64) - reference[None], axis=-1)  # (N, M)
+    precision = (d <= radii(reference.astype(np.float64))[None]).any(axis=1).mean()
+    recall = (d.T <= radii(samples.astype(np.float64))[None]).any(axis=1).mean()
+    return float(precision), float(recall)
+
+
+def test_precision_recall_equal_torch_fidelitys_and_are_not_swapped(extractor: M.InceptionExtractor) -> None:
+    """Samples collapsed near the middle of the reference: high precision, low recall."""
+    from torch_fidelity.metric_prc import calculate_precision_recall_full
+
+    rng = np.random.default_rng(3)
+    reference = rng.standard_normal((80, 16)).astype(np.float32)
+    samples = (rng.standard_normal((50, 16)) * 0.3).astype(np.float32)
+    precision, recall = M.precision_recall(samples, reference, k=3)
+    # torch-fidelity's convention: features_1 generated, features_2 real; its full (not batched) variant.
+    tf_precision, tf_recall = calculate_precision_recall_full(torch.from_numpy(samples), torch.from_numpy(reference), 3)
+    assert (precision, recall) == (tf_precision, tf_recall)
+    assert (precision, recall) == pytest.approx(_knn_precision_recall(samples, reference), abs=1e-12)
+    assert precision > 0.9 and recall < 0.5  # the case where a swap shows
+    logits = rng.standard_normal((130, 1008)).astype(np.float32)
+    pool = lambda x: np.pad(x, ((0, 0), (0, M.FEATURE_DIM - x.shape[1])))  # noqa: E731
+    out = M.compute_metrics(M.InceptionFeatures(pool(samples), logits[:50], extractor.identity),
+                            M.InceptionFeatures(pool(reference), logits[50:], extractor.identity), extractor,
+                            metrics=("pr",))  # fmt: skip
+    assert (out["precision"], out["recall"]) == M.precision_recall(pool(samples), pool(reference), k=3)
+    assert (out["precision"], out["recall"]) == pytest.approx((precision, recall), abs=1e-12)
+
+
 def test_compute_metrics_with_statistics_reference_says_what_is_missing(
     extractor: M.InceptionExtractor,
 ) -> None:

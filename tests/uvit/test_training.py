@@ -12,7 +12,7 @@ import torch
 
 from storage.checkpoints import CheckpointStore
 from storage.latents import LatentSpec, create_latent_store
-from uvit.config import get_preset
+from uvit.config import build_model, get_preset
 from uvit.training import (
     TrainingError,
     ema_update,
@@ -79,32 +79,97 @@ def test_loss_falls_on_a_handful_of_latents(tmp_path, store):
     assert last < first / 1.5, result.losses
 
 
-def test_kill_and_resume_is_bit_identical(tmp_path, store):
-    preset = _preset()
-    full = str(tmp_path / "full")
-    uninterrupted = train(preset, store, full, max_steps=9)
-    crashed = str(tmp_path / "crashed")
-    # "Crash" after 5 steps: the last checkpoint is step 3, steps 4-5 are lost and redone.
-    partial = train(preset, store, crashed, max_steps=9, stop_after=5)
-    assert partial.step == 5 and CheckpointStore(crashed).latest() == 3
-    resumed = train(preset, store, crashed, max_steps=9)
-    assert resumed.resumed_from == 3 and resumed.step == 9
+def _assert_resumed_run_is_the_uninterrupted_one(full, crashed, uninterrupted, resumed, batch_size):
+    """Weights, EMA, every checkpoint's RNG states, the loss history: bit for bit (CPU, fp32)."""
     (m1, e1), (m2, e2) = _weights(full), _weights(crashed)
+    assert list(m1) == list(m2)
     for key in m1:
         assert torch.equal(m1[key], m2[key]), key
         assert torch.equal(e1[key], e2[key]), key
     # The report covers the whole run, and the loss logged at step 4 (accumulated over steps 3-4,
     # across the checkpoint at 3) is the same mean as without the crash.
-    assert resumed.losses == uninterrupted.losses and len(resumed.losses) == 5
-    assert resumed.samples_seen == uninterrupted.samples_seen == 9 * preset.train.batch_size
-    # The global torch RNG in a checkpoint after the resume is the uninterrupted run's.
-    a, b = CheckpointStore(full).load(9), CheckpointStore(crashed).load(9)
-    assert torch.equal(a.rng[0]["process"]["torch"], b.rng[0]["process"]["torch"])
+    assert [tuple(x) for x in resumed["losses"]] == [tuple(x) for x in uninterrupted["losses"]]
+    assert len(resumed["losses"]) == 5
+    assert resumed["samples_seen"] == uninterrupted["samples_seen"] == 9 * batch_size
+    # The global RNG states in the checkpoints after the resume are the uninterrupted run's.
+    from drills.drillkit import state_differences
+
+    assert CheckpointStore(crashed).steps() == CheckpointStore(full).steps()
+    for step in CheckpointStore(crashed).steps():
+        a, b = CheckpointStore(full).load(step), CheckpointStore(crashed).load(step)
+        assert state_differences(a.rng, b.rng, "rng") == [], step
+
+
+def _logging_draws(record):
+    """An on_log callback that draws from the global RNGs, as any callback or library in the process may."""
+    from drills.drillkit import global_rng_draws
+
+    return lambda step, metrics: record.append([step, global_rng_draws()])
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path, store):
+    preset = _preset()
+    full, crashed = str(tmp_path / "full"), str(tmp_path / "crashed")
+    seen_full, seen_crashed = [], []
+    uninterrupted = train(preset, store, full, max_steps=9, on_log=_logging_draws(seen_full))
+    # "Crash" after 5 steps: the last checkpoint is step 3, steps 4-5 are lost and redone.
+    partial = train(preset, store, crashed, max_steps=9, stop_after=5, on_log=_logging_draws(seen_crashed))
+    assert partial.step == 5 and CheckpointStore(crashed).latest() == 3
+    seen_crashed.clear()
+    resumed = train(preset, store, crashed, max_steps=9, on_log=_logging_draws(seen_crashed))
+    assert resumed.resumed_from == 3 and resumed.step == 9
+    _assert_resumed_run_is_the_uninterrupted_one(full, crashed, vars(uninterrupted), vars(resumed),
+                                                 preset.train.batch_size)  # fmt: skip
+    # Code in the process draws the same random numbers after the resume as without the crash:
+    # the global torch/numpy/Python RNG streams continue from the checkpoint.
+    assert seen_crashed == [d for d in seen_full if d[0] > 3] and len(seen_crashed) == 4
     # A second identical run checkpoints the same torch RNG state (nothing else draws from it).
     again = str(tmp_path / "again")
-    train(preset, store, again, max_steps=3)
+    train(preset, store, again, max_steps=9, stop_after=3, on_log=_logging_draws([]))
     x, y = CheckpointStore(full).load(3).rng[0]["process"], CheckpointStore(again).load(3).rng[0]["process"]
     assert torch.equal(x["torch"], y["torch"])
+
+
+def test_sigkill_and_resume_in_a_fresh_process_is_bit_identical(tmp_path, store):
+    """A child process SIGKILLed right after publishing checkpoint 3, resumed by a new process."""
+    import signal
+
+    from drills.drillkit import start_child
+
+    preset = _preset()
+    log = tmp_path / "children.log"
+
+    def spec(name, **extra):
+        return {"preset": preset.to_json(), "latents": store, "checkpoints": str(tmp_path / name), "max_steps": 9,
+                "result_file": str(tmp_path / f"{name}-{len(extra)}.json"), **extra}  # fmt: skip
+
+    def run(child_spec):
+        child = start_child(child_spec, "train-loop", log)
+        assert child.wait(300) == 0, log.read_text()[-3000:]
+        return json.loads(open(child_spec["result_file"]).read())
+
+    draws = []  # the uninterrupted run in this process: the same code, another process than the resumed one
+    uninterrupted = {**vars(train(preset, store, str(tmp_path / "full"), max_steps=9, on_log=_logging_draws(draws))),
+                     "draws": draws}  # fmt: skip
+    doomed = spec("crashed", hang_after_checkpoint=3)
+    child = start_child(doomed, "train-loop", log)
+    manifest = tmp_path / "crashed" / "step_000000003" / "MANIFEST.json"
+    try:
+        while not manifest.exists():  # the event: checkpoint 3 is published
+            try:
+                code = child.wait(0.05)
+                raise AssertionError(f"the child ended (exit {code}) before checkpoint 3:\n{log.read_text()[-3000:]}")
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        child.kill()
+    assert child.wait(60) == -signal.SIGKILL
+    assert CheckpointStore(str(tmp_path / "crashed")).latest() == 3
+    resumed = run(spec("crashed"))
+    assert resumed["resumed_from"] == 3 and resumed["step"] == 9
+    _assert_resumed_run_is_the_uninterrupted_one(str(tmp_path / "full"), str(tmp_path / "crashed"), uninterrupted,
+                                                 resumed, preset.train.batch_size)  # fmt: skip
+    assert resumed["draws"] == [d for d in uninterrupted["draws"] if d[0] > 3] and len(resumed["draws"]) == 4
 
 
 def test_run_killed_after_its_final_checkpoint_still_draws_the_final_preview(tmp_path, store):
@@ -149,6 +214,83 @@ def test_corrupt_checkpoint_fails_before_training(tmp_path, store):
 def test_grad_accumulation_runs_and_matches_global_batch(tmp_path, store):
     result = train(_preset(**{"train.grad_accum": 2}), store, str(tmp_path / "ckpt"), max_steps=4)
     assert result.step == 4 and result.samples_seen == 4 * 8
+
+
+def _per_sample_seeded_loss(real_loss):
+    """`diffusion.training_loss` with each sample's time and noise drawn from a generator seeded by its
+    position in the run, so that the same samples get the same draws however they are batched."""
+    seen = [0]
+
+    def loss(model, x0, cond, schedule, generator=None, **kwargs):
+        losses = []
+        for i in range(x0.shape[0]):
+            g = torch.Generator().manual_seed(seen[0] + i)
+            c = None if cond is None else cond[i : i + 1]
+            losses.append(real_loss(model, x0[i : i + 1], c, schedule, g, **kwargs))
+        seen[0] += x0.shape[0]
+        return torch.stack(losses).mean()
+
+    return loss
+
+
+def _close_to_float32_ulps(a, b, ulps=8):
+    """Equal to a few float32 ulps of the tensor's magnitude (~1e-6; ~3 seen here under the avx512, avx2 and
+    default kernel sets: summation order, not one CPU's kernels)."""
+    eps = torch.finfo(torch.float32).eps
+    torch.testing.assert_close(a, b, rtol=ulps * eps, atol=ulps * eps * float(a.abs().max()))
+
+
+def test_grad_accumulation_of_k_micro_batches_equals_one_batch_of_k_times_b(tmp_path, monkeypatch):
+    """k micro-batches of b with accumulation take the optimiser step of one batch of k*b.
+
+    Same data (pixel store, no flips, no condition: the loader draws nothing), the same per-sample
+    draws, plain SGD in place of AdamW: its step is linear in the gradient, so summation-order ulps
+    in the gradient stay ulps in the weights (AdamW's first step g/(|g|+eps) amplifies them where g
+    is near eps). Warm-up over 2 steps: the scheduler must count optimiser steps, not micro-batches.
+    """
+    import uvit.diffusion
+    import uvit.training
+
+    real_loss = uvit.diffusion.training_loss
+    monkeypatch.setattr(uvit.training, "make_optimizer",
+                        lambda model, preset: torch.optim.SGD(model.parameters(), lr=preset.train.lr))  # fmt: skip
+    url = make_pixel_store(str(tmp_path / "px"), n=16)
+    runs = {}
+    for k in (1, 2, 4):
+        monkeypatch.setattr(uvit.diffusion, "training_loss", _per_sample_seeded_loss(real_loss))
+        preset = get_preset("tiny-pixel", {**PIXEL_OVERRIDES, "train.grad_accum": k, "train.lr": 0.5,
+                                           "data.random_flip": False, "train.ema_rate": 0.5,
+                                           "train.log_interval": 1, "train.save_interval": 3})  # fmt: skip
+        result = train(preset, url, str(tmp_path / f"k{k}"), max_steps=3)
+        assert result.micro_batch == 8 // k
+        runs[k] = (result, *_weights(str(tmp_path / f"k{k}")))
+    torch.manual_seed(preset.train.seed)
+    initial = build_model(preset).state_dict()
+    one, model_1, ema_1 = runs[1]
+    moved = max(float((model_1[n] - initial[n]).abs().max() / initial[n].abs().max().clamp_min(1e-3))
+                for n in initial)  # fmt: skip
+    assert moved > 1e-3  # the steps moved the weights by far more than the tolerance (8 ulps ~ 1e-6)
+    for k in (2, 4):
+        result, model_k, ema_k = runs[k]
+        for name in model_1:
+            _close_to_float32_ulps(model_1[name], model_k[name])
+            _close_to_float32_ulps(ema_1[name], ema_k[name])
+        assert [s for s, _ in result.losses] == [1, 2, 3]
+        np.testing.assert_allclose([v for _, v in result.losses], [v for _, v in one.losses], rtol=1e-6)
+
+
+def test_ema_follows_the_presets_rate(tmp_path, store):
+    """rate 0: the EMA is the model; rate 1: it stays the initial weights (both exact)."""
+    for rate in (0.0, 1.0):
+        preset = _preset(**{"train.ema_rate": rate})
+        train(preset, store, str(tmp_path / f"r{rate}"), max_steps=3)
+        model, ema = _weights(str(tmp_path / f"r{rate}"))
+        torch.manual_seed(preset.train.seed)
+        initial = build_model(preset).state_dict()
+        assert any(not torch.equal(model[n], initial[n]) for n in model)  # the model moved
+        expected = model if rate == 0.0 else initial
+        for name in model:
+            assert torch.equal(ema[name], expected[name]), (rate, name)
 
 
 def test_bf16_mixed_precision_runs(tmp_path, store):
