@@ -274,11 +274,16 @@ class _Lease:
         holder = read_lease(self.url)
         return holder is not None and holder.get("owner") == self.owner
 
-    def release(self) -> None:
-        """Stop heartbeating and delete the lease file if it is still ours."""
+    def stop(self) -> None:
+        """Stop the heartbeat and wait for its thread to end (no write lands after this returns)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._thread = None
+
+    def release(self) -> None:
+        """Stop heartbeating and delete the lease file if it is still ours."""
+        self.stop()
         if self.still_owned():
             paths.remove_tree(self.url)
 
@@ -349,6 +354,7 @@ class ArtifactWriter:
         if self.published is not None:
             raise ArtifactError(f"{paths.redact_url(self.url)} is already published")
         if self._lease.lost or not self._lease.still_owned():
+            self._lease.stop()  # not ours any more: stop heartbeating, leave the new holder's file alone
             raise LeaseLostError(f"lease on {paths.redact_url(self.url)} was taken over; not publishing")
         manifest = dataclasses.replace(
             manifest,

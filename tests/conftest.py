@@ -1,9 +1,30 @@
-"""Test-wide settings: offline, project-local Prefect home, deterministic torch."""
+"""Test-wide settings: offline, isolated from the user's caches and settings, project-local Prefect
+home, deterministic torch."""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Isolation from the user's machine, before anything reads these (huggingface_hub reads HF_HOME at
+# import): a model cached under ~/.cache or a setting in the shell can neither make a test pass nor
+# fail. Every cache points into one empty folder per session; tests that need a cache of their own
+# still monkeypatch these. Child processes inherit the same settings.
+CACHE_ROOT = Path(tempfile.mkdtemp(prefix="uvit-tests-cache-"))
+for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE", "HF_TOKEN",
+              "PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "WANDB_PROJECT"):  # fmt: skip
+    os.environ.pop(_name, None)
+for _name in [k for k in os.environ if k.startswith("UVIT_") and k != "UVIT_DRILL_RESULTS"]:
+    os.environ.pop(_name)  # UVIT_INCEPTION_WEIGHTS, UVIT_STORE, UVIT_DOWNLOAD_CACHE, ...
+os.environ.update(
+    HF_HOME=str(CACHE_ROOT / "huggingface"),
+    TORCH_HOME=str(CACHE_ROOT / "torch"),
+    XDG_CACHE_HOME=str(CACHE_ROOT / "xdg"),
+    UVIT_DOWNLOAD_CACHE=str(CACHE_ROOT / "uvit-downloads"),
+    WANDB_MODE="disabled",
+)
 
 # Tests use tiny models: one thread avoids OpenMP spin-waiting against other processes on 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -38,3 +59,4 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     import logging
 
     logging.raiseExceptions = False
+    shutil.rmtree(CACHE_ROOT, ignore_errors=True)

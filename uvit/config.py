@@ -13,9 +13,10 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+if TYPE_CHECKING:  # torch costs ~3 s to import; a CLI's --help and config parsing need none of it
+    from torch import nn
 
 __all__ = [
     "ModelConfig",

@@ -1,8 +1,11 @@
 """Shared machinery of the reliability drills: stage children, SIGKILL at random points, comparisons.
 
-A drill runs one pipeline stage in a child process, kills it with SIGKILL after a delay drawn from a
-seeded RNG, looks at what the child left on disk (which phase the kill landed in), and finally lets
-the stage run to completion; the result is compared with an uninterrupted run.
+A drill runs one pipeline stage in a child process and kills it with SIGKILL on an event, never after
+a wall-clock guess: the moment its progress on disk (finished parts, checkpoints, shards: files the
+stage writes atomically) reaches a target drawn from a seeded RNG, or, in fresh children, the moment
+it takes the artifact's lease. It then looks at what the child left on disk (which phase the kill
+landed in), and finally lets the stage run to completion; the result is compared with an
+uninterrupted run.
 
 Two kinds of child:
 - "fork": a fork of the test process, which has already imported torch and loaded the tiny VAE, so
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,7 +72,7 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
 
     ArtifactStore.__init__.__kwdefaults__ = dict(LEASE)
     _pin_code_versions(spec["pin_file"])
-    _announce_work(spec["start_file"])
+    _announce_work(spec["start_file"], spec.get("hold_until"), spec.get("lease_busy_file"))
     preset = get_preset("tiny", spec["overrides"])
     stage = spec["stage"]
     if stage == "encode":
@@ -140,8 +144,14 @@ def _pin_code_versions(pin_file: str) -> None:
         module.code_version = pinned
 
 
-def _announce_work(start_file: str) -> None:
-    """Write `start_file` (the CLOCK_MONOTONIC time, system-wide on Linux) once the stage holds its lease."""
+def _announce_work(start_file: str, hold_until: str | None = None, lease_busy_file: str | None = None) -> None:
+    """Write `start_file` (the CLOCK_MONOTONIC time, system-wide on Linux) once the stage holds its lease.
+
+    With `hold_until`, the stage then waits for that file before working (the parent lets it go once
+    another writer is known to be waiting); with `lease_busy_file`, that file is written the first
+    time the stage finds its artifact's lease held by another writer.
+    """
+    import storage.artifacts
     from storage.artifacts import ArtifactStore
 
     original = ArtifactStore.open_for_write
@@ -150,9 +160,21 @@ def _announce_work(start_file: str) -> None:
         writer = original(self, *args, **kwargs)
         if not os.path.exists(start_file):
             Path(start_file).write_text(repr(time.monotonic()))
+            if hold_until:
+                wait_for(lambda: os.path.exists(hold_until), f"{hold_until} (the parent's go)")
         return writer
 
     ArtifactStore.open_for_write = open_for_write
+    if lease_busy_file:
+        try_acquire = storage.artifacts._Lease.try_acquire
+
+        def noting_try_acquire(self: Any) -> bool:
+            taken = try_acquire(self)
+            if not taken and not os.path.exists(lease_busy_file):
+                Path(lease_busy_file).write_text(repr(time.monotonic()))
+            return taken
+
+        storage.artifacts._Lease.try_acquire = noting_try_acquire
 
 
 def _fork_target(spec: dict[str, Any]) -> None:
@@ -245,9 +267,9 @@ def warm_up() -> None:
 
 @dataclass
 class Attempt:
-    """One child run: the delay before SIGKILL (None: let it finish), the phase it died in."""
+    """One child run: the event it was killed on (None: let it finish), the phase it died in."""
 
-    delay_s: float | None
+    kill_at: str | None
     phase: str
     seconds: float
 
@@ -263,11 +285,11 @@ class DrillLog:
 
     @property
     def kills(self) -> int:
-        return sum(a.delay_s is not None and a.phase != "finished before the kill" for a in self.attempts)
+        return sum(a.kill_at is not None and a.phase != "finished before the kill" for a in self.attempts)
 
     def phases(self) -> dict[str, int]:
         """Phase -> number of kills that landed in it."""
-        return dict(Counter(a.phase for a in self.attempts if a.delay_s is not None))
+        return dict(Counter(a.phase for a in self.attempts if a.kill_at is not None))
 
     def summary(self) -> str:
         return (
@@ -334,27 +356,51 @@ def run_to_end(spec: dict[str, Any], mode: str, log_path: Path, timeout_s: float
     return startup, seconds
 
 
+# A bound on how long a drill waits for an event (a hang guard, not a timing guess: the events come
+# within seconds to a few minutes on a busy 2-core machine).
+EVENT_TIMEOUT_S = 900.0
+
+
+def wait_for(condition: Callable[[], bool], what: str, child: Any = None, timeout_s: float = EVENT_TIMEOUT_S) -> bool:
+    """Poll `condition` until it holds (True) or `child` has exited (False); fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if child is not None and child.returncode is not None:
+            return condition()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout_s:.0f} s")
+        if child is not None:
+            _poll(child, 0.02)
+        else:
+            time.sleep(0.02)
+    return True
+
+
 def kill_drill(
     spec: dict[str, Any],
     *,
     mode: str,
     kills: int,
     seed: int,
-    startup_s: float,
-    work_s: float,
+    progress: Callable[[], int],
+    milestones: list[int],
     phase_of: Callable[[], str],
     log_path: Path,
     stage: str,
     max_attempts: int | None = None,
 ) -> DrillLog:
-    """Kill the stage `kills` times at seeded random points, then let it finish.
+    """Kill the stage `kills` times, each on an event, then let it finish.
 
-    Kills are timed from the moment the child holds the artifact's lease (after imports, model
-    loading and, after a kill, the takeover of the dead writer's lease), by a random share (up to
-    max(1.5 / kills, 0.6)) of the reference run's working time: small enough that resumed attempts,
-    which have less left to do, are still killed. After each kill the phase it landed in is read
-    from disk with `phase_of()`. A child that ends before its kill is recorded as "finished before
-    the kill" and stops the drill (nothing left to interrupt). The last run goes to completion.
+    `progress()` is how far the store shows the stage (finished parts, the latest checkpoint's step,
+    finished shards), `milestones` the values it passes through in a full run. Each kill lands the
+    moment progress reaches a milestone drawn from a seeded RNG among the next few not yet reached
+    (spread so that every kill has one left); the last milestone is the end of the stage's last unit
+    of work, so a kill there lands in its final phase (assembling, exporting, joining). In fresh
+    children the first kill lands the moment the child takes the artifact's lease (imports and
+    models loaded, nothing written): the next attempt has to take over a dead writer's lease. After
+    each kill the phase it landed in is read from disk with `phase_of()`. A child that ends before
+    its event is recorded as "finished before the kill" and stops the drill (nothing left to
+    interrupt). The last run goes to completion.
     """
     rng = np.random.default_rng(seed)
     drill = DrillLog(stage=stage, mode=mode)
@@ -363,30 +409,30 @@ def kill_drill(
             break
         start_file = Path(spec["start_file"])
         start_file.unlink(missing_ok=True)
-        # Fresh children: one kill in four lands in start-up (imports, model loading, lease takeover);
-        # the others a random share of the working time after the lease is taken.
-        early = mode == "fresh" and rng.random() < 0.25
-        share = max(1.5 / kills, 0.6)  # restarts redo their set-up, so many kills need longer delays
-        delay = float(rng.uniform(0.2, 0.9) * startup_s if early else rng.uniform(0.02, share) * work_s)
-        when = "after" if early else "working for"
-        _mark(log_path, f"attempt {len(drill.attempts) + 1}: SIGKILL {when} {delay:.2f} s")
+        done = progress()
+        ahead = [m for m in milestones if m > done]
+        at_lease = (mode == "fresh" and not drill.attempts) or not ahead
+        if at_lease:
+            event, what = start_file.exists, "lease taken"
+        else:
+            left = kills - drill.kills
+            target = int(ahead[int(rng.integers(0, max(1, len(ahead) // left)))])
+            event, what = (lambda target=target: progress() >= target), f"progress {target} of {milestones[-1]}"
+        _mark(log_path, f"attempt {len(drill.attempts) + 1}: SIGKILL at {what}")
         started = time.perf_counter()
         child = start_child(spec, mode, log_path)
-        if not early:
-            while not start_file.exists() and child.returncode is None and time.perf_counter() - started < 600:
-                _poll(child, 0.02)
-        try:
-            code = child.wait(delay)
-        except subprocess.TimeoutExpired:
+        if wait_for(event, f"{stage} {what}", child) and child.returncode is None:
             os.kill(child.pid, signal.SIGKILL)
             code = child.wait(60)
-            assert code in (-signal.SIGKILL, 128 + signal.SIGKILL), code
-            phase = phase_of() if start_file.exists() else "start-up (imports, models, lease takeover)"
-            drill.attempts.append(Attempt(delay, phase, time.perf_counter() - started))
-            continue
+            assert code in (-signal.SIGKILL, 128 + signal.SIGKILL, 0), code  # 0: it finished first
+            if code != 0:
+                phase = phase_of() if start_file.exists() else "start-up (imports, models, lease takeover)"
+                drill.attempts.append(Attempt(what, phase, time.perf_counter() - started))
+                continue
+        code = child.wait(EVENT_TIMEOUT_S)
         if code != 0:
             raise AssertionError(f"{stage} child failed (exit {code}):\n{_tail(log_path)}")
-        drill.attempts.append(Attempt(delay, "finished before the kill", time.perf_counter() - started))
+        drill.attempts.append(Attempt(what, "finished before the kill", time.perf_counter() - started))
         break
     if not drill.attempts or drill.attempts[-1].phase != "finished before the kill":
         _mark(log_path, "final run to completion")
@@ -420,6 +466,38 @@ def only_artifact(store: Path, stage: str) -> Path | None:
     folders = sorted(p for p in (store / stage).glob("*") if p.is_dir()) if (store / stage).exists() else []
     assert len(folders) <= 1, f"several {stage} artifacts: {folders}"
     return folders[0] if folders else None
+
+
+def encode_progress(store: Path) -> int:
+    """Finished parts of the encode artifact (each written atomically)."""
+    folder = only_artifact(store, "encode")
+    parts = folder / "parts" if folder is not None else None
+    return (
+        len([p for p in parts.iterdir() if re.fullmatch(r"part_\d{6}\.npz", p.name)]) if parts and parts.exists() else 0
+    )
+
+
+def train_progress(store: Path) -> int:
+    """The step of the train artifact's latest complete checkpoint (its MANIFEST.json is written last)."""
+    folder = only_artifact(store, "train")
+    root = folder / "checkpoints" if folder is not None else None
+    if root is None or not root.exists():
+        return 0
+    steps = [
+        int(p.name[5:])
+        for p in root.iterdir()
+        if re.fullmatch(r"step_\d{9,}", p.name) and (p / "MANIFEST.json").exists()
+    ]
+    return max(steps, default=0)
+
+
+def sample_progress(store: Path) -> int:
+    """Finished shards of the sample artifact (each written atomically)."""
+    folder = only_artifact(store, "sample")
+    shards = folder / "shards" if folder is not None else None
+    if shards is None or not shards.exists():
+        return 0
+    return len([p for p in shards.iterdir() if re.fullmatch(r"shard_\d{6}\.npz", p.name)])
 
 
 def encode_phase(store: Path) -> str:

@@ -1,8 +1,9 @@
 """Concurrency drills: runs with the same key at once publish one artifact; different runs share inputs.
 
-Quick: two encode stages with the same key start together in forked children (warm process): both
-succeed, exactly one builds (one "encode: N images" log line across both), one artifact, the same
-manifest. Slow: three `python -m flows.pipeline --no-prefect` processes at once on one store, two
+Quick: two encode stages with the same key in forked children (warm process), overlapping by
+construction: the first takes the lease and holds it until the second has found the lease taken;
+both succeed, exactly one builds (one "encode: N images" log line across both), one artifact, the
+same manifest. Slow: three `python -m flows.pipeline --no-prefect` processes at once on one store, two
 with the same settings and one with another `train.lr`: all succeed; per stage the same-settings
 runs end with one artifact and identical keys, and the other run reuses the shared download and
 encode artifacts and adds its own train, sample and evaluate ones.
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from drillkit import ROOT, child_env, start_child, warm_up
+from drillkit import ROOT, child_env, start_child, wait_for, warm_up
 
 from storage.artifacts import ArtifactStore
 from storage.datasets import download_dataset
@@ -54,11 +55,19 @@ def test_two_encodes_with_one_key_build_once(tmp_path: Path) -> None:
         specs.append(spec)
     # The code-version pin is written by the first child to compute it; make it exist first.
     (tmp_path / "pins.json").write_text("{}")
-    for spec in specs:
-        children.append(start_child(spec, "fork", tmp_path / "unused.log"))
+    go, busy = tmp_path / "go", tmp_path / "lease-busy"
+    specs[0]["hold_until"], specs[1]["lease_busy_file"] = str(go), str(busy)
+    # Events, not timing: the first holds the lease (started-0) before the second starts, and works
+    # only once the second has found the lease held; the second then waits on it and reuses the result.
+    children.append(start_child(specs[0], "fork", tmp_path / "unused.log"))
+    assert wait_for(Path(specs[0]["start_file"]).exists, "lease taken by the first encode", children[0])
+    children.append(start_child(specs[1], "fork", tmp_path / "unused.log"))
+    assert wait_for(busy.exists, "the second encode finding the lease held", children[1])
+    go.write_text("go")
     codes = [c.wait(600) for c in children]
     logs = [Path(s["log_file"]).read_text() if Path(s["log_file"]).exists() else "" for s in specs]
     assert codes == [0, 0], logs
+    assert not Path(specs[1]["start_file"]).exists()  # the second never held the lease
     results = [json.loads(Path(s["result_file"]).read_text()) for s in specs]
     assert results[0]["key"] == results[1]["key"] and results[0]["url"] == results[1]["url"]
     assert results[0]["facts"] == results[1]["facts"]

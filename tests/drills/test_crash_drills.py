@@ -1,14 +1,16 @@
-"""Crash drills: SIGKILL the encode, train and sample stages at seeded random points, rerun, compare.
+"""Crash drills: SIGKILL the encode, train and sample stages at seeded event points, rerun, compare.
 
-Each drill kills a stage several times (delays drawn from a seeded RNG within the uninterrupted
-run's wall time), lets it finish, and compares the artifact with an uninterrupted run's: the same
+Each drill kills a stage several times, each on an event (its progress on disk reaching a milestone
+drawn from a seeded RNG, or its taking the artifact's lease; see drillkit.kill_drill, never a
+wall-clock delay), lets it finish, and compares the artifact with an uninterrupted run's: the same
 files, latents and moments tensor-equal, trained weights and optimiser state bit-identical (CPU,
 fp32), sample arrays and PNGs identical, manifests equal but for wall-clock fields. The phase each
 kill landed in is read from what the killed child left on disk and printed (`pytest -s`); set
 `UVIT_DRILL_RESULTS=file.jsonl` to collect the tallies.
 
 The quick drills fork the warm test process (no import or model-loading time); the slow ones start
-fresh interpreters, so kills also land in start-up, and use more data and more kills.
+fresh interpreters (the first kill lands as the restarted child takes the lease) and use more data
+and more kills.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ from drillkit import (
     DrillLog,
     compare_artifacts,
     encode_phase,
+    encode_progress,
     kill_drill,
     only_artifact,
     run_to_end,
     sample_phase,
+    sample_progress,
     stable_manifest,
     state_differences,
     train_phase,
+    train_progress,
     warm_up,
 )
 
@@ -168,15 +173,27 @@ def _at(spec: dict, store: Path, root: Path, tag: str) -> dict:
     return {**spec, "store": str(store), **{k: str(root / v) for k, v in files.items()}}
 
 
+def _milestones(ref: dict, size: Size, stage: str) -> list[int]:
+    """The values the stage's progress on disk passes through in a full run (see drillkit.kill_drill)."""
+    if stage == "encode":
+        return list(range(1, -(-ref["dataset"].manifest.counts["train_images"] // size.part_size) + 1))
+    if stage == "train":
+        every = int(next(o.split("=")[1] for o in size.train if o.startswith("train.save_interval=")))
+        return list(range(every, size.n_steps + 1, every))
+    return list(range(1, -(-size.n_samples // 4) + 1))  # shards of sample.mini_batch_size=4
+
+
+PROGRESS = {"encode": encode_progress, "train": train_progress, "sample": sample_progress}
+
+
 def _drill(ref: dict, size: Size, stage: str, phase_of, seed: int) -> tuple[DrillLog, Path]:
     store = ref["root"] / f"{stage}-drill"
     spec = _at(ref[f"{stage}_spec"], store, ref["root"], stage)
-    startup, total = ref[f"{stage}_s"]
-    drill = kill_drill(spec, mode=size.mode, kills=size.kills, seed=seed, startup_s=startup,
-                       work_s=total - startup,
+    drill = kill_drill(spec, mode=size.mode, kills=size.kills, seed=seed,
+                       progress=lambda: PROGRESS[stage](store), milestones=_milestones(ref, size, stage),
                        phase_of=lambda: phase_of(store), log_path=ref["root"] / f"{stage}-drill.log",
                        stage=stage, max_attempts=3 * size.kills)  # fmt: skip
-    drill.reference_s = total
+    drill.reference_s = ref[f"{stage}_s"][1]
     return drill, store
 
 

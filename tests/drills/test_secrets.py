@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ import fsspec
 import fsspec.config
 import pytest
 from drillkit import ROOT, child_env
+from loopback import refusing_port
 
 from uvit import shapes
 
@@ -42,12 +42,6 @@ KEY_ID = "AKIAEXAMPLEDRILL"
 SECRET = "supersecret-Drill-7f3a"  # the S3 secret key (environment only)
 HTTP_USER, HTTP_PASSWORD = "drill", "http-password-Drill-91c2"
 SECRETS = (SECRET, HTTP_PASSWORD, KEY_ID)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _leaks(text: str | bytes) -> list[str]:
@@ -67,9 +61,10 @@ def _leaks(text: str | bytes) -> list[str]:
 def test_store_url_with_credentials_is_refused_without_echoing_them(store: str) -> None:
     cmd = [sys.executable, "-m", "flows.download", "--no-prefect", "--dataset", "shapes",
            "--shapes", "n_train_per_class=1", "--shapes", "n_val=1", "--store", store]  # fmt: skip
-    env = child_env(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true",
-                    FSSPEC_S3_ENDPOINT_URL=f"http://127.0.0.1:{_free_port()}")  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    with refusing_port() as port:  # an endpoint that refuses connections, should the stage try one
+        env = child_env(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true",
+                        FSSPEC_S3_ENDPOINT_URL=f"http://127.0.0.1:{port}")  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode != 0
     assert _leaks(out.stdout + out.stderr) == [], out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
@@ -136,10 +131,11 @@ def s3_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A bucket on moto (127.0.0.1), credentials only in the environment, as in tests/storage/conftest.py."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # Port 0: the server binds a free port itself (no free-then-bind race); read back which.
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
     for key, value in {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_EC2_METADATA_DISABLED": "true", "FSSPEC_S3_ENDPOINT_URL": endpoint}.items():  # fmt: skip
         monkeypatch.setenv(key, value)
@@ -295,8 +291,8 @@ def test_dask_local_cluster_listens_on_loopback() -> None:
 def test_ddp_rendezvous_listens_on_loopback() -> None:
     import torch.distributed as dist
 
-    port = _free_port()
-    store = dist.TCPStore("127.0.0.1", port, 1, True)
+    store = dist.TCPStore("127.0.0.1", 0, 1, True)  # port 0: the store binds a free one; read it back
+    port = store.port
     try:
         addresses = _listening(port)
     finally:

@@ -37,13 +37,22 @@ def test_every_stage_runs_and_publishes(first_run):
     assert samples["arr_0"].shape == (16, 32, 32, 3) and samples["arr_0"].dtype == np.uint8
 
 
+def _store_files(store: str) -> dict[str, tuple[int, int]]:
+    """Every file under the store with its size and modification time (ns)."""
+    return {str(p.relative_to(store)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in Path(store).rglob("*") if p.is_file()}  # fmt: skip
+
+
 def test_rerun_with_nothing_changed_is_all_cache_hits(first_run):
+    """Facts, not wall time (benchmarks/pipeline.py times the cached rerun): every stage a hit, the
+    same artifacts, and not one file in the store written or touched."""
     store, summary = first_run
+    before = _store_files(store)
     again = run_pipeline("tiny", FAST, store)
+    assert [(r["stage"], r["cached"]) for r in again["stages"]] == [(r["stage"], True) for r in summary["stages"]]
     assert again["all_cached"]
     assert [r["artifact"] for r in again["stages"]] == [r["artifact"] for r in summary["stages"]]
-    first = sum(r["seconds"] for r in summary["stages"])
-    assert sum(r["seconds"] for r in again["stages"]) < first / 3
+    assert _store_files(store) == before
 
 
 def test_changed_training_setting_reruns_only_downstream(first_run):
@@ -54,10 +63,10 @@ def test_changed_training_setting_reruns_only_downstream(first_run):
 
 
 @pytest.mark.parametrize("module", ["pipeline", "train", "sample", "evaluate", "encode_latents", "download"])
-def test_cli_help_is_fast_and_does_not_import_prefect(module):
+def test_cli_help_imports_neither_prefect_nor_torch(module):
     code = (f"import sys; sys.argv=['x','--help']\nimport flows.{module} as m\ntry:\n    m.main()\n"
             "except SystemExit as e:\n    assert e.code == 0\nassert 'prefect' not in sys.modules, 'prefect imported'\n"
-            "assert 'torch' not in sys.modules or True")  # fmt: skip
+            "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "usage" in out.stdout

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from loopback import START_ATTEMPTS, free_port, port_taken
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT_FILE = ROOT / "deploy" / "prefect.yaml"
@@ -66,10 +66,9 @@ def test_prefect_yaml_declares_the_nine_deployments():
 # --- a real server, worker and deployments ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _server_port_taken(output: str) -> bool:
+    """server.sh start failed on its port: uvicorn's bind error, or another Prefect API answering there."""
+    return port_taken(output) or "already serving a prefect api" in output.lower()
 
 
 def _api(server: dict, method: str, path: str, body: dict | None = None):
@@ -109,15 +108,12 @@ def server(tmp_path_factory):
         else:
             project.mkdir(exist_ok=True)
             shutil.copy2(source, project / name)
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and not k.startswith("UVIT_")}
-    env.update(PREFECT_HOME=str(base / "home"), UVIT_SERVER_PORT=str(port), UVIT_STORE=str(base / "store"),
-               UVIT_PROJECT_DIR=str(project), PREFECT=str(Path(sys.executable).parent / "prefect"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", OMP_NUM_THREADS="1")  # fmt: skip
+    env.update(PREFECT_HOME=str(base / "home"), UVIT_STORE=str(base / "store"), UVIT_PROJECT_DIR=str(project),
+               PREFECT=str(Path(sys.executable).parent / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               OMP_NUM_THREADS="1")  # fmt: skip
     script = [str(project / "deploy" / "server.sh")]
     run_dir = base / "home" / "uvit-server"
-    info = {"api": f"http://127.0.0.1:{port}/api", "ui": f"http://127.0.0.1:{port}", "env": env,
-            "project": project, "store": base / "store", "logs": run_dir}  # fmt: skip
 
     def pids() -> list[int]:
         files = [run_dir / f"{name}.pid" for name in ("worker", "server")]
@@ -125,13 +121,23 @@ def server(tmp_path_factory):
 
     started: list[int] = []
     try:
-        try:
-            out = subprocess.run(["bash", *script, "start"], env=env, capture_output=True, text=True, timeout=600)
-        finally:
-            started = pids()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            port = free_port()
+            env["UVIT_SERVER_PORT"] = str(port)
+            try:
+                out = subprocess.run(["bash", *script, "start"], env=env, capture_output=True, text=True,
+                                     timeout=600)  # fmt: skip
+            finally:
+                started = pids()
+            if out.returncode == 0 or not _server_port_taken(out.stdout + out.stderr) or attempt == START_ATTEMPTS:
+                break
+            # Another process took the port between _free_port and the server's bind: server.sh has
+            # already stopped what it started; try again on a new port.
         if out.returncode != 0:
             pytest.fail(f"server.sh start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         assert "deployments: 10" in out.stdout, out.stdout  # the nine presets and periodic-eval
+        info = {"api": f"http://127.0.0.1:{port}/api", "ui": f"http://127.0.0.1:{port}", "env": env,
+                "project": project, "store": base / "store", "logs": run_dir}  # fmt: skip
         yield info
     finally:
         started = started or pids()
@@ -170,10 +176,23 @@ def _artifacts(server: dict, flow_run_id: str) -> dict[str, dict]:
     return {a["key"]: a for a in found if a.get("key")}
 
 
-def _stages(artifacts: dict[str, dict]) -> dict[str, bool]:
+def _stage_rows(artifacts: dict[str, dict]) -> list[dict]:
     rows = artifacts["tiny-pipeline-stages"]["data"]
-    rows = json.loads(rows) if isinstance(rows, str) else rows
-    return {row["stage"]: row["cached"] for row in rows}
+    return json.loads(rows) if isinstance(rows, str) else rows
+
+
+def _stages(artifacts: dict[str, dict]) -> dict[str, bool]:
+    return {row["stage"]: row["cached"] for row in _stage_rows(artifacts)}
+
+
+def _stage_urls(artifacts: dict[str, dict]) -> dict[str, str]:
+    return {row["stage"]: row["artifact"] for row in _stage_rows(artifacts)}
+
+
+def _store_files(store: Path) -> dict[str, tuple[int, int]]:
+    """Every file under the store with its size and modification time (ns)."""
+    return {str(p.relative_to(store)): (p.stat().st_size, p.stat().st_mtime_ns) for p in store.rglob("*")
+            if p.is_file()}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -201,38 +220,34 @@ def test_tiny_deployment_through_the_worker_then_all_cache_hits(server, cold_run
     assert not any(_stages(artifacts).values()), _stages(artifacts)
     assert list((server["store"] / "sample").iterdir()), "no sample artifact in the store"
 
+    # The rerun: facts, not wall time (benchmarks/pipeline.py times a cached rerun against the cold run).
+    before = _store_files(server["store"])
     again = _deployment_run(server)
-    cached = _stages(_artifacts(server, again["id"]))
+    again_artifacts = _artifacts(server, again["id"])
+    cached = _stages(again_artifacts)
     assert set(cached) == {"download", "encode", "train", "sample", "evaluate"} and all(cached.values()), cached
-    assert again["total_run_time"] < 0.5 * flow_run["total_run_time"], (
-        again["total_run_time"],
-        flow_run["total_run_time"],
-    )
+    assert _stage_urls(again_artifacts) == _stage_urls(artifacts)  # the same artifacts, found not rebuilt
+    assert _store_files(server["store"]) == before  # and not one file written or touched
 
 
 # --- the dashboard in headless Chromium ---------------------------------------------------------------
 
 
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Chromium's path; installed with apt-get when missing (skipped when that is impossible)."""
+    """Chromium's path. Tests install nothing: `.ci/run` and `make browser` do. Without it the
+    dashboard test skips on a workstation and fails under CI (which installed it)."""
     found = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
     if found:
         return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is missing and cannot be installed here (needs root and apt-get)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-q", "chromium"]
-    try:
-        out = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-        if out.returncode != 0:  # a fresh machine has no package lists yet
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-            out = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        pytest.skip("`apt-get install -y chromium` timed out")
-    if out.returncode != 0 or not shutil.which("chromium"):
-        pytest.skip(f"`apt-get install -y chromium` failed: {(out.stderr or out.stdout).strip()[-300:]}")
-    return shutil.which("chromium")
+    message = "chromium is not installed: `make browser` (Debian: apt-get install -y chromium) installs it"
+    if _ci():
+        pytest.fail(f"{message}; CI=true and .ci/run installs it, so its absence is a CI failure")
+    pytest.skip(message)
 
 
 def _page_text(chromium: str, url: str) -> tuple[str, str]:

@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import os
 import re
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,21 +22,16 @@ _S3_ENV = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """Start moto's S3 server on loopback for the session; configure s3fs (and child processes) to use it."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # Port 0: the server binds a free port itself (no free-then-bind race); read back which.
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
     saved_env = {k: os.environ.get(k) for k in [*_S3_ENV, "FSSPEC_S3_ENDPOINT_URL"]}
     os.environ.update(_S3_ENV)
     # fsspec reads FSSPEC_S3_* at import in child processes; this process needs the config dict.

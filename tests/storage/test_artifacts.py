@@ -125,23 +125,31 @@ def test_publish_lifecycle(any_root: str) -> None:
     assert not store.exists("encode", key) and paths.list_names(store.url_for("encode", key)) == []
 
 
+@pytest.fixture(autouse=True)
+def no_heartbeat_left_running():
+    """Every lease a test takes is released (its heartbeat thread joined) by the end of the test."""
+    yield
+    left = [t.name for t in threading.enumerate() if t.name.startswith("lease-")]
+    assert not left, f"lease heartbeat threads still running: {left}"
+
+
 def test_second_writer_waits_and_reuses(tmp_path) -> None:
     store = ArtifactStore(tmp_path, lease_heartbeat_s=0.05, lease_timeout_s=30)
     key = artifact_key(**BASE)
-    release = threading.Event()
+    building, release = threading.Event(), threading.Event()
     calls = []
 
     def build(writer):
         calls.append(threading.current_thread().name)
-        release.wait(10)
+        building.set()
+        assert release.wait(60)
         paths.write_bytes_atomic(writer.path("x"), b"x")
         return Manifest(kind="test")
 
     results = {}
     first = threading.Thread(target=lambda: results.update(a=store.ensure("encode", key, build)), name="a")
     first.start()
-    while not calls:
-        time.sleep(0.01)
+    assert building.wait(60), "the first writer never started building"
     with pytest.raises(LeaseHeldError, match="being written"):
         store.open_for_write("encode", key, wait_s=0)
     second = threading.Thread(
@@ -149,8 +157,9 @@ def test_second_writer_waits_and_reuses(tmp_path) -> None:
     )
     second.start()
     release.set()
-    first.join(10)
-    second.join(10)
+    first.join(60)
+    second.join(60)
+    assert not first.is_alive() and not second.is_alive()
     assert calls == ["a"], "the second run must reuse the published artifact, not rebuild it"
     assert results["a"] == results["b"] and results["a"].key == key
 
@@ -258,7 +267,7 @@ def test_garbage_collect(tmp_path) -> None:
             w.publish(Manifest(kind="x"))
     crashed = store.open_for_write("s", "cc")
     paths.write_bytes_atomic(crashed.path("f"), b"1")
-    crashed._lease._stop.set()  # the process "dies": no heartbeat, no release
+    crashed._lease.stop()  # the process "dies": no heartbeat (the last one landed), no release
     _age_lease(store, "s", "cc")
     resumable = store.open_for_write("s", "dd")
     resumable.abort()  # partial, no lease: stale, but listed in keep_keys

@@ -2,13 +2,13 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from loopback import START_ATTEMPTS, free_port, port_taken
 
 from storage.checkpoints import CheckpointStore
 from storage.latents import LatentSpec, create_latent_store
@@ -322,10 +322,6 @@ def test_schedule_ema_and_batch_helpers():
         per_device_batch(100, 3, 1)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -333,12 +329,16 @@ def test_two_processes_stay_in_sync(tmp_path, store):
     """Two CPU processes (gloo DDP) split the global batch and end with identical weights."""
     preset = _preset()
     env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "uvit.training", "--preset-json", preset.to_json(),
-           "--latents", store, "--checkpoints", str(tmp_path / "ckpt"), "--max-steps", "4",
-           "--result", str(tmp_path / "result.json")]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        # The rendezvous binds the port it is given: a new port when another process took it meanwhile.
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), "-m", "uvit.training", "--preset-json", preset.to_json(),
+               "--latents", store, "--checkpoints", str(tmp_path / "ckpt"), "--max-steps", "4",
+               "--result", str(tmp_path / "result.json")]  # fmt: skip
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if out.returncode == 0 or not port_taken(out.stdout + out.stderr) or attempt == START_ATTEMPTS:
+            break
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     ckpt = CheckpointStore(str(tmp_path / "ckpt")).load()
     assert ckpt.step == 4 and ckpt.extra["num_processes"] == 2
