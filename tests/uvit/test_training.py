@@ -322,8 +322,6 @@ def test_schedule_ema_and_batch_helpers():
         per_device_batch(100, 3, 1)
 
 
-
-
 @pytest.mark.slow
 def test_two_processes_stay_in_sync(tmp_path, store):
     """Two CPU processes (gloo DDP) split the global batch and end with identical weights."""
