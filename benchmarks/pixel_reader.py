@@ -261,7 +261,7 @@ def _reader_rows(quick: bool, command: str, tmp: Path) -> list[dict]:
 
 
 def _shapes(root: Path, per_class: int):
-    from storage.datasets import download_dataset
+    from stages.download import download_dataset
 
     return download_dataset("shapes", None, str(root), shapes={"n_train_per_class": per_class, "n_val": 1})
 
@@ -294,7 +294,7 @@ _CHILD = """
 import json, sys
 from pathlib import Path
 from flows.encode_latents import run_encode
-from storage.datasets import download_dataset
+from stages.download import download_dataset
 from uvit.config import get_preset
 preset = get_preset("tiny-pixel", ["data.resolution=64"])
 def hwm_kb():  # this process's peak RSS (ru_maxrss would include the parent's, kept across exec)

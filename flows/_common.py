@@ -6,11 +6,13 @@ Import-light on purpose: `python -m flows.<stage> --help` must not import Prefec
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from stages.report import Reporter, StageOutput, code_version, reporting  # noqa: F401 - re-exported for the flows
 
 # A fresh PREFECT_HOME migrates its SQLite database on first start (~25 s on 2 cores): the default
 # 20 s start-up time-out of the embedded server fails there. Offline, analytics only waste time.
@@ -29,32 +31,6 @@ def apply_prefect_defaults() -> None:
     """Set the project's Prefect defaults where the user has not set them."""
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
-
-
-@dataclass
-class StageOutput:
-    """What a stage hands the next one: its artifact's stage, key and URL, and a few facts."""
-
-    stage: str
-    key: str
-    url: str
-    cached: bool
-    facts: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (Prefect results, CLI output)."""
-        return asdict(self)
-
-
-def code_version(*modules: Any) -> str:
-    """A short hash of the source of the modules a stage's output depends on."""
-    import hashlib
-    import inspect
-
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(inspect.getsource(module).encode())
-    return digest.hexdigest()[:16]
 
 
 def in_prefect_run() -> bool:
@@ -152,6 +128,39 @@ class Progress:
             from prefect.artifacts import update_progress_artifact
 
             update_progress_artifact(artifact_id=self.id, progress=round(100.0 * min(max(fraction, 0.0), 1.0), 1))
+
+
+class PrefectReporter(Reporter):
+    """A stage's log lines, tables, images, links and progress as Prefect run logs and artifacts."""
+
+    def logger(self) -> Any:
+        return logger()
+
+    def table(self, key: str, rows: list[dict[str, Any]], description: str = "") -> None:
+        publish_table(key, rows, description)
+
+    def markdown(self, key: str, markdown: str, description: str = "") -> None:
+        publish_markdown(key, markdown, description)
+
+    def link(self, key: str, url: str, description: str = "") -> None:
+        publish_link(key, url, description)
+
+    def png(self, key: str, png_url: str, description: str = "") -> None:
+        publish_png(key, png_url, description)
+
+    def progress(self, description: str) -> Callable[[float], None]:
+        return Progress(description).update
+
+
+def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` run with the Prefect reporter installed (wrap stage functions with it in tasks and flows)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with reporting(PrefectReporter()):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

@@ -7,10 +7,10 @@
         --source http://images.cocodataset.org/annotations --store /data/uvit
     python -m flows.download --dataset shapes --store ./artifacts
 
-The work is `storage.datasets.download_dataset` (plain Python); `download` below is the same as a
-Prefect flow: a planning task, one transfer task per remote archive (the only retried tasks), an
-extraction task, and a table and a markdown artifact. Prefect is imported only after the arguments
-are parsed, so `--help` and argument errors are fast.
+The work is `stages.download` (plain Python); `download` below is the same as a Prefect flow: a
+planning task, one transfer task per remote archive (the only retried tasks), an extraction task,
+and a table and a markdown artifact. Prefect is imported only after the arguments are parsed, so
+`--help` and argument errors are fast.
 """
 
 from __future__ import annotations
@@ -26,25 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stages import download as stage
 from storage import datasets
 
-__all__ = ["main", "download", "parse_args", "run_download"]  # noqa: F822 - `download` is built lazily
+__all__ = ["main", "download", "parse_args"]  # noqa: F822 - `download` is built lazily
 
 TRANSFER_RETRIES = 3
 TRANSFER_RETRY_DELAY_S = 30
-
-
-def run_download(dataset: str, source: str | Sequence[str] | None, store_root: str, **kwargs: Any):
-    """The download stage for the pipeline: a `StageOutput` (plain Python; Prefect artifacts when in a run)."""
-    from flows._common import StageOutput, in_prefect_run
-
-    sources = [source] if isinstance(source, str) else (list(source) if source else None)
-    result = datasets.download_dataset(dataset, sources, store_root, **kwargs)
-    manifest = result.manifest.to_dict()
-    if in_prefect_run():
-        _publish_artifacts(dataset, result.url, result.key, manifest, result.cached)
-    return StageOutput(stage=datasets.STAGE, key=result.key, url=result.url, cached=result.cached,
-                       facts={"counts": manifest["counts"]})  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -59,15 +47,17 @@ def _flow() -> Any:
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
 
+    from flows._common import reported
+
     @task(name="plan-download", cache_policy=NO_CACHE)
     def plan(dataset: str, source: list[str], splits: list[str], shapes: dict[str, int]) -> datasets.DownloadPlan:
         """Resolve the sources and the artifact key."""
-        return datasets.plan_download(dataset, source or None, splits=splits, shapes=shapes or None)
+        return stage.plan(dataset, source or None, splits=splits, shapes=shapes or None)
 
     @task(name="generate-builtin", cache_policy=NO_CACHE)
     def generate(plan: datasets.DownloadPlan, folder: str) -> datasets.DownloadPlan:
         """Write a built-in dataset into a local folder, read afterwards like any source tree."""
-        return datasets.generate_builtin(plan, folder)
+        return stage.generate(plan, folder)
 
     @task(
         name="transfer",
@@ -112,48 +102,10 @@ def _flow() -> Any:
                 futures = {f.role: transfer.submit(f, cache_dir) for f in archives}
                 local = {role: future.result() for role, future in futures.items()}
                 manifest = extract(the_plan, store_root, local)
-        _publish_artifacts(dataset, url, the_plan.key, manifest, cached)
+        reported(stage.report_download)(dataset, url, the_plan.key, manifest, cached)
         return {"url": url, "key": the_plan.key, "manifest": manifest, "cached": cached}
 
     return download
-
-
-def _publish_artifacts(dataset: str, url: str, key: str, manifest: dict[str, Any], cached: bool) -> None:
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    counts, extra = manifest["counts"], manifest["extra"]
-    splits = extra.get("splits", [])
-    rows = [
-        {
-            "split": split,
-            "images": counts.get(f"{split}_images", 0),
-            "captions": counts.get(f"{split}_captions", ""),
-            "skipped members": "",
-            "rejected members": "",
-        }
-        for split in splits
-    ]
-    rows.append(
-        {
-            "split": "total",
-            "images": sum(counts.get(f"{split}_images", 0) for split in splits),
-            "captions": sum(counts.get(f"{split}_captions", 0) for split in splits) if "captions" in extra else "",
-            "skipped members": counts.get("skipped_members", 0),
-            "rejected members": counts.get("rejected_members", 0),
-        }
-    )
-    create_table_artifact(rows, key="download-counts", description=f"{dataset}: images per split")
-    problems = [{"kind": "rejected", **r} for r in extra.get("rejected", [])]
-    problems += [{"kind": "skipped", **s} for s in extra.get("skipped", [])]
-    if problems:
-        create_table_artifact(problems[:200], key="download-skipped", description=f"{dataset}: members not extracted")
-    markdown = (
-        f"# Dataset `{dataset}`\n\n"
-        f"- artifact: `{url}`\n- key: `{key}`\n"
-        f"- {'cache hit (already published)' if cached else 'published'}\n"
-        f"- counts: `{json.dumps(counts, sort_keys=True)}`\n"
-    )
-    create_markdown_artifact(markdown, key="download-dataset", description=f"{dataset} artifact location")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -221,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     try:
         if args.no_prefect:
-            result = datasets.download_dataset(
+            result = stage.download_dataset(
                 args.dataset,
                 args.source or None,
                 args.store,

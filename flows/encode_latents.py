@@ -417,7 +417,7 @@ def _flow():
                     store_root: str = "./uvit-store", source: str | None = None, split: str = "train",
                     dask_workers: int = 1, dask_address: str | None = None) -> dict:  # fmt: skip
         """Download (cached) and encode a dataset split into a latent store."""
-        from flows.download import run_download
+        from stages.download import run_download
         from uvit.config import get_preset
 
         p = get_preset(preset, overrides or [])
@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body():
         if args.no_prefect:
-            from flows.download import run_download
+            from stages.download import run_download
             from uvit.config import get_preset
 
             preset = get_preset(args.preset, overrides)

@@ -60,11 +60,11 @@ def run_pipeline(
         outputs[name] = out
         return out
 
-    from flows.download import run_download
     from flows.encode_latents import run_encode
     from flows.evaluate import run_evaluate
     from flows.sample import run_sample
     from flows.train import run_train
+    from stages.download import run_download
 
     dataset = DATASET_OF.get(preset.data.dataset, preset.data.dataset)
     ds = timed("download", run_download, dataset, source, store_root)

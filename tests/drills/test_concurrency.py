@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from drillkit import ROOT, child_env, start_child, wait_for, warm_up
 
+from stages.download import download_dataset
 from storage.artifacts import ArtifactStore
-from storage.datasets import download_dataset
 
 # Killing real processes on a shared 2-core machine is timing-sensitive: these drills run in the
 # slow set (make test-slow, CI after the gate), not in the gating suite.

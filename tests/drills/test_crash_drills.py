@@ -43,8 +43,8 @@ from drillkit import (
     warm_up,
 )
 
+from stages.download import download_dataset
 from storage.checkpoints import CheckpointStore
-from storage.datasets import download_dataset
 from storage.latents import open_latent_store
 
 # Killing real processes on a shared 2-core machine is timing-sensitive: these drills run in the

@@ -170,10 +170,10 @@ def test_stages_never_write_or_log_credentials(
     import prefect.artifacts
 
     import flows._common
-    from flows.download import run_download
     from flows.encode_latents import run_encode
     from flows.sample import run_sample
     from flows.train import run_train
+    from stages.download import run_download
     from uvit.config import get_preset
 
     # Prefect artifacts and run loggers as inside a run, recorded instead of sent.

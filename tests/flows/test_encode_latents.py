@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import flows.encode_latents as enc
-from storage.datasets import download_dataset
+from stages.download import download_dataset
 from storage.latents import open_latent_store
 from uvit.config import get_preset
 

@@ -3,7 +3,7 @@
 import numpy as np
 
 from flows.evaluate import reference_from_dataset
-from storage.datasets import download_dataset
+from stages.download import download_dataset
 from storage.items import dataset_items
 from uvit.config import get_preset
 from uvit.encoding import crop_rule, load_item

@@ -124,7 +124,7 @@ def test_periodic_evaluation_is_triggered_with_exported_weights(tmp_path):
     from flows.encode_latents import run_encode
     from flows.periodic_eval import run_periodic_eval
     from flows.train import run_train
-    from storage.datasets import download_dataset
+    from stages.download import download_dataset
     from uvit.config import get_preset
 
     store = str(tmp_path)

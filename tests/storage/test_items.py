@@ -8,14 +8,14 @@ from storage.items import _child, caption_items, dataset_items
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from flows.download import run_download
+    from stages.download import run_download
 
     return run_download("shapes", None, str(tmp_path_factory.mktemp("store")))
 
 
 @pytest.fixture(scope="module")
 def shapes_coco(tmp_path_factory):
-    from flows.download import run_download
+    from stages.download import run_download
 
     return run_download("shapes-coco", None, str(tmp_path_factory.mktemp("store")))
 
