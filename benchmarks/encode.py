@@ -2,7 +2,7 @@
 
 The stage path is `uvit.encoding.encode_images` (thread-pool JPEG decoding and ADM center crop read
 ahead of the VAE, each image and its flip encoded, moments cast to float16) plus writing the part
-file as `flows.encode_latents.encode_part` does. The baseline runs only the VAE encoder forwards on
+file as `stages.encode.encode_part` does. The baseline runs only the VAE encoder forwards on
 the same batches, decoded, cropped and made into tensors (both flips) before timing. Both run in
 interleaved rounds in one process; the figure is images/s of the best round of each (machine noise
 on a shared CPU only ever slows a round down).
@@ -14,7 +14,7 @@ quick: 4).
 Images come from `uvit.shapes.make_imagenet_like` in a temporary folder.
 
 Peak memory: a child process encodes N and then 4N images through the stage's parts
-(`flows.encode_latents.encode_part`, 512 images each) and `assemble_store` into a latent store, and
+(`stages.encode.encode_part`, 512 images each) and `assemble_store` into a latent store, and
 reports its peak RSS (VmHWM); the figure is peak(4N) against peak(N), N = 512 images at 64x64,
 which should not grow with N.
 
@@ -119,12 +119,12 @@ def _throughput(vae, image_paths: list[str], size: int, batch: int, rounds: int,
 _CHILD = """
 import json, sys, time
 from pathlib import Path
-from flows.encode_latents import PART_SIZE, assemble_store, encode_part
+from stages.encode import PART_SIZE, assemble_store, encode_part
 from uvit.config import get_preset
 preset = get_preset("tiny", ["data.resolution={size}"])
 image_paths = json.loads(Path({paths!r}).read_text())[:{n}]
 out = Path({out!r})
-from flows.encode_latents import _vae
+from stages.encode import _vae
 _vae(preset.data.autoencoder, "cpu")
 def hwm_kb():  # this process's peak RSS (ru_maxrss would include the parent's, kept across exec)
     line = [x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM")]

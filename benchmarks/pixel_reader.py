@@ -22,7 +22,7 @@ ours. Settings: 3x32x32 with N=20,000 (CIFAR-10 size) and 3x64x64 with N=5,000 (
 size), 2,000 JPEGs; quick: 4,096 / 1,536 / 512. Rounds interleave ours and the baselines; the figure
 is the best round of each (noise on a shared machine only ever slows a round down).
 
-Pixel encoding: `flows.encode_latents.run_encode` with the `tiny-pixel` preset at 32 and 64 px on the
+Pixel encoding: `stages.encode.run_encode` with the `tiny-pixel` preset at 32 and 64 px on the
 built-in `shapes` dataset (thread-pool JPEG decode + ADM crop, part files, `assemble_store` into a
 pixel store, the artifact manifest) against the floor, the bare decode + crop of the same files
 (`uvit.encoding.load_item` in a 4-thread pool, as `encode_pixels` uses), interleaved, best round of
@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 COMMAND = "python -m benchmarks.pixel_reader"
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 128
-SHARD = 512  # images per shard, as the encode stage's parts (flows.encode_latents.PART_SIZE)
+SHARD = 512  # images per shard, as the encode stage's parts (stages.encode.PART_SIZE)
 EPOCHS = 2
 WORKERS = (0, 2)
 
@@ -268,7 +268,7 @@ def _shapes(root: Path, per_class: int):
 
 def _encode_rate(preset, dataset, root: Path) -> tuple[float, int]:
     """(images/s, images) of `run_encode` into a fresh artifact store (no cache hit)."""
-    from flows.encode_latents import run_encode
+    from stages.encode import run_encode
 
     start = time.perf_counter()
     out = run_encode(preset, dataset.url, dataset.key, str(root), dataset_name="shapes")
@@ -293,7 +293,7 @@ def _floor_rate(image_paths: list[str], size: int) -> float:
 _CHILD = """
 import json, sys
 from pathlib import Path
-from flows.encode_latents import run_encode
+from stages.encode import run_encode
 from stages.download import download_dataset
 from uvit.config import get_preset
 preset = get_preset("tiny-pixel", ["data.resolution=64"])
@@ -320,7 +320,7 @@ def _peak_rss_mb(root: Path, per_class: int) -> tuple[float, float, int]:
 
 
 def _encode_rows(quick: bool, command: str, tmp: Path) -> list[dict]:
-    import flows.encode_latents  # noqa: F401 - imports (zarr's take 0.3 s) are not the stage's work
+    import stages.encode  # noqa: F401 - imports (zarr's take 0.3 s) are not the stage's work
     import storage.latents  # noqa: F401
     from storage.items import dataset_items
     from uvit.config import get_preset

@@ -13,200 +13,16 @@ and every number is labelled as not comparable to published FIDs.
 
 from __future__ import annotations
 
-import io
-import os
 import sys
-from typing import Any
 
 from flows._common import (
     OneLineErrorParser,
-    StageOutput,
     add_common_args,
     apply_prefect_defaults,
-    code_version,
-    logger,
-    publish_link,
-    publish_markdown,
-    publish_table,
+    reported,
     run_cli,
 )
-
-STAGE = "evaluate"
-REFERENCE_STAGE = "reference"
-
-
-def _local_copy(url: str) -> str:
-    """A local path for a URL (downloads remote files to a temp folder)."""
-    import tempfile
-
-    from storage import paths
-
-    if paths.is_local(url):
-        return paths.filesystem(url)[1]
-    fs, path = paths.filesystem(url)
-    local = os.path.join(tempfile.mkdtemp(prefix="uvit-eval-"), os.path.basename(path))
-    fs.get_file(path, local)
-    return local
-
-
-def _reference_split(preset) -> str:
-    return "val" if preset.data.conditioning == "text" else "train"
-
-
-def reference_key(preset, dataset_key: str, inception_id: str) -> str:
-    """Content key of reference statistics: dataset, split, resolution, crop rule, count, Inception, code."""
-    from storage.artifacts import artifact_key
-    from uvit import metrics
-    from uvit.encoding import crop_rule
-
-    config = {"resolution": preset.data.resolution, "n": preset.eval.n_samples, "split": _reference_split(preset)}
-    if preset.data.space == "pixel":
-        config["crop"] = crop_rule(preset.data.dataset).name
-    return artifact_key(REFERENCE_STAGE, config, inputs={"dataset": dataset_key}, models={"inception": inception_id},
-                        code_version=code_version(metrics))  # fmt: skip
-
-
-def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str) -> str:
-    """Content key of an evaluation: samples, reference, Inception, code, and the preset's report settings.
-
-    The report compares against `eval.published_fid` / `eval.fid_reference` and the protocol's
-    `eval.n_samples`: a change to them changes report.md and metrics.json, so they are in the key.
-    """
-    from storage.artifacts import artifact_key
-    from uvit import metrics
-
-    e = preset.eval
-    config = {
-        "metrics": list(metrics.METRICS),
-        "report": {"published_fid": e.published_fid, "fid_reference": e.fid_reference, "n_samples": e.n_samples},
-    }
-    return artifact_key(STAGE, config, inputs={"samples": samples_key, "reference": reference_sha},
-                        models={"inception": inception_id}, code_version=code_version(metrics))  # fmt: skip
-
-
-def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_root: str, extractor) -> tuple[str, str]:
-    """Statistics and features of the dataset's images at the preset's resolution, cached; (npz URL, key).
-
-    Pixel presets crop the reference images by the same rule as their training images
-    (`uvit.encoding.crop_rule`); latent presets by the ADM center crop, as their encoder does.
-    """
-    import numpy as np
-
-    from storage import paths
-    from storage.artifacts import ArtifactStore, Manifest
-    from storage.items import dataset_items
-    from uvit import metrics
-    from uvit.encoding import crop_rule, load_item
-
-    n = preset.eval.n_samples
-    split = _reference_split(preset)
-    rule = crop_rule(preset.data.dataset) if preset.data.space == "pixel" else None
-    key = reference_key(preset, dataset_key, extractor.identity)
-    store = ArtifactStore(store_root)
-
-    def build(writer) -> Manifest:
-        items = dataset_items(dataset_url, split, captions=preset.data.conditioning == "text")[:n]
-        crop = rule.crop if rule is not None else None
-        images = [a for a, _ in (load_item(it["path"], preset.data.resolution, crop) for it in items) if a is not None]
-        if not images:
-            raise ValueError(f"no readable images in {paths.redact_url(dataset_url)} split {split}")
-        features = extractor.extract(np.stack(images), batch_size=32)
-        stats = metrics.feature_statistics(features)
-        buffer = io.BytesIO()
-        np.savez(buffer, mu=stats.mu, sigma=stats.sigma, pool_features=features.pool, logits=features.logits,
-                 extractor=np.asarray(extractor.identity))  # fmt: skip
-        paths.write_bytes_atomic(writer.path("reference.npz"), buffer.getvalue())
-        return Manifest(kind="fid-reference", counts={"images": len(images)},
-                        extra={"extractor": extractor.identity, "split": split})  # fmt: skip
-
-    store.ensure(REFERENCE_STAGE, key, build)
-    return paths.join(store.url_for(REFERENCE_STAGE, key), "reference.npz"), key
-
-
-def report_markdown(preset, results: dict[str, Any], rows: list[dict], samples_manifest, reference: str,
-                    reference_sha: str) -> str:  # fmt: skip
-    """The evaluation report: metrics next to the published number, and the full protocol."""
-    extra = samples_manifest.extra
-    s = extra.get("cfg_scale_official_s", preset.sample.cfg_scale)
-    lines = [f"# Evaluation: {preset.name}", ""]
-    if not results.get("extractor_comparable", False):
-        lines += ["> **Not comparable to published FIDs**: " + "; ".join(r["reason"] for r in rows[:1]), ""]
-    lines += ["| metric | value | published | comparable | why |", "|---|---|---|---|---|"]
-    for r in rows:
-        value = "-" if r["value"] is None else f"{r['value']:.4g}"
-        published = "-" if r["published"] is None else r["published"]
-        lines.append(f"| {r['metric']} | {value} | {published} | {r['comparable']} | {r['reason']} |")
-    lines += [
-        "",
-        "## Protocol",
-        f"- samples: {results.get('n_samples')} ({preset.eval.n_samples} in the paper's protocol)",
-        f"- reference: `{reference}` (sha256 {reference_sha[:16]}...), {results.get('n_reference')} images",
-        f"- sampler: {extra.get('sampler')} with {extra.get('steps')} steps",
-        f"- guidance: official s = {s} (usual w = 1 + s = {1 + s})",
-        f"- weights: `{extra.get('weights')}` (sha256 {str(extra.get('weights_sha256'))[:16]}...), "
-        f"EMA: {extra.get('ema')}",
-        f"- Inception: {results.get('extractor')}",
-        f"- seed: {extra.get('seed')}",
-    ]
-    for note in results.get("notes", []):
-        lines.append(f"- note: {note}")
-    return "\n".join(lines)
-
-
-def run_evaluate(
-    preset,
-    samples_url: str,
-    store_root: str,
-    *,
-    reference: str | None = None,
-    reference_dataset_url: str | None = None,
-    reference_dataset_key: str | None = None,
-    inception_weights: str | None = None,
-) -> StageOutput:
-    """Evaluate a sample artifact against a reference; plain Python."""
-    import json
-
-    from storage import paths
-    from storage.artifacts import ArtifactStore, Manifest, hash_file
-    from uvit import metrics
-
-    log = logger()
-    extractor = metrics.load_inception(inception_weights, allow_random=preset.eval.offline_smoke)
-    if reference is None:
-        if reference_dataset_url is None or reference_dataset_key is None:
-            raise ValueError("pass --reference (an ADM-style .npz) or a dataset run to compute one from")
-        reference, _ = reference_from_dataset(preset, reference_dataset_url, reference_dataset_key, store_root,
-                                              extractor)  # fmt: skip
-    reference_sha = hash_file(reference)
-    store = ArtifactStore(store_root)
-    samples_manifest = Manifest.from_dict(paths.read_json(paths.join(samples_url, "_MANIFEST.json")))
-    key = evaluate_key(preset, samples_manifest.key, reference_sha, extractor.identity)
-    cached = store.exists(STAGE, key)
-
-    def build(writer) -> Manifest:
-        samples_path = _local_copy(paths.join(samples_url, "samples.npz"))
-        ref = metrics.load_reference(_local_copy(reference), extractor, need_features=True)
-        n = samples_manifest.counts.get("samples", 0)
-        n_reference = len(ref.features) if ref.features is not None else n
-        results = metrics.compute_metrics(samples_path, ref, extractor, kid_subset_size=min(1000, n, n_reference))
-        rows = metrics.report_rows(results, preset, reference_name=preset.eval.fid_reference)
-        report = report_markdown(preset, results, rows, samples_manifest, paths.redact_url(reference), reference_sha)
-        paths.write_bytes_atomic(writer.path("report.md"), report.encode())
-        paths.write_json_atomic(writer.path("metrics.json"), {"results": results, "rows": rows})
-        return Manifest(kind="uvit-evaluation", counts={"samples": int(results.get("n_samples") or 0)},
-                        inputs={"samples": samples_manifest.key, "reference": reference_sha},
-                        extra={"rows": rows, "results": json.loads(json.dumps(results, default=str))})  # fmt: skip
-
-    manifest = store.ensure(STAGE, key, build)
-    url = store.url_for(STAGE, key)
-    rows = manifest.extra["rows"]
-    publish_table(f"{preset.name}-metrics", rows, "sample quality (see the report for the protocol)")
-    fs, path = paths.filesystem(paths.join(url, "report.md"))
-    publish_markdown(f"{preset.name}-evaluation-report", fs.cat_file(path).decode(), "evaluation report")
-    publish_link(f"{preset.name}-evaluation-artifact", url, "evaluation artifact (report.md, metrics.json)")
-    log.info("evaluate: %s", ", ".join(f"{r['metric']}={r['value']}" for r in rows))
-    facts = {"report": paths.join(url, "report.md"), "metrics": {r["metric"]: r["value"] for r in rows}}
-    return StageOutput(stage=STAGE, key=key, url=url, cached=cached, facts=facts)
+from stages import evaluate as stage
 
 
 def _flow():
@@ -217,7 +33,7 @@ def _flow():
                       dataset_url: str | None, dataset_key: str | None, weights: str | None) -> dict:  # fmt: skip
         from uvit.config import Preset
 
-        return run_evaluate(Preset.from_json(preset_json), samples_url, store_root, reference=reference,
+        return reported(stage.run_evaluate)(Preset.from_json(preset_json), samples_url, store_root, reference=reference,
                             reference_dataset_url=dataset_url, reference_dataset_key=dataset_key,
                             inception_weights=weights).to_dict()  # fmt: skip
 
@@ -256,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             paths.read_json(paths.join(args.dataset_run, "_MANIFEST.json"))["key"] if args.dataset_run else None
         )
         if args.no_prefect:
-            return run_evaluate(preset, args.samples, args.store, reference=args.reference,
+            return stage.run_evaluate(preset, args.samples, args.store, reference=args.reference,
                                 reference_dataset_url=args.dataset_run, reference_dataset_key=dataset_key,
                                 inception_weights=args.inception_weights).to_dict()  # fmt: skip
         return _flow()(samples_url=args.samples, preset=args.preset, overrides=args.override,

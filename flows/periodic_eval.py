@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows._common import apply_prefect_defaults, logger
-
-DEPLOYMENT = "periodic-eval/periodic-eval"
+from flows._common import apply_prefect_defaults, logger, reported
+from stages.evaluate import run_periodic_eval
 
 
 def eval_trigger(deployment: str, preset, store_root: str, latents_url: str | None,
@@ -31,21 +30,6 @@ def eval_trigger(deployment: str, preset, store_root: str, latents_url: str | No
     return trigger
 
 
-def run_periodic_eval(preset_json: str, store_root: str, checkpoint: str, latents_url: str | None = None,
-                      dataset_url: str | None = None, dataset_key: str | None = None, step: int = 0,
-                      n_samples: int | None = None) -> dict:  # fmt: skip
-    """Sample from `checkpoint` and evaluate the samples (plain Python)."""
-    from flows.evaluate import run_evaluate
-    from flows.sample import run_sample
-    from uvit.config import Preset
-
-    preset = Preset.from_json(preset_json)
-    samples = run_sample(preset, store_root, checkpoint=checkpoint, latents_url=latents_url, n=n_samples)
-    result = run_evaluate(preset, samples.url, store_root, reference_dataset_url=dataset_url,
-                          reference_dataset_key=dataset_key)  # fmt: skip
-    return {"step": step, "samples": samples.url, **result.to_dict()}
-
-
 def _flow():
     from prefect import flow
 
@@ -54,8 +38,8 @@ def _flow():
                       dataset_url: str | None = None, dataset_key: str | None = None, step: int = 0,
                       n_samples: int | None = None) -> dict:  # fmt: skip
         """Sample and evaluate one training checkpoint."""
-        return run_periodic_eval(preset_json, store_root, checkpoint, latents_url, dataset_url, dataset_key,
-                                 step, n_samples)  # fmt: skip
+        return reported(run_periodic_eval)(preset_json, store_root, checkpoint, latents_url, dataset_url,
+                                           dataset_key, step, n_samples)  # fmt: skip
 
     return periodic_eval
 

@@ -60,11 +60,11 @@ def run_pipeline(
         outputs[name] = out
         return out
 
-    from flows.encode_latents import run_encode
-    from flows.evaluate import run_evaluate
-    from flows.sample import run_sample
-    from flows.train import run_train
     from stages.download import run_download
+    from stages.encode import run_encode
+    from stages.evaluate import run_evaluate
+    from stages.sample import run_sample
+    from stages.train import run_train
 
     dataset = DATASET_OF.get(preset.data.dataset, preset.data.dataset)
     ds = timed("download", run_download, dataset, source, store_root)
@@ -119,9 +119,11 @@ def _prefect_runner():
     from prefect import task
     from prefect.cache_policies import NONE
 
+    from flows._common import reported
+
     def runner(name: str, fn, *args, **kwargs):
         # Our content keys are the cache; Prefect's own input hashing would only add overhead.
-        return task(name=name, cache_policy=NONE, retries=0)(fn)(*args, **kwargs)
+        return task(name=name, cache_policy=NONE, retries=0)(reported(fn))(*args, **kwargs)
 
     return runner
 

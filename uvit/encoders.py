@@ -49,7 +49,6 @@ __all__ = [
     "encode_text",
     "hf_clip_text_to_open_clip",
     "center_crop_arr",
-    "load_image",
     "to_tensor",
     "to_uint8",
 ]
@@ -438,12 +437,6 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
     top = (array.shape[0] - image_size) // 2
     left = (array.shape[1] - image_size) // 2
     return array[top : top + image_size, left : left + image_size]
-
-
-def load_image(path: str | Path, image_size: int) -> np.ndarray:
-    """Open an image file as RGB and center-crop it: uint8 (size, size, 3)."""
-    with Image.open(path) as image:
-        return center_crop_arr(image.convert("RGB"), image_size)
 
 
 def to_tensor(images: np.ndarray, hflip: bool = False) -> torch.Tensor:

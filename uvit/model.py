@@ -214,10 +214,6 @@ class _UViTBase(nn.Module):
     def _build_condition(self, embed_dim: int) -> None:
         raise NotImplementedError
 
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names the official code lists as exempt from weight decay (it never uses it)."""
-        return {"pos_embed"}
-
     def _backbone(self, x: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """Tokens `[prefix, patches]` through the U-shaped stack; returns the eps image."""
         patches = self.patch_embed(x)  # (B, L, D)

@@ -76,7 +76,7 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
     preset = get_preset("tiny", spec["overrides"])
     stage = spec["stage"]
     if stage == "encode":
-        import flows.encode_latents as encode
+        import stages.encode as encode
 
         if spec.get("die_creating_store"):
             import zarr
@@ -89,15 +89,15 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
         encode.PART_SIZE = spec["part_size"]
         out = encode.run_encode(preset, spec["dataset_url"], spec["dataset_key"], spec["store"], dataset_name="shapes")
     elif stage == "train":
-        import flows.train
+        import stages.train
         import uvit.training
 
         if spec.get("die_after_steps") is not None:
-            # flows.train may import `launch` at module level or inside run_train: replace both.
-            uvit.training.launch = flows.train.launch = _dying_launch(spec["die_after_steps"])
-        out = flows.train.run_train(preset, spec["latents_url"], spec["store"])
+            # stages.train may import `launch` at module level or inside run_train: replace both.
+            uvit.training.launch = stages.train.launch = _dying_launch(spec["die_after_steps"])
+        out = stages.train.run_train(preset, spec["latents_url"], spec["store"])
     elif stage == "sample":
-        from flows.sample import run_sample
+        from stages.sample import run_sample
 
         out = run_sample(preset, spec["store"], checkpoint=spec["checkpoint"], n=spec["n"])
     else:
@@ -124,12 +124,12 @@ def _pin_code_versions(pin_file: str) -> None:
     the drills run; without the pin, an edit between the reference run and the drilled run would
     give them different keys (two artifacts to compare, neither resumed).
     """
-    import flows._common
-    import flows.encode_latents
-    import flows.sample
-    import flows.train
+    import stages.encode
+    import stages.report
+    import stages.sample
+    import stages.train
 
-    original = flows._common.code_version
+    original = stages.report.code_version
 
     def pinned(*modules: Any) -> str:
         name = ",".join(m.__name__ for m in modules)
@@ -140,7 +140,7 @@ def _pin_code_versions(pin_file: str) -> None:
             path.write_text(json.dumps(pins))
         return pins[name]
 
-    for module in (flows.encode_latents, flows.train, flows.sample):
+    for module in (stages.encode, stages.train, stages.sample):
         module.code_version = pinned
 
 
@@ -235,9 +235,9 @@ def child_main(argv: list[str]) -> int:
         Path(spec["result_file"]).write_text(json.dumps(train_loop_child(spec)))
         return 0
     spec = json.loads(argv[0])
-    import flows.encode_latents  # noqa: F401 - the imports are part of a real restart's start-up
-    import flows.sample  # noqa: F401
-    import flows.train  # noqa: F401
+    import stages.encode  # noqa: F401 - the imports are part of a real restart's start-up
+    import stages.sample  # noqa: F401
+    import stages.train  # noqa: F401
 
     result = run_stage(spec)
     Path(spec["result_file"]).write_text(json.dumps(result))
@@ -248,9 +248,9 @@ def warm_up() -> None:
     """Import the stages and load the tiny VAE in this process, so that forked children start at once."""
     import torch
 
-    import flows.encode_latents as encode
-    import flows.sample  # noqa: F401
-    import flows.train  # noqa: F401
+    import stages.encode as encode
+    import stages.sample  # noqa: F401
+    import stages.train  # noqa: F401
     import uvit.encoders
     from flows._common import in_prefect_run
     from uvit.config import get_preset

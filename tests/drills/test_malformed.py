@@ -282,7 +282,7 @@ def check_nothing_published(tmp: Path, out: Outcome) -> None:
 
 def run_bad_captions(tmp: Path) -> Outcome:
     """COCO captions with wrong types and duplicate ids: the download stage, then the encode item list."""
-    from flows.encode_latents import list_items
+    from stages.encode import list_items
 
     source = coco_source(tmp, captions=bad_captions)
 
@@ -304,7 +304,7 @@ def check_bad_captions(tmp: Path, out: Outcome) -> None:
 
 
 def run_wrong_shape_store(tmp: Path) -> Outcome:
-    from flows.train import run_train
+    from stages.train import run_train
 
     url = latent_store(str(tmp / "latents"), latent=(4, 16, 16))
     return attempt(lambda: run_train(tiny_preset(), url, str(tmp / "store")))
@@ -326,7 +326,7 @@ def run_truncated_pth(tmp: Path) -> Outcome:
 
 def run_truncated_safetensors_sample(tmp: Path) -> Outcome:
     """The sample stage with truncated weights: an error before drawing anything."""
-    from flows.sample import run_sample
+    from stages.sample import run_sample
 
     path = truncated(tiny_weights(tmp / "nnet_ema.safetensors"))
     return attempt(lambda: run_sample(tiny_preset(), str(tmp / "store"), checkpoint=str(path), n=2))
@@ -346,7 +346,7 @@ def run_evil_pth(tmp: Path) -> Outcome:
 
 
 def run_evil_pth_sample(tmp: Path) -> Outcome:
-    from flows.sample import run_sample
+    from stages.sample import run_sample
 
     path = evil_pth(tmp / "nnet_ema.pth")
     return attempt(lambda: run_sample(tiny_preset(), str(tmp / "store"), checkpoint=str(path), n=2))

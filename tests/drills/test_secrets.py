@@ -8,7 +8,7 @@ the servers the project starts listen on 127.0.0.1 unless told otherwise.
   (a basic-auth server on 127.0.0.1). Every object written to the bucket, every local file the
   stages wrote, the captured logs and output, and every Prefect artifact the stages would publish
   (the `prefect.artifacts` calls are captured) are searched for the secrets.
-- Listening addresses: the defaults in deploy/server.sh, flows/encode_latents.py (Dask), the moto
+- Listening addresses: the defaults in deploy/server.sh, stages/encode.py (Dask), the moto
   fixture and the DDP launcher, read statically; the DDP rendezvous store (torch TCPStore) started
   for real.
 """
@@ -170,10 +170,11 @@ def test_stages_never_write_or_log_credentials(
     import prefect.artifacts
 
     import flows._common
-    from flows.encode_latents import run_encode
-    from flows.sample import run_sample
-    from flows.train import run_train
     from stages.download import run_download
+    from stages.encode import run_encode
+    from stages.report import reporting
+    from stages.sample import run_sample
+    from stages.train import run_train
     from uvit.config import get_preset
 
     # Prefect artifacts and run loggers as inside a run, recorded instead of sent.
@@ -197,17 +198,19 @@ def test_stages_never_write_or_log_credentials(
     # URLs with user:password and the access key id themselves (see tests/drills/README.md).
     logging.getLogger().setLevel(logging.INFO)
 
-    outputs = []
-    coco = run_download("coco2014", http_source, s3_store, checksums={})  # the zips reuse official names
-    outputs.append(coco.to_dict())
-    preset = get_preset("tiny", ["train.n_steps=2", "train.batch_size=8", "train.save_interval=1",
-                                 "train.sample_interval=0", "sample.n_samples=4", "sample.mini_batch_size=4",
-                                 "sample.steps=2"])  # fmt: skip
-    ds = run_download("shapes", None, s3_store, shapes={"n_train_per_class": 4, "n_val": 2})
-    enc = run_encode(preset, ds.url, ds.key, s3_store, dataset_name="shapes")
-    trained = run_train(preset, enc.facts["latents_url"], s3_store)
-    samples = run_sample(preset, s3_store, train_run_url=trained.url)
-    outputs += [o.to_dict() for o in (ds, enc, trained, samples)]
+    # The flows point the stages at Prefect through this reporter; the same here.
+    with reporting(flows._common.PrefectReporter()):
+        outputs = []
+        coco = run_download("coco2014", http_source, s3_store, checksums={})  # the zips reuse official names
+        outputs.append(coco.to_dict())
+        preset = get_preset("tiny", ["train.n_steps=2", "train.batch_size=8", "train.save_interval=1",
+                                     "train.sample_interval=0", "sample.n_samples=4", "sample.mini_batch_size=4",
+                                     "sample.steps=2"])  # fmt: skip
+        ds = run_download("shapes", None, s3_store, shapes={"n_train_per_class": 4, "n_val": 2})
+        enc = run_encode(preset, ds.url, ds.key, s3_store, dataset_name="shapes")
+        trained = run_train(preset, enc.facts["latents_url"], s3_store)
+        samples = run_sample(preset, s3_store, train_run_url=trained.url)
+        outputs += [o.to_dict() for o in (ds, enc, trained, samples)]
     logging.getLogger().setLevel(logging.WARNING)
 
     assert coco.facts["counts"]["train_images"] == 4  # the authenticated source was really read
@@ -238,7 +241,7 @@ def test_servers_default_to_loopback() -> None:
     server_sh = (ROOT / "deploy" / "server.sh").read_text()
     assert re.search(r"^HOST=\$\{UVIT_SERVER_HOST:-127\.0\.0\.1\}$", server_sh, re.M)
     assert '--host "$HOST"' in server_sh
-    encode = (ROOT / "flows" / "encode_latents.py").read_text()
+    encode = (ROOT / "stages" / "encode.py").read_text()
     clusters = re.findall(r"LocalCluster\((.*?)\)\)", encode, re.S)
     assert clusters and all('host="127.0.0.1"' in c and "dashboard_address=None" in c for c in clusters)
     moto = (ROOT / "tests" / "storage" / "conftest.py").read_text()
@@ -271,9 +274,9 @@ LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFF
 def test_dask_local_cluster_listens_on_loopback() -> None:
     from dask.distributed import LocalCluster
 
-    from flows.encode_latents import dask_part_runner  # noqa: F401 - the settings tested below are its
+    from stages.encode import dask_part_runner  # noqa: F401 - the settings tested below are its
 
-    # The project's settings (flows/encode_latents.py), without workers: the scheduler is what listens.
+    # The project's settings (stages/encode.py), without workers: the scheduler is what listens.
     with LocalCluster(n_workers=0, threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1") as cluster:  # fmt: skip
         port = int(cluster.scheduler_address.rsplit(":", 1)[1])

@@ -19,10 +19,10 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import flows.encode_latents as encode
-from flows.evaluate import evaluate_key, reference_key
-from flows.sample import sample_key
-from flows.train import train_key
+import stages.encode as encode
+from stages.evaluate import evaluate_key, reference_key
+from stages.sample import sample_key
+from stages.train import train_key
 from uvit import config
 from uvit.encoding import PIXEL_CROPS, crop_rule
 

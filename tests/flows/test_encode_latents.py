@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-import flows.encode_latents as enc
+import stages.encode as enc
 from stages.download import download_dataset
 from storage.latents import open_latent_store
 from uvit.config import get_preset

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from flows.evaluate import reference_from_dataset
 from stages.download import download_dataset
+from stages.evaluate import reference_from_dataset
 from storage.items import dataset_items
 from uvit.config import get_preset
 from uvit.encoding import crop_rule, load_item

@@ -121,10 +121,10 @@ def test_pipeline_through_prefect_publishes_artifacts(tmp_path):
 
 def test_periodic_evaluation_is_triggered_with_exported_weights(tmp_path):
     """The train stage hands every eval_interval checkpoint to the trigger without waiting for it."""
-    from flows.encode_latents import run_encode
-    from flows.periodic_eval import run_periodic_eval
-    from flows.train import run_train
     from stages.download import download_dataset
+    from stages.encode import run_encode
+    from stages.evaluate import run_periodic_eval
+    from stages.train import run_train
     from uvit.config import get_preset
 
     store = str(tmp_path)
@@ -141,7 +141,7 @@ def test_periodic_evaluation_is_triggered_with_exported_weights(tmp_path):
 
 def test_text_to_image_pipeline_and_prompt_sampling(tmp_path):
     """tiny-text: captions through CLIP (EOT padding), the empty caption for guidance, a prompt on demand."""
-    from flows.sample import run_sample
+    from stages.sample import run_sample
     from storage.latents import open_latent_store
 
     store = str(tmp_path)
@@ -161,7 +161,7 @@ def test_text_to_image_pipeline_and_prompt_sampling(tmp_path):
 
 
 def test_class_names_resolve_and_unknown_names_fail():
-    from flows.sample import resolve_class
+    from stages.sample import resolve_class
     from uvit.config import get_preset
 
     tiny = get_preset("tiny")
@@ -175,7 +175,7 @@ def test_sampling_from_an_official_format_state_dict(tmp_path):
     """An official-style `nnet_ema.pth` (plain state dict, official keys) samples directly."""
     import torch
 
-    from flows.sample import run_sample
+    from stages.sample import run_sample
     from uvit.checkpoint import save_official_pth
     from uvit.config import build_model, get_preset
 
@@ -294,7 +294,7 @@ def test_tiny_pixel_pipeline_end_to_end_without_a_vae(tmp_path, monkeypatch):
 
 
 def test_train_key_covers_what_changes_the_weights_and_nothing_else():
-    from flows.train import train_key
+    from stages.train import train_key
     from uvit.config import get_preset
 
     base = train_key(get_preset("tiny"), "latents-key")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flows.sample import run_sample
+from stages.sample import run_sample
 from storage.images import read_png
 from uvit.checkpoint import save_official_pth
 from uvit.config import build_model, get_preset

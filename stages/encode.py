@@ -1,0 +1,382 @@
+"""Stage encode: images to Stable-Diffusion VAE moments (or cropped pixels) and captions to CLIP embeddings.
+
+The input is a download artifact. The dataset is encoded in parts: each part is a resumable unit
+written as one file, so a crash loses at most one part and a rerun skips finished ones; several Dask
+workers (one per GPU) encode disjoint parts (`dask_part_runner`). Bad images are skipped or repaired
+by rule (see `uvit.encoding`), counted in the manifest and reported as a table. The parts are then
+joined into one zarr latent store (`storage.latents`).
+
+Pixel-space presets (`data.space == "pixel"`) go the same way without a VAE: each image is cropped
+by its dataset's rule (`uvit.encoding.PIXEL_CROPS`) to the preset resolution and stored as uint8
+pixels, one view (the reader flips on read), in a pixel store (format 2) under `pixels/`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from functools import lru_cache
+from typing import Any
+
+from stages.report import StageOutput, code_version, reporter
+
+STAGE = "encode"
+PART_SIZE = 512  # images per resumable part
+MAX_CAPTIONS = 8  # caption slots per image in the latent store (COCO has 5-7)
+
+SHAPES_TEST_PROMPTS = [
+    "A red circle in the middle on a white background.",
+    "A blue square at the top left.",
+    "A green triangle at the bottom right on a black background.",
+    "A yellow cross in the center.",
+]
+COCO_TEST_PROMPTS = [
+    "A green train is coming down the tracks.",
+    "A group of skiers are preparing to ski down a mountain.",
+    "A small kitchen with a low ceiling.",
+    "A group of elephants walking in muddy water.",
+    "A living area with a television and a table.",
+    "A road with traffic lights, street lights and cars.",
+    "A bus driving in a city area with traffic signs.",
+    "A close up of a plate of broccoli and sauce.",
+]
+
+
+def encode_key(preset, dataset_key: str, split: str, encoder_ids: dict[str, str]) -> str:
+    """Content key: dataset, split, resolution, crop/flip policy, encoders and their weights, dtype, code."""
+    from storage.artifacts import artifact_key
+    from uvit import encoders, encoding
+
+    # The store holds labels (and says how many classes) only for class-conditional presets.
+    labels = [preset.data.num_classes] if preset.data.conditioning == "class" else False
+    if preset.data.space == "pixel":
+        config = {
+            "split": split,
+            "space": "pixel",
+            "resolution": preset.data.resolution,
+            "crop": encoding.crop_rule(preset.data.dataset).name,
+            "flip": "on-read",
+            "dtype": "uint8",
+            "part_size": PART_SIZE,
+            "labels": labels,
+        }
+        return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, code_version=code_version(encoding))
+    config = {
+        "split": split,
+        "resolution": preset.data.resolution,
+        "crop": "adm-center-crop",
+        "flip": True,
+        "dtype": "float16",
+        "latent_scale": preset.data.latent_scale,
+        "part_size": PART_SIZE,
+        "max_captions": MAX_CAPTIONS,
+        "text": preset.data.conditioning == "text",
+        "labels": labels,
+    }
+    return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, models=encoder_ids,
+                        code_version=code_version(encoding, encoders))  # fmt: skip
+
+
+@lru_cache(maxsize=2)
+def _vae(spec: str, device: str):
+    from uvit.encoders import load_vae
+
+    return load_vae(spec, device=device)
+
+
+@lru_cache(maxsize=2)
+def _text_encoder(spec: str, device: str):
+    from uvit.encoders import load_text_encoder
+
+    return load_text_encoder(spec, device=device)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def encoder_identities(preset) -> dict[str, str]:
+    """Name -> weights hash of the VAE (and text encoder) this preset encodes with (none for pixel presets)."""
+    from storage.artifacts import hash_state_dict
+
+    if preset.data.space == "pixel":
+        return {}
+    ids = {f"vae:{preset.data.autoencoder}": hash_state_dict(_vae(preset.data.autoencoder, _device()).state_dict())}
+    if preset.data.conditioning == "text":
+        enc = _text_encoder(preset.data.text_encoder, _device())
+        ids[f"text:{preset.data.text_encoder}"] = hash_state_dict(enc.model.state_dict())
+    return ids
+
+
+def encode_part(preset_json: str, part_url: str, items: list[dict[str, Any]], batch_size: int = 32) -> dict[str, Any]:
+    """Encode one part (a list of items {path, label} or {path, captions}) into one `.npz` file."""
+    import numpy as np
+
+    from storage import paths
+    from uvit.config import Preset
+    from uvit.encoding import encode_captions, encode_images
+
+    preset = Preset.from_json(preset_json)
+    if preset.data.space == "pixel":
+        return _pixel_part(preset, part_url, items)
+    device = _device()
+    vae = _vae(preset.data.autoencoder, device)
+    part = encode_images(vae, [it["path"] for it in items], preset.data.resolution, batch_size=batch_size)
+    good = [items[i] for i in part.indices]
+    arrays: dict[str, Any] = {"moments": part.moments}
+    if preset.data.conditioning == "class":
+        arrays["labels"] = np.asarray([it["label"] for it in good], dtype=np.int64)
+    problems = [p.__dict__ for p in part.problems]
+    if preset.data.conditioning == "text":
+        encoder = _text_encoder(preset.data.text_encoder, device)
+        counts, flat = [], []
+        for it in good:
+            caps = [c for c in it["captions"] if isinstance(c, str) and c.strip()][:MAX_CAPTIONS]
+            counts.append(len(caps))
+            flat += caps
+        keep = np.asarray(counts) > 0
+        for it, k in zip(good, keep):
+            if not k:
+                problems.append({"item": it["path"], "action": "skipped", "reason": "no usable caption"})
+        arrays["moments"] = part.moments[keep]
+        arrays["caption_counts"] = np.asarray([c for c in counts if c], dtype=np.int32)
+        arrays["captions"] = encode_captions(encoder, flat) if flat else np.zeros((0, 77, 768), np.float16)
+    buffer = io.BytesIO()
+    np.savez(buffer, problems=np.frombuffer(json.dumps(problems).encode(), dtype=np.uint8), **arrays)
+    paths.write_bytes_atomic(part_url, buffer.getvalue())  # the part exists only once complete
+    return {"part": part_url, "good": int(len(arrays["moments"])), "problems": len(problems)}
+
+
+def _pixel_part(preset, part_url: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Crop one part's images by the dataset's rule into one `.npz` file (`pixels`, labels for class presets)."""
+    import numpy as np
+
+    from storage import paths
+    from uvit.encoding import crop_rule, encode_pixels
+
+    part = encode_pixels([it["path"] for it in items], preset.data.resolution, crop_rule(preset.data.dataset))
+    arrays: dict[str, Any] = {"pixels": part.pixels}
+    if preset.data.conditioning == "class":
+        arrays["labels"] = np.asarray([items[i]["label"] for i in part.indices], dtype=np.int64)
+    problems = [p.__dict__ for p in part.problems]
+    buffer = io.BytesIO()
+    np.savez(buffer, problems=np.frombuffer(json.dumps(problems).encode(), dtype=np.uint8), **arrays)
+    paths.write_bytes_atomic(part_url, buffer.getvalue())  # the part exists only once complete
+    return {"part": part_url, "good": int(len(part.pixels)), "problems": len(problems)}
+
+
+def _read_part(url: str) -> dict[str, Any]:
+    import numpy as np
+
+    from storage import paths
+
+    fs, path = paths.filesystem(url)
+    with fs.open(path, "rb") as f:
+        data = dict(np.load(io.BytesIO(f.read()), allow_pickle=False))
+    data["problems"] = json.loads(bytes(data["problems"]).decode())
+    return data
+
+
+def assemble_store(preset, part_urls: list[str], store_url: str, encoder_ids: dict[str, str], dataset: str) -> dict:
+    """Join encoded parts into one latent store (streaming, one part in memory at a time)."""
+    import numpy as np
+
+    from storage.latents import LatentSpec, LatentStoreError, create_latent_store
+    from uvit.encoding import encode_captions
+
+    text = preset.data.conditioning == "text"
+    pixel = preset.data.space == "pixel"
+    data_key = "pixels" if pixel else "moments"  # the part files' per-image array
+    sizes = [int(_read_part(u)[data_key].shape[0]) for u in part_urls]
+    total = sum(sizes)
+    if total == 0:
+        raise ValueError("no usable images: every input was skipped (see the problems list)")
+    first = _read_part(part_urls[0])
+    num_classes = preset.data.num_classes if preset.data.conditioning == "class" else 0
+    if pixel:
+        from uvit.encoding import crop_rule
+
+        res = preset.data.resolution
+        spec = LatentSpec(
+            num_images=total,
+            shard_size=min(PART_SIZE, total),
+            latent_shape=(3, res, res),
+            latent_scale=1.0,
+            encoder={"name": "pixels", "crop": crop_rule(preset.data.dataset).name, "resolution": res},
+            num_classes=num_classes,
+            content="pixels",
+        )
+    else:
+        latent_shape = (first["moments"].shape[2] // 2, *first["moments"].shape[3:])
+        spec = LatentSpec(
+            num_images=total,
+            shard_size=min(PART_SIZE, total),
+            latent_shape=latent_shape,
+            latent_scale=float(preset.data.latent_scale),
+            encoder={"name": preset.data.autoencoder, "weights_sha256": next(iter(encoder_ids.values()))},
+            num_classes=num_classes,
+            max_captions=MAX_CAPTIONS if text else 0,
+            context_shape=(77, int(first["captions"].shape[-1])) if text else (77, 768),
+            text_encoder={"name": preset.data.text_encoder} if text else None,
+        )
+    try:
+        writer = create_latent_store(store_url, spec, overwrite=False)
+    except LatentStoreError as e:
+        if "not a latent store" not in str(e):
+            raise
+        # A crash between creating the zarr group and writing its attributes: the folder belongs to
+        # this (leased) artifact writer and holds nothing finished, so start it again.
+        writer = create_latent_store(store_url, spec, overwrite=True)
+    pending = set(writer.pending_shards())
+    buffer: dict[str, list] = {"moments": [], "labels": [], "captions": []}
+    problems: list[dict] = []
+    shard = 0
+
+    def emit(n: int) -> None:
+        nonlocal shard
+        moments = np.concatenate(buffer["moments"])
+        labels = np.concatenate(buffer["labels"]) if buffer["labels"] else None
+        caps = buffer["captions"]
+        if shard in pending:
+            writer.write_shard(shard, moments[:n], None if labels is None else labels[:n],
+                               caps[:n] if text else None)  # fmt: skip
+        buffer["moments"] = [moments[n:]]
+        buffer["labels"] = [labels[n:]] if labels is not None else []
+        buffer["captions"] = caps[n:]
+        shard += 1
+
+    for url in part_urls:
+        part = _read_part(url)
+        problems += part["problems"]
+        buffer["moments"].append(part[data_key])
+        if "labels" in part:
+            buffer["labels"].append(part["labels"])
+        if text:
+            offsets = np.concatenate([[0], np.cumsum(part["caption_counts"])])
+            buffer["captions"] += [part["captions"][a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+        while sum(len(m) for m in buffer["moments"]) >= spec.shard_size and shard < spec.num_shards - 1:
+            emit(spec.shard_size)
+    remaining = sum(len(m) for m in buffer["moments"])
+    if remaining:
+        emit(remaining)
+    if text:
+        encoder = _text_encoder(preset.data.text_encoder, _device())
+        prompts = SHAPES_TEST_PROMPTS if dataset.startswith("shapes") else COCO_TEST_PROMPTS
+        null = encode_captions(encoder, [""])[0]
+        writer.write_text_constants(null, prompts, encode_captions(encoder, prompts))
+    return {"images": total, "problems": problems, "shards": spec.num_shards}
+
+
+def list_items(dataset_url: str, split: str, conditioning: str) -> tuple[list[dict[str, Any]], list[dict]]:
+    """The items of a download artifact's split ({path, label} or {path, captions}) and dropped entries."""
+    from storage.items import caption_items, dataset_items
+
+    if conditioning != "text":  # unconditional presets ignore labels (CelebA's items carry label -1)
+        return dataset_items(dataset_url, split), []
+    items, dropped = caption_items(dataset_url, split)
+    return items, [{"item": f"captions_{split}.json", "action": "skipped", "reason": f"{n} x {why}"}
+                   for why, n in dropped.items()]  # fmt: skip
+
+
+def run_encode(
+    preset,
+    dataset_url: str,
+    dataset_key: str,
+    store_root: str,
+    *,
+    split: str = "train",
+    dataset_name: str = "",
+    part_runner=None,
+    batch_size: int = 32,
+) -> StageOutput:
+    """Encode a downloaded dataset split into a latent store artifact (or reuse it); plain Python.
+
+    `part_runner(list_of_(part_url, items)) -> list[result]` runs the parts (default: in order here;
+    the Prefect flow passes one that maps them over Dask workers).
+    """
+    from storage import paths
+    from storage.artifacts import ArtifactStore, Manifest
+
+    log = reporter().logger()
+    pixel = preset.data.space == "pixel"
+    encoder_ids = encoder_identities(preset)
+    store = ArtifactStore(store_root)
+    key = encode_key(preset, dataset_key, split, encoder_ids)
+    cached = store.exists(STAGE, key)
+    folder = "pixels" if pixel else "latents"
+
+    def build(writer) -> Manifest:
+        items, json_problems = list_items(dataset_url, split, preset.data.conditioning)
+        if not items:
+            raise ValueError(f"split {split!r} of {paths.redact_url(dataset_url)} has no items")
+        num_parts = math.ceil(len(items) / PART_SIZE)
+        part_urls = [writer.path("parts", f"part_{i:06d}.npz") for i in range(num_parts)]
+        done = set(paths.list_names(writer.path("parts")))
+        todo = [(part_urls[i], items[i * PART_SIZE : (i + 1) * PART_SIZE]) for i in range(num_parts)
+                if f"part_{i:06d}.npz" not in done]  # fmt: skip
+        log.info("encode: %d images in %d parts, %d already done", len(items), num_parts, num_parts - len(todo))
+        progress = reporter().progress(f"encoding {len(items)} images for {preset.name}")
+        preset_json = preset.to_json()
+        if part_runner is None:
+            for i, (url, part_items) in enumerate(todo):
+                encode_part(preset_json, url, part_items, batch_size)
+                progress((i + 1) / max(1, len(todo)))
+        else:
+            part_runner(preset_json, todo, batch_size)
+        summary = assemble_store(preset, part_urls, writer.path(folder), encoder_ids, dataset_name)
+        problems = json_problems + summary["problems"]
+        if problems:
+            reporter().table(f"{preset.name}-encode-problems", problems[:500], "skipped or repaired inputs")
+        skipped = sum(p["action"] == "skipped" for p in problems)
+        return Manifest(
+            kind="uvit-pixels" if pixel else "uvit-latents",
+            counts={
+                "images": summary["images"],
+                "inputs": len(items),
+                "skipped": skipped,
+                "repaired": len(problems) - skipped,
+                "shards": summary["shards"],
+            },  # fmt: skip
+            inputs={"dataset": dataset_key},
+            extra={
+                "split": split,
+                "preset": preset.name,
+                "resolution": preset.data.resolution,
+                "encoders": encoder_ids,
+                "problems": problems[:1000],
+                "latents": folder,
+            },  # fmt: skip
+        )
+
+    manifest = store.ensure(STAGE, key, build)
+    url = store.url_for(STAGE, key)
+    what = "cropped pixel store" if pixel else "encoded latent store"
+    reporter().link(f"{preset.name}-{folder}", paths.join(url, folder), what)
+    facts = {"latents_url": paths.join(url, folder), **manifest.counts}
+    if cached:
+        log.info("encode: cache hit %s", paths.redact_url(url))
+    return StageOutput(stage=STAGE, key=key, url=url, cached=cached, facts=facts)
+
+
+def dask_part_runner(address: str | None, workers: int):
+    """A part runner that spreads parts over Dask workers (a local cluster or `address`)."""
+
+    def run(preset_json: str, todo: list[tuple[str, list]], batch_size: int) -> list:
+        from dask.distributed import Client, LocalCluster
+
+        if address:
+            client = Client(address)
+        else:
+            client = Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=None, host="127.0.0.1"))  # fmt: skip
+        try:
+            futures = [client.submit(encode_part, preset_json, url, items, batch_size, pure=False)
+                       for url, items in todo]  # fmt: skip
+            return client.gather(futures)
+        finally:
+            client.close()
+
+    return run

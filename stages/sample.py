@@ -1,0 +1,222 @@
+"""Stage sample: N images from a trained (or official) U-ViT with the preset's sampler and guidance.
+
+Samples are drawn in shards (a shard's noise and labels depend only on the seed and the shard index,
+so a rerun skips finished shards and reproduces the same images); each shard is written as PNGs and
+an ADM-style `.npz` (uint8 NHWC `arr_0`), then all are joined into `samples.npz`. Several
+processes split the shards with `rank`/`world_size` (e.g. one per GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from stages.report import StageOutput, code_version, reporter
+
+STAGE = "sample"
+SHARD_DONE = ".npz"
+
+
+def weights_for(train_run_url: str | None, checkpoint: str | None) -> str:
+    """The weights file to sample from: an explicit checkpoint, or the training run's EMA weights."""
+    from storage import paths
+
+    if checkpoint:
+        return checkpoint
+    if train_run_url:
+        return paths.join(train_run_url, "nnet_ema.safetensors")
+    raise ValueError("pass --train-run (a training artifact) or --checkpoint (a weights file)")
+
+
+def sample_key(preset, weights_hash: str, n: int, conditions_id: str) -> str:
+    """Content key: model, diffusion, sampling settings, decoder, weights, number of samples, conditions."""
+    from storage.artifacts import artifact_key
+    from uvit import diffusion, generation, sampling
+
+    config = {
+        "model": preset.model,
+        "diffusion": preset.diffusion,
+        "sample": preset.sample,
+        "space": preset.data.space,
+        "autoencoder": preset.data.autoencoder,
+        "latent_scale": preset.data.latent_scale,
+        # The conditions: class-balanced labels over num_classes, prompts through the text encoder.
+        "conditioning": preset.data.conditioning,
+        "num_classes": preset.data.num_classes,
+        "text_encoder": preset.data.text_encoder,
+        "n": n,
+        "conditions": conditions_id,
+    }
+    return artifact_key(STAGE, config, models={"weights": weights_hash},
+                        code_version=code_version(sampling, diffusion, generation))  # fmt: skip
+
+
+def resolve_class(preset, name: str, dataset_run: str | None = None) -> int:
+    """A class index from an index, a wnid or a class name (from a download artifact, or the shapes)."""
+    if name.isdigit():
+        return int(name)
+    classes: list[tuple[str, str, int]] = []
+    if dataset_run:
+        from storage import paths
+
+        manifest = paths.read_json(paths.join(dataset_run, "_MANIFEST.json"))
+        classes = [(c["wnid"], c.get("name", ""), int(c["index"])) for c in manifest["extra"].get("classes", [])]
+    elif preset.data.dataset == "shapes":
+        from uvit.shapes import SHAPE_CLASSES, WNIDS
+
+        classes = [(w, n, i) for i, (w, n) in enumerate(zip(WNIDS, SHAPE_CLASSES))]
+    wanted = name.strip().lower()
+    for wnid, class_name, index in classes:
+        if wanted == wnid.lower() or wanted in [part.strip().lower() for part in class_name.split(",")]:
+            return index
+    known = ", ".join(n or w for w, n, _ in classes[:20]) or "none (pass --dataset-run to look names up)"
+    raise ValueError(f"unknown class {name!r}; classes: {known}")
+
+
+def conditions_for(preset, n: int, latents_url: str | None, class_label: int | None, seed: int,
+                   prompt: str | None = None):  # fmt: skip
+    """Class-balanced labels, one class, one prompt, or captions drawn from the latent store's embeddings."""
+    import numpy as np
+    import torch
+
+    from uvit.generation import Conditions, class_balanced_labels
+
+    cond = preset.data.conditioning
+    if prompt is not None:
+        if cond != "text":
+            raise ValueError(f"--prompt needs a text-to-image preset; {preset.name!r} is {cond}-conditioned")
+        from uvit.encoders import encode_text, load_text_encoder
+
+        encoder = load_text_encoder(preset.data.text_encoder)
+        embeddings = encode_text(encoder, [prompt, ""]).float()  # (2, 77, D)
+        return Conditions(contexts=embeddings[:1].expand(n, -1, -1), empty_context=embeddings[1],
+                          captions=[prompt] * n), f"prompt-{prompt}"  # fmt: skip
+    if cond == "class":
+        if class_label is not None:
+            if not 0 <= class_label < preset.data.num_classes:
+                raise ValueError(f"--class must lie in [0, {preset.data.num_classes}), got {class_label}")
+            return Conditions(labels=torch.full((n,), class_label)), f"class-{class_label}"
+        return Conditions(labels=class_balanced_labels(n, preset.data.num_classes, seed)), "balanced"
+    if cond == "text":
+        if not latents_url:
+            raise ValueError("a text-to-image preset samples captions from a latent store: pass --latents")
+        from storage.latents import open_latent_store
+
+        store = open_latent_store(latents_url)
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, len(store), n)
+        counts = np.asarray(store.caption_counts[...])[images]
+        slots = (rng.random(n) * counts).astype(np.int64)
+        contexts = torch.from_numpy(store.read_captions(images, slots)).float()
+        empty = torch.from_numpy(np.asarray(store.null_context())).float()
+        return Conditions(contexts=contexts, empty_context=empty), f"captions-{latents_url}-{seed}"
+    return Conditions(), "none"
+
+
+def run_sample(
+    preset,
+    store_root: str,
+    *,
+    train_run_url: str | None = None,
+    checkpoint: str | None = None,
+    latents_url: str | None = None,
+    n: int | None = None,
+    class_label: int | None = None,
+    prompt: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | None = None,
+) -> StageOutput:
+    """Draw `n` samples (default `sample.n_samples`) into a sample artifact; plain Python."""
+    import numpy as np
+    import torch
+
+    from storage import paths
+    from storage.artifacts import ArtifactStore, Manifest, hash_file
+    from storage.images import read_npz_images, write_npz, write_png
+    from uvit.checkpoint import load_model
+    from uvit.generation import generate_images
+    from uvit.spaces import space_of
+
+    n = n or preset.sample.n_samples
+    if n < 1:
+        raise ValueError(f"the number of samples must be >= 1, got {n}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    weights = weights_for(train_run_url, checkpoint)
+    weights_hash = hash_file(weights)
+    conditions, conditions_id = conditions_for(preset, n, latents_url, class_label, preset.sample.seed, prompt)
+    store = ArtifactStore(store_root)
+    key = sample_key(preset, weights_hash, n, conditions_id)
+    cached = store.exists(STAGE, key)
+    log = reporter().logger()
+    shard_size = preset.sample.mini_batch_size
+    num_shards = math.ceil(n / shard_size)
+
+    def draw_shards(url: str, shard_rank: int, shard_world: int) -> None:
+        """Draw this process's unfinished shards into the artifact folder (atomic, disjoint files)."""
+        shards_url = paths.join(url, "shards")
+        done = {name for name in paths.list_names(shards_url) if name.endswith(SHARD_DONE)}
+        mine = [s for s in range(num_shards) if s % shard_world == shard_rank]
+        todo = [s for s in mine if f"shard_{s:06d}{SHARD_DONE}" not in done]
+        log.info("sample: %d shards, %d done, %d to draw here", num_shards, len(mine) - len(todo), len(todo))
+        if not todo:
+            return
+        model = load_model(preset, weights).to(device).eval()
+        vae = space_of(preset).decoder(device)
+        progress = reporter().progress(f"sampling {n} images with {preset.name}")
+        for i, shard in enumerate(todo):
+            start, stop = shard * shard_size, min(n, (shard + 1) * shard_size)
+            g = torch.Generator().manual_seed(preset.sample.seed * 1_000_003 + shard)
+            noise = torch.randn(stop - start, *preset.latent_shape, generator=g).to(device)
+            # The stochastic sampler's (euler_maruyama) own noise: seeded per shard, apart from every x_T seed.
+            sde = torch.Generator(device=device).manual_seed(preset.sample.seed * 1_000_003 + shard + 2**40)
+            images = generate_images(preset, model, noise, conditions.slice(start, stop), vae=vae, generator=sde)
+            for j, image in enumerate(images):
+                write_png(paths.join(url, "images", f"{start + j:06d}.png"), image)
+            extra = {} if conditions.labels is None else {"labels": conditions.labels[start:stop].numpy()}
+            write_npz(paths.join(shards_url, f"shard_{shard:06d}{SHARD_DONE}"), images, **extra)
+            progress((i + 1) / len(todo))
+
+    if world_size > 1 and not cached:
+        # Several processes draw disjoint shards without a lease; a final single-process call joins them.
+        draw_shards(store.url_for(STAGE, key), rank, world_size)
+        return StageOutput(stage=STAGE, key=key, url=store.url_for(STAGE, key), cached=False,
+                           facts={"partial": True, "rank": rank})  # fmt: skip
+
+    def build(writer) -> Manifest:
+        draw_shards(writer.url, 0, 1)
+        shards_url = writer.path("shards")
+        arrays = [read_npz_images(paths.join(shards_url, f"shard_{s:06d}{SHARD_DONE}")) for s in range(num_shards)]
+        samples = np.concatenate(arrays)  # (n, H, W, 3)
+        labels = {} if conditions.labels is None else {"labels": conditions.labels.numpy()}
+        write_npz(writer.path("samples.npz"), samples, **labels)
+        from uvit.generation import image_grid
+
+        write_png(writer.path("grid.png"), image_grid(samples[: min(64, n)]))
+        s = preset.sample
+        return Manifest(
+            kind="uvit-samples",
+            shapes={"samples": list(samples.shape)},
+            dtypes={"samples": "uint8"},
+            counts={"samples": int(n), "shards": num_shards},
+            extra={
+                "preset": preset.name,
+                "sampler": s.sampler,
+                "steps": s.steps,
+                "cfg_scale_official_s": s.cfg_scale,
+                "cfg_scale_usual_w": 1.0 + s.cfg_scale,
+                "weights": paths.redact_url(weights),
+                "weights_sha256": weights_hash,
+                "ema": "ema" in os.path.basename(weights),
+                "seed": s.seed,
+                "conditions": conditions_id,
+            },
+        )
+
+    manifest = store.ensure(STAGE, key, build)
+    url = store.url_for(STAGE, key)
+    reporter().png(f"{preset.name}-samples", paths.join(url, "grid.png"), f"{n} samples, {preset.sample.steps} steps")
+    reporter().link(f"{preset.name}-sample-artifact", url, "samples (PNG, samples.npz)")
+    facts = {"samples_npz": paths.join(url, "samples.npz"), "grid": paths.join(url, "grid.png"),
+             "n": manifest.counts["samples"]}  # fmt: skip
+    return StageOutput(stage=STAGE, key=key, url=url, cached=cached, facts=facts)
