@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL_DATA = ROOT / "tests" / "data" / "official"
 
 # Never reach a model hub, and never leave state in the user's home.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"  # forced: a user's HF_HUB_OFFLINE=0 must not let a test reach a hub
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect" / "tests"))
 # Prefect creates only the last level of PREFECT_HOME; a missing parent shows up as an opaque
 # "timed out connecting to the ephemeral API" much later.

@@ -30,3 +30,4 @@ def test_user_settings_are_not_seen() -> None:
 
     for name in (INCEPTION_WEIGHTS_ENV, "UVIT_STORE", "PREFECT_API_URL", "WANDB_PROJECT", "HF_HUB_CACHE"):
         assert name not in os.environ, name
+    assert os.environ["HF_HUB_OFFLINE"] == os.environ["TRANSFORMERS_OFFLINE"] == "1"

@@ -278,6 +278,16 @@ def train(
         result.losses = [(int(s), float(v)) for s, v in ckpt.extra.get("losses", [])]
         result.samples_seen = int(ckpt.extra.get("samples_seen", 0))
         del ckpt
+        if accelerator.is_main_process:
+            # A kill right after a checkpoint's manifest leaves what follows the save undone (pruning,
+            # that step's preview), and the resumed run starts after that step: finish them here.
+            ckpts.prune()
+            due = t_cfg.sample_interval and step % t_cfg.sample_interval == 0
+            if previews_url and due and step < total_steps and not paths.exists(preview_url(previews_url, step)):
+                url = write_preview(preset, ema, store, previews_url, step, device)
+                if on_preview:
+                    on_preview(step, url)
+        accelerator.wait_for_everyone()
     model.train()
     while step < total_steps:
         for _ in range(t_cfg.grad_accum):

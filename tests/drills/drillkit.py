@@ -137,7 +137,9 @@ def _pin_code_versions(pin_file: str) -> None:
         pins = json.loads(path.read_text()) if path.exists() else {}
         if name not in pins:
             pins[name] = original(*modules)
-            path.write_text(json.dumps(pins))
+            tmp = path.with_name(f"{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(pins))
+            os.replace(tmp, path)  # a child reading the pins at the same time sees the old or the new file, whole
         return pins[name]
 
     for module in (stages.encode, stages.train, stages.sample):

@@ -131,7 +131,7 @@ def server(tmp_path_factory):
                 started = pids()
             if out.returncode == 0 or not _server_port_taken(out.stdout + out.stderr) or attempt == START_ATTEMPTS:
                 break
-            # Another process took the port between _free_port and the server's bind: server.sh has
+            # Another process took the port between free_port() and the server's bind: server.sh has
             # already stopped what it started; try again on a new port.
         if out.returncode != 0:
             pytest.fail(f"server.sh start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")

@@ -238,7 +238,6 @@ def _hf_tokenizer_from_open_clip_vocab(folder: Path):
 
 @pytest.mark.parity
 def test_token_ids_match_transformers_clip_tokenizer(tmp_path: Path) -> None:
-    pytest.importorskip("transformers")
     tokenizer = _hf_tokenizer_from_open_clip_vocab(tmp_path / "tok")
     expected = tokenizer(_PARITY_CAPTIONS, truncation=True, max_length=77, padding="max_length", return_tensors="pt")
     torch.testing.assert_close(tokenize(_PARITY_CAPTIONS), expected["input_ids"], rtol=0, atol=0)
@@ -247,7 +246,6 @@ def test_token_ids_match_transformers_clip_tokenizer(tmp_path: Path) -> None:
 @pytest.mark.parity
 @pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
 def test_last_hidden_state_matches_transformers_clip_text_model(tmp_path: Path, activation: str) -> None:
-    pytest.importorskip("transformers")
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(

@@ -366,6 +366,37 @@ def test_previews_are_written_and_do_not_change_training(tmp_path, store):
     assert with_previews.param_checksum == without.param_checksum
 
 
+def test_resume_after_a_kill_right_after_a_checkpoint_finishes_that_step(tmp_path, store, monkeypatch):
+    """Killed after a checkpoint's manifest, before pruning and that step's preview (the crash drill
+    found it): the resumed run prunes and draws the preview, as an uninterrupted run does."""
+    from uvit.training import preview_url
+
+    preset = _preset(**{"train.sample_interval": 2, "train.save_interval": 2, "train.keep_last": 1,
+                        "sample.steps": 3})  # fmt: skip
+    ckpt, png = str(tmp_path / "ckpt"), str(tmp_path / "png")
+
+    class Killed(Exception):
+        pass
+
+    def die_at_4(step, url):
+        if step == 4:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(CheckpointStore, "prune", lambda self: [])
+        with pytest.raises(Killed):
+            train(preset, store, ckpt, max_steps=6, previews_url=png, on_checkpoint=die_at_4)
+    assert CheckpointStore(ckpt).steps() == [2, 4] and not os.path.exists(preview_url(png, 4))
+    train(preset, store, ckpt, max_steps=6, previews_url=png)
+    assert CheckpointStore(ckpt).steps() == [6]
+    assert all(os.path.exists(preview_url(png, step)) for step in (2, 4, 6))
+    uninterrupted = str(tmp_path / "png-ref")
+    train(preset, store, str(tmp_path / "ckpt-ref"), max_steps=6, previews_url=uninterrupted)
+    for step in (2, 4, 6):
+        with open(preview_url(png, step), "rb") as a, open(preview_url(uninterrupted, step), "rb") as b:
+            assert a.read() == b.read(), step
+
+
 # ------------------------------------------------------------------------------------ pixel space
 # Patch 4 (64 tokens) learns these images within 60 steps; the preset's patch 8 needs longer.
 PIXEL_OVERRIDES = {**OVERRIDES, "model.embed_dim": 64, "model.patch_size": 4, "train.lr": 1e-2,
