@@ -4,7 +4,7 @@ Training input, images/s of what the training loop consumes, x0 (B, 3, H, W) flo
 random horizontal flips, batch 128, over two epochs (worker start-up included, as in training):
 - ours: `storage.reader.LatentLoader` over a pixel store (`content="pixels"`, uint8 (N, 1, 3, H, W),
   shards of 512 = encode parts, uncompressed, so chunks are memory-mapped) built in a temporary folder,
-  used as `uvit.training` uses it: the reader gathers whole batches and mirrors the drawn flips
+  used as `stages.training` uses it: the reader gathers whole batches and mirrors the drawn flips
   (the stored uint8 `pixels`), and the consumer computes x0 = `pixels_to_x0(pixels)` on its
   device (here the CPU, in the main process; on a GPU after a 4x smaller uint8 transfer);
 - official CIFAR-10 path (`datasets.py` CIFAR10 + train.py): torchvision's `datasets.CIFAR10`
@@ -160,7 +160,7 @@ def _ours_loader(url: str, workers: int, epochs: int = EPOCHS):
 
 def _x(batch) -> torch.Tensor:
     """The image tensor of a batch from either side."""
-    if isinstance(batch, dict):  # ours: uint8 pixels, converted by the consumer as in uvit.training
+    if isinstance(batch, dict):  # ours: uint8 pixels, converted by the consumer as in stages.training
         from uvit.spaces import pixels_to_x0
 
         return pixels_to_x0(batch["pixels"])

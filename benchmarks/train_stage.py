@@ -1,6 +1,6 @@
 """Train-stage throughput: the whole training loop against the bare model step, in latents/s.
 
-The stage is `uvit.training.train` on a latent store built here (`storage.latents`): the reader,
+The stage is `stages.training.train` on a latent store built here (`storage.latents`): the reader,
 `LatentSpace.x0` from the stored moments, condition dropout, the eps loss, backward, AdamW with the
 warm-up schedule, the EMA update, logging and the checkpoint cadence. Its step time is the median
 interval between consecutive `on_log` calls (`train.log_interval=1`), after a first warm-up step,
@@ -80,7 +80,7 @@ def _interleaved(preset, store_url: str, ckpt_url: str, steps: int) -> tuple[lis
     After every logged stage step, `on_log` runs and times one bare step; a stage step's time is the
     interval between the end of one callback and the start of the next, so both see the same load.
     """
-    from uvit.training import train
+    from stages.training import train
 
     bare_step = _bare_step(preset)
     bare_step()  # warm-up

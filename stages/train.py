@@ -22,6 +22,7 @@ def train_key(preset, latents_key: str) -> str:
     """Content key of a training run: model, diffusion, data scale, training settings, latents, code."""
     import dataclasses
 
+    from stages import training as loop
     from storage.artifacts import artifact_key
     from uvit import diffusion, model, training
 
@@ -35,7 +36,7 @@ def train_key(preset, latents_key: str) -> str:
         "train": train_cfg,
     }
     return artifact_key(STAGE, config, inputs={"latents": latents_key},
-                        code_version=code_version(training, diffusion, model))  # fmt: skip
+                        code_version=code_version(training, loop, diffusion, model))  # fmt: skip
 
 
 def latents_identity(latents_url: str) -> str:
@@ -91,12 +92,12 @@ def run_train(
     `eval_trigger(step, weights_url)` (see flows/periodic_eval.py) is called every
     `train.eval_interval` steps with an exported copy of the EMA weights at that step.
     """
+    from stages.training import launch
     from storage import paths
     from storage.artifacts import ArtifactStore, Manifest
     from storage.checkpoints import CheckpointStore
     from uvit import __version__
     from uvit.checkpoint import save_official_pth, save_safetensors
-    from uvit.training import launch
 
     if max_steps is not None:
         preset = preset.with_overrides({"train.n_steps": max_steps})

@@ -143,14 +143,14 @@ def load_item(
     """Read and crop one image (default: ADM center crop); (uint8 (S, S, 3), None), or (None, problem)."""
     from PIL import Image, UnidentifiedImageError
 
-    from storage import paths
-
     crop = crop or center_crop_arr
     try:
         if "://" not in str(path):  # plain paths: fsspec's URL resolution costs as much as a small JPEG's decode
             size, opener = os.path.getsize(path), lambda: open(path, "rb")
         else:
-            fs, p = paths.filesystem(path)
+            import fsspec
+
+            fs, p = fsspec.core.url_to_fs(path)
             size, opener = fs.size(p), lambda: fs.open(p, "rb")
         if size == 0:
             return None, ImageProblem(path, "skipped", "zero-byte file")

@@ -90,11 +90,11 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
         out = encode.run_encode(preset, spec["dataset_url"], spec["dataset_key"], spec["store"], dataset_name="shapes")
     elif stage == "train":
         import stages.train
-        import uvit.training
+        import stages.training
 
         if spec.get("die_after_steps") is not None:
             # stages.train may import `launch` at module level or inside run_train: replace both.
-            uvit.training.launch = stages.train.launch = _dying_launch(spec["die_after_steps"])
+            stages.training.launch = stages.train.launch = _dying_launch(spec["die_after_steps"])
         out = stages.train.run_train(preset, spec["latents_url"], spec["store"])
     elif stage == "sample":
         from stages.sample import run_sample
@@ -106,10 +106,10 @@ def run_stage(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _dying_launch(steps: int) -> Callable[..., Any]:
-    """A stand-in for `uvit.training.launch` that trains `steps` steps, then dies like a SIGKILL."""
+    """A stand-in for `stages.training.launch` that trains `steps` steps, then dies like a SIGKILL."""
 
     def launch(preset: Any, latents_url: str, checkpoints_url: str, **_: Any) -> None:
-        from uvit.training import train
+        from stages.training import train
 
         train(preset, latents_url, checkpoints_url, stop_after=steps)
         os._exit(128 + signal.SIGKILL)
@@ -204,7 +204,7 @@ def global_rng_draws() -> list[float]:
 
 
 def train_loop_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run `uvit.training.train` on `spec["latents"]`; record what a resumed run must reproduce.
+    """Run `stages.training.train` on `spec["latents"]`; record what a resumed run must reproduce.
 
     Every log step draws from the global RNGs (as any callback or library in the process may) and
     records the draws. With `hang_after_checkpoint` the child blocks once that checkpoint is
@@ -214,7 +214,8 @@ def train_loop_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from uvit.training import _summary, preset_from_json, train
+    from stages.training import _summary, train
+    from uvit.config import Preset
 
     torch.set_num_threads(1)
     draws: list[list[Any]] = []
@@ -224,7 +225,7 @@ def train_loop_child(spec: dict[str, Any]) -> dict[str, Any]:
         if step == hang_at:
             signals.pause()  # killed here by the parent
 
-    result = train(preset_from_json(spec["preset"]), spec["latents"], spec["checkpoints"],
+    result = train(Preset.from_json(spec["preset"]), spec["latents"], spec["checkpoints"],
                    max_steps=spec["max_steps"], on_log=lambda step, _: draws.append([step, global_rng_draws()]),
                    on_checkpoint=on_checkpoint)  # fmt: skip
     return {**_summary(result), "draws": draws}

@@ -248,7 +248,7 @@ def test_servers_default_to_loopback() -> None:
     assert 'ThreadedMotoServer(ip_address="127.0.0.1"' in moto
     import inspect
 
-    from uvit.training import launch
+    from stages.training import launch
 
     assert inspect.signature(launch).parameters["main_process_ip"].default == "127.0.0.1"
 
