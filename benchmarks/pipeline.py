@@ -40,7 +40,7 @@ DEFAULT = ["train.n_steps=100", "train.save_interval=50", "train.sample_interval
 
 def _plain(overrides: list[str], store: str) -> tuple[float, dict[str, Any]]:
     """Wall seconds and summary of the pipeline as plain Python."""
-    from flows.pipeline import run_pipeline
+    from stages.pipeline import run_pipeline
 
     start = time.perf_counter()
     summary = run_pipeline("tiny", overrides, store, stage_runner=None)
@@ -52,7 +52,7 @@ def _flow(overrides: list[str], store: str) -> tuple[float, dict[str, Any], dict
     import flows.uvit_flow as uvit_flow
 
     own: dict[str, float] = {}
-    prefect_runner = uvit_flow._prefect_runner
+    prefect_runner = uvit_flow.prefect_stage_runner
 
     def timing_runner():
         runner = prefect_runner()
@@ -70,13 +70,13 @@ def _flow(overrides: list[str], store: str) -> tuple[float, dict[str, Any], dict
 
         return run_stage
 
-    uvit_flow._prefect_runner = timing_runner
+    uvit_flow.prefect_stage_runner = timing_runner
     try:
         start = time.perf_counter()
         state = uvit_flow.uvit(preset="tiny", overrides=overrides, store_root=store, return_state=True)
         seconds = time.perf_counter() - start
     finally:
-        uvit_flow._prefect_runner = prefect_runner
+        uvit_flow.prefect_stage_runner = prefect_runner
     if not state.is_completed():
         raise RuntimeError(f"the uvit flow ended in state {state.type.value}: {state.message}")
     return seconds, state.result(), own

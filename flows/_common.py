@@ -163,6 +163,18 @@ def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def prefect_stage_runner():
+    """`stage_runner` for stages.pipeline: each stage a Prefect task, reporting to the run."""
+    from prefect import task
+    from prefect.cache_policies import NONE
+
+    def runner(name: str, fn, *args, **kwargs):
+        # Our content keys are the cache; Prefect's own input hashing would only add overhead.
+        return task(name=name, cache_policy=NONE, retries=0)(reported(fn))(*args, **kwargs)
+
+    return runner
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse with a one-line error message and exit status 2."""
 

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"uvit demo: preset 'tiny', store {store}", flush=True)
     start = time.perf_counter()
     if args.no_prefect:
-        from flows.pipeline import run_pipeline
+        from stages.pipeline import run_pipeline
 
         summary = run_pipeline("tiny", [], store)
     else:

@@ -1,14 +1,18 @@
 """The Prefect flow object `uvit` (entry point of every deployment in deploy/prefect.yaml).
 
-Kept apart from flows/pipeline.py so that `python -m flows.pipeline --help` does not import Prefect.
+Kept apart from the CLI (flows/pipeline.py) so that `python -m flows.pipeline --help` does not import
+Prefect. The stages are chained in `stages.pipeline.run_pipeline`, each as a Prefect task here.
 """
 
 from __future__ import annotations
 
+import functools
+
 from prefect import flow
 
-from flows._common import DEFAULT_STORE, apply_prefect_defaults
-from flows.pipeline import _prefect_runner, run_pipeline
+from flows._common import DEFAULT_STORE, apply_prefect_defaults, prefect_stage_runner, reported
+from flows.periodic_eval import eval_trigger
+from stages.pipeline import run_pipeline
 
 apply_prefect_defaults()
 
@@ -28,13 +32,7 @@ def uvit(
     `eval_deployment` (e.g. "periodic-eval/periodic-eval") evaluates training checkpoints every
     `train.eval_interval` steps as separate flow runs that never block training.
     """
-    return run_pipeline(
-        preset,
-        overrides,
-        store_root,
-        source,
-        num_processes,
-        n_samples,
-        _prefect_runner(),
-        eval_deployment=eval_deployment,
-    )
+    trigger = functools.partial(eval_trigger, eval_deployment) if eval_deployment else None
+    # The pipeline's own tables (stages, summary) go to this flow run.
+    return reported(run_pipeline)(preset, overrides, store_root, source, num_processes, n_samples,
+                                  prefect_stage_runner(), eval_trigger=trigger)  # fmt: skip

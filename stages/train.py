@@ -86,11 +86,14 @@ def run_train(
     num_processes: int = 1,
     max_steps: int | None = None,
     eval_trigger=None,
+    latents_key: str | None = None,
 ) -> StageOutput:
     """Train `preset` on the latents (or reuse the published run with the same key); plain Python.
 
-    `eval_trigger(step, weights_url)` (see flows/periodic_eval.py) is called every
-    `train.eval_interval` steps with an exported copy of the EMA weights at that step.
+    `latents_key` is the encode stage's key (`StageOutput.key`); without it (a store given by URL)
+    the key is read from the store's manifest. `eval_trigger(step, weights_url)` (see
+    flows/periodic_eval.py) is called every `train.eval_interval` steps with an exported copy of
+    the EMA weights at that step.
     """
     from stages.training import launch
     from storage import paths
@@ -102,7 +105,8 @@ def run_train(
     if max_steps is not None:
         preset = preset.with_overrides({"train.n_steps": max_steps})
     store = ArtifactStore(store_root)
-    key = train_key(preset, latents_identity(latents_url))
+    latents_key = latents_key or latents_identity(latents_url)
+    key = train_key(preset, latents_key)
     cached = store.exists(STAGE, key)
     log = reporter().logger()
 
@@ -146,7 +150,7 @@ def run_train(
         return Manifest(
             kind="uvit-training-run",
             counts={"steps": int(summary["step"]), "samples_seen": int(summary["samples_seen"])},
-            inputs={"latents": latents_identity(latents_url)},
+            inputs={"latents": latents_key},
             versions={"uvit": __version__},
             timings={"train_s": round(float(summary["seconds"]), 2)},
             extra={

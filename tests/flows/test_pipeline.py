@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.pipeline import run_pipeline
+from stages.pipeline import run_pipeline
 from storage.images import read_png
 
 # The tiny preset, shrunk so the whole pipeline runs in well under a minute on 2 cores.

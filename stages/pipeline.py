@@ -1,0 +1,98 @@
+"""The whole pipeline in plain Python: download -> encode -> train -> sample -> evaluate.
+
+Every stage is keyed by its content key (storage.artifacts): a rerun with nothing changed finds every
+artifact published and finishes in seconds; a changed training setting reruns train, sample and
+evaluate only. The `uvit` Prefect flow (flows/uvit_flow.py) runs this with each stage as a task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stages.download import run_download
+from stages.encode import run_encode
+from stages.evaluate import run_evaluate
+from stages.report import reporter
+from stages.sample import run_sample
+from stages.train import run_train
+
+# Where each preset's raw data comes from when the caller does not say (built-in sets need nothing).
+DATASET_OF = {"shapes": "shapes", "shapes-coco": "shapes-coco", "imagenet": "imagenet", "coco": "coco2014",
+              "cifar10": "cifar10", "celeba": "celeba"}  # fmt: skip
+
+
+def run_pipeline(
+    preset_name: str = "tiny",
+    overrides: list[str] | None = None,
+    store_root: str = "./uvit-store",
+    source: str | None = None,
+    num_processes: int = 1,
+    n_samples: int | None = None,
+    stage_runner: Callable[..., Any] | None = None,
+    eval_trigger: Callable[..., Callable[[int, str], Any]] | None = None,
+) -> dict[str, Any]:
+    """Run the five stages in order; `stage_runner(name, fn, *args)` wraps each (Prefect tasks or plain).
+
+    `eval_trigger(preset, store_root, latents_url, dataset_url, dataset_key)` returns the train
+    stage's `(step, weights_url)` callback for periodic evaluation (the flows start a deployment).
+    """
+    from uvit.config import get_preset
+
+    preset = get_preset(preset_name, overrides or [])
+    run = stage_runner or (lambda name, fn, *a, **k: fn(*a, **k))
+    timings: dict[str, float] = {}
+    outputs: dict[str, Any] = {}
+
+    def timed(name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = run(name, fn, *args, **kwargs)
+        timings[name] = round(time.perf_counter() - start, 2)
+        outputs[name] = out
+        return out
+
+    dataset = DATASET_OF.get(preset.data.dataset, preset.data.dataset)
+    ds = timed("download", run_download, dataset, source, store_root)
+    # Pixel presets: the encode stage crops the images into a pixel store (no VAE); the rest is shared.
+    latents = timed("encode", run_encode, preset, ds.url, ds.key, store_root, dataset_name=dataset)
+    val_latents = None
+    if preset.data.conditioning == "text":
+        val_latents = timed("encode_val", run_encode, preset, ds.url, ds.key, store_root, split="val",
+                            dataset_name=dataset)  # fmt: skip
+    trigger = None
+    if eval_trigger is not None:
+        trigger = eval_trigger(preset, store_root, (val_latents or latents).facts["latents_url"], ds.url, ds.key)
+    trained = timed("train", run_train, preset, latents.facts["latents_url"], store_root,
+                    num_processes=num_processes, eval_trigger=trigger, latents_key=latents.key)  # fmt: skip
+    samples = timed("sample", run_sample, preset, store_root, train_run_url=trained.url,
+                    latents_url=(val_latents or latents).facts["latents_url"], n=n_samples)  # fmt: skip
+    metrics = timed("evaluate", run_evaluate, preset, samples.url, store_root, reference_dataset_url=ds.url,
+                    reference_dataset_key=ds.key)  # fmt: skip
+
+    rows = [{"stage": name, "cached": out.cached, "seconds": timings[name], "artifact": out.url}
+            for name, out in outputs.items()]  # fmt: skip
+    reporter().table(f"{preset.name}-pipeline-stages", rows, "stages, cache hits and wall time")
+    summary = {
+        "preset": preset.name,
+        "stages": rows,
+        "sample_grid": samples.facts.get("grid"),
+        "loss_curve": trained.facts.get("loss_curve"),
+        "metrics_report": metrics.facts.get("report"),
+        "metrics": metrics.facts.get("metrics"),
+        "all_cached": all(out.cached for out in outputs.values()),
+    }
+    reporter().markdown(f"{preset.name}-pipeline-summary", _summary_markdown(summary), "pipeline outputs")
+    return summary
+
+
+def _summary_markdown(summary: dict[str, Any]) -> str:
+    from storage.paths import redact_url
+
+    lines = [f"# U-ViT pipeline: {summary['preset']}", "", "| stage | cached | seconds | artifact |",
+             "|---|---|---|---|"]  # fmt: skip
+    for row in summary["stages"]:
+        lines.append(f"| {row['stage']} | {row['cached']} | {row['seconds']} | `{redact_url(row['artifact'])}` |")
+    lines += ["", f"- sample grid: `{summary['sample_grid']}`", f"- loss curve: `{summary['loss_curve']}`",
+              f"- metrics report: `{summary['metrics_report']}`"]  # fmt: skip
+    return "\n".join(lines)
