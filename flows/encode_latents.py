@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: `python -m flows.encode_latents --dataset NAME [--source URL] --preset NAME`."""
     parser = OneLineErrorParser(prog="python -m flows.encode_latents", description=__doc__.splitlines()[0])
     add_common_args(parser)
-    parser.add_argument("--dataset", required=True, choices=["imagenet", "coco", "coco2014", "coco2017", "cifar10",
-                        "celeba", "shapes", "shapes-coco"], help="dataset to encode")  # fmt: skip
+    from storage.datasets import DATASETS
+
+    parser.add_argument("--dataset", required=True, choices=["coco", *DATASETS], metavar="NAME",
+                        help=f"dataset to encode: {', '.join(['coco', *DATASETS])} (coco = coco2014)")  # fmt: skip
     parser.add_argument("--source", default=None, help="where the raw dataset is (path or fsspec URL)")
     parser.add_argument("--split", default="train", choices=["train", "val"])
     parser.add_argument("--resolution", type=int, choices=[32, 64, 256, 512], default=None,

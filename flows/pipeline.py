@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default=None, help="where the raw dataset is (not needed for built-ins)")
     parser.add_argument("--processes", type=int, default=1, help="training processes (GPUs)")
     parser.add_argument("--n-samples", type=int, default=None, help="samples to draw (default: the preset's)")
+    parser.add_argument("--dataset", default=None, metavar="NAME",
+                        help="train on this download, not the preset's (e.g. folder, with --source DIR)")  # fmt: skip
     args = parser.parse_args(argv)
     apply_prefect_defaults()
 
@@ -31,11 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_prefect:
             from stages.pipeline import run_pipeline
 
-            return run_pipeline(args.preset, args.override, args.store, args.source, args.processes, args.n_samples)
+            return run_pipeline(args.preset, args.override, args.store, args.source, args.processes, args.n_samples,
+                                dataset=args.dataset)  # fmt: skip
         from flows.uvit_flow import uvit
 
         return uvit(preset=args.preset, overrides=args.override, store_root=args.store, source=args.source,
-                    num_processes=args.processes, n_samples=args.n_samples)  # fmt: skip
+                    num_processes=args.processes, n_samples=args.n_samples, dataset=args.dataset)  # fmt: skip
 
     return run_cli(body)
 

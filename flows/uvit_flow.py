@@ -26,13 +26,15 @@ def uvit(
     num_processes: int = 1,
     n_samples: int | None = None,
     eval_deployment: str | None = None,
+    dataset: str | None = None,
 ) -> dict:
     """Download, encode, train, sample and evaluate one preset; every stage is content-cached.
 
     `eval_deployment` (e.g. "periodic-eval/periodic-eval") evaluates training checkpoints every
-    `train.eval_interval` steps as separate flow runs that never block training.
+    `train.eval_interval` steps as separate flow runs that never block training. `dataset` trains on
+    another download than the preset's (e.g. "folder", with `source` a folder of class folders).
     """
     trigger = functools.partial(eval_trigger, eval_deployment) if eval_deployment else None
     # The pipeline's own tables (stages, summary) go to this flow run.
     return reported(run_pipeline)(preset, overrides, store_root, source, num_processes, n_samples,
-                                  prefect_stage_runner(), eval_trigger=trigger)  # fmt: skip
+                                  prefect_stage_runner(), eval_trigger=trigger, dataset=dataset)  # fmt: skip

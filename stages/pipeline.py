@@ -32,8 +32,12 @@ def run_pipeline(
     n_samples: int | None = None,
     stage_runner: Callable[..., Any] | None = None,
     eval_trigger: Callable[..., Callable[[int, str], Any]] | None = None,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Run the five stages in order; `stage_runner(name, fn, *args)` wraps each (Prefect tasks or plain).
+
+    `dataset` is the download to train on (default: the preset's, `DATASET_OF`), e.g. `folder` for a
+    folder of class folders given as `source`.
 
     `eval_trigger(preset, store_root, latents_url, dataset_url, dataset_key)` returns the train
     stage's `(step, weights_url)` callback for periodic evaluation (the flows start a deployment).
@@ -52,7 +56,7 @@ def run_pipeline(
         outputs[name] = out
         return out
 
-    dataset = DATASET_OF.get(preset.data.dataset, preset.data.dataset)
+    dataset = dataset or DATASET_OF.get(preset.data.dataset, preset.data.dataset)
     ds = timed("download", run_download, dataset, source, store_root)
     # Pixel presets: the encode stage crops the images into a pixel store (no VAE); the rest is shared.
     latents = timed("encode", run_encode, preset, ds.url, ds.key, store_root, dataset_name=dataset)

@@ -80,6 +80,7 @@ class DatasetSpec:
     builtin: bool = False
     default_source: str = ""
     missing: str = ""
+    splits: tuple[str, ...] = SPLITS  # the splits it has (a requested split it lacks is left out)
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -90,6 +91,13 @@ DATASETS: dict[str, DatasetSpec] = {
     "shapes-coco": DatasetSpec("shapes-coco", "coco", "2014", builtin=True),
     "cifar10": DatasetSpec("cifar10", "cifar10", default_source=cifar10.URL),
     "celeba": DatasetSpec("celeba", "celeba", missing=celeba.MISSING_MESSAGE),
+    # Any folder of class folders (<root>/<class>/*.jpg|png): one train split, classes sorted by name.
+    "folder": DatasetSpec(
+        "folder",
+        "folder",
+        splits=("train",),
+        missing="pass the folder of class folders (<root>/<class>/*.jpg) as the source",
+    ),
 }
 
 
@@ -237,6 +245,8 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
         if synsets:
             found.append(("synsets", "file", synsets))
         return found
+    if spec.layout == "folder":
+        return _resolve_folder(spec, sources)
     if spec.layout == "cifar10":
         return _resolve_cifar10(spec, sources, splits)
     if spec.layout == "celeba":
@@ -267,6 +277,17 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
                 )
             found.append((f"captions_{split}", "file", captions))
     return found
+
+
+def _resolve_folder(spec: DatasetSpec, sources: Sequence[str]) -> list[tuple[str, str, str]]:
+    """One folder of class folders, read as the train split."""
+    if len(sources) != 1:
+        raise DatasetError(f"{spec.name}: give exactly one folder of class folders, got {len(sources)} sources")
+    url = paths.normalize_url(sources[0])
+    fs, path = paths.filesystem(url)
+    if not fs.isdir(path):
+        raise DatasetError(f"{spec.name}: {paths.redact_url(url)} is not a folder (<root>/<class>/*.jpg)")
+    return [("train", "tree", url)]
 
 
 def _resolve_cifar10(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -364,7 +385,9 @@ def plan_download(
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     spec = DATASETS[dataset]
-    splits = _check_splits(splits)
+    splits = tuple(s for s in _check_splits(splits) if s in spec.splits)
+    if not splits:
+        raise ValueError(f"{dataset} has only the splits {', '.join(spec.splits)}")
     checksums = KNOWN_CHECKSUMS if checksums is None else checksums
     if spec.builtin:
         if source:

@@ -42,7 +42,13 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 _SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # What the artifact holds for each source format: class folders (read with the manifest's classes),
 # COCO images and captions, or unlabelled images.
-PUBLISHED_LAYOUT = {"imagenet": "imagenet", "coco": "coco", "cifar10": "imagenet", "celeba": "unlabelled"}
+PUBLISHED_LAYOUT = {
+    "imagenet": "imagenet",
+    "coco": "coco",
+    "cifar10": "imagenet",
+    "celeba": "unlabelled",
+    "folder": "imagenet",
+}
 
 
 def build(
@@ -100,7 +106,7 @@ class _Build:
         try:
             self._verify_sources()
             layout = self.plan.spec.layout
-            if layout == "imagenet":
+            if layout in ("imagenet", "folder"):  # a folder of class folders is ImageNet's train tree
                 counts, extra = self._imagenet()
             elif layout == "cifar10":
                 counts, extra = self._cifar10()
