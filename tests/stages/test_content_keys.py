@@ -220,3 +220,73 @@ def test_every_field_is_drawable():
         hint = typing.get_type_hints(SECTION_TYPES[section])[name]
         old = getattr(getattr(config.get_preset("tiny"), section), name)
         assert _values(hint, old, name) is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# The other inputs of each key: upstream artifacts, weights, counts, and the code
+
+
+def _calls(preset) -> dict:
+    """Per stage: the key as a function of its non-preset arguments, and their default values."""
+    return {
+        "train": (lambda latents: train_key(preset, latents), {"latents": "latents-key"}),
+        "sample": (
+            lambda weights, n, conditions: sample_key(preset, weights, n, conditions),
+            {"weights": "weights-sha", "n": 64, "conditions": "balanced"},
+        ),  # fmt: skip
+        "encode": (
+            lambda dataset, split, ids: encode.encode_key(preset, dataset, split, ids),
+            {"dataset": "dataset-key", "split": "train", "ids": {"vae:x": "h1"}},
+        ),  # fmt: skip
+        "reference": (
+            lambda dataset, inception: reference_key(preset, dataset, inception),
+            {"dataset": "dataset-key", "inception": "inception-id"},
+        ),  # fmt: skip
+        "evaluate": (
+            lambda samples, reference, inception: evaluate_key(preset, samples, reference, inception),
+            {"samples": "samples-key", "reference": "reference-sha", "inception": "inception-id"},
+        ),  # fmt: skip
+    }
+
+
+OTHER_VALUES = {"n": 65, "split": "val", "ids": {"vae:x": "h2"}}
+# The library modules whose source each stage's output depends on (their hash is in the key).
+CODE = {
+    "train": {"uvit.training", "stages.training", "uvit.diffusion", "uvit.model"},
+    "sample": {"uvit.sampling", "uvit.diffusion", "uvit.generation"},
+    "encode": {"uvit.encoding", "uvit.encoders"},
+    "encode-pixel": {"uvit.encoding"},
+    "reference": {"uvit.metrics"},
+    "evaluate": {"uvit.metrics"},
+}
+
+
+@pytest.mark.parametrize("preset_name", ["tiny", "tiny-pixel"])
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_key_changes_with_every_other_input_and_the_code(stage, preset_name, monkeypatch):
+    import sys
+
+    preset = config.get_preset(preset_name)
+    key, defaults = _calls(preset)[stage]
+    base = key(**defaults)
+    for name in defaults:
+        if stage == "encode" and name == "ids" and preset.data.space == "pixel":
+            continue  # pixel stores use no encoder
+        changed = {**defaults, name: OTHER_VALUES.get(name, f"other-{defaults[name]}")}
+        assert key(**changed) != base, f"{stage} key ignores its {name}"
+    # The code: the key holds the hash of exactly the declared modules' source.
+    module = sys.modules[{"train": "stages.train", "sample": "stages.sample", "encode": "stages.encode"}
+                         .get(stage, "stages.evaluate")]  # fmt: skip
+    seen: list[set[str]] = []
+    version = ["v1"]
+
+    def fake_code_version(*modules):
+        seen.append({m.__name__ for m in modules})
+        return version[0] + ",".join(sorted(seen[-1]))
+
+    monkeypatch.setattr(module, "code_version", fake_code_version)
+    first = key(**defaults)
+    version[0] = "v2"
+    assert key(**defaults) != first, f"{stage} key ignores the code version"
+    want = CODE["encode-pixel" if stage == "encode" and preset.data.space == "pixel" else stage]
+    assert seen and all(s == want for s in seen), (stage, seen)
