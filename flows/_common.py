@@ -45,20 +45,12 @@ def in_prefect_run() -> bool:
 
 
 def logger() -> Any:
-    """The Prefect run logger inside a run, a plain logger outside."""
-    import logging
-
+    """The Prefect run logger inside a run, the stages' plain `uvit` logger outside."""
     if in_prefect_run():
         from prefect import get_run_logger
 
         return get_run_logger()
-    log = logging.getLogger("uvit")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-    return log
+    return Reporter().logger()
 
 
 def artifact_key_slug(text: str) -> str:
