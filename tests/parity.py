@@ -15,7 +15,6 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from numerics import ulps_of, ulps_of_max
 from safetensors import safe_open
@@ -23,6 +22,10 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = ROOT / "tests" / "data" / "official"
+# The golden data's network is defined once, in the script that made the data.
+sys.path.insert(0, str(OFFICIAL))
+from make_sampler_golden import analytic_eps  # noqa: E402
+
 # Golden forward files of the official models, and the class each one is.
 GOLDEN_MODELS = {"a_uncond_pixel": "UViT", "b_classcond_latent": "UViT", "c_text_latent": "UViTT2I"}
 SAMPLER_CASES = [("discrete_dpm_solver", s) for s in (10, 25, 50)]
@@ -161,26 +164,6 @@ def timestep_embedding_ulps(model_module: types.ModuleType) -> float:
 
 
 # ------------------------------------------------------------------ sampler golden
-def analytic_eps(x: torch.Tensor, t_net: torch.Tensor, kind: str, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The golden data's network (same as make_sampler_golden.analytic_eps)."""
-    tau = t_net.double()  # (B,)
-    if kind == "discrete":
-        betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
-        half_log_alpha_bar = 0.5 * np.cumsum(np.log1p(-betas))
-        log_alpha = torch.from_numpy(np.interp(tau.numpy(), np.arange(1, 1001, dtype=np.float64), half_log_alpha_bar))
-    else:
-        u = tau / 999.0
-        log_alpha = -0.25 * u**2 * (20.0 - 0.1) - 0.5 * u * 0.1
-    alpha = torch.exp(log_alpha)[:, None, None, None]  # (B, 1, 1, 1)
-    sigma2 = -torch.expm1(2 * log_alpha)[:, None, None, None]
-    mu = params["eps.mu"][None, :, None, None]
-    var = params["eps.std"][None, :, None, None] ** 2
-    xd = x.double()
-    eps = sigma2.sqrt() * (xd - alpha * mu) / (alpha**2 * var + sigma2)
-    eps = eps + 0.05 * sigma2.sqrt() * torch.einsum("oc,bchw->bohw", params["eps.W"], xd)
-    return eps.to(x.dtype)
-
-
 def sampler_golden() -> dict[str, torch.Tensor]:
     return load_file(str(OFFICIAL / "sampler_golden.safetensors"))
 
