@@ -17,7 +17,7 @@ extracted checkout and run on CPU in float32:
   the official update methods (`dpm_multistep_update`, solver_type 'dpm_solver') on the official
   time-uniform grid `get_time_steps('time_uniform', 1., 1/1000, steps)`.
 
-The network is a fixed analytic eps function (`analytic_eps`, repeated in tests/uvit/test_sampling.py):
+The network is a fixed analytic eps function (`analytic_eps`, which tests/parity.py imports from here):
 the exact eps of Gaussian data N(mu, std^2) per channel under a float64 stand-in schedule, plus a small
 channel-mixing term. Every call's inputs (x, t_net) and the final output are recorded, for steps
 10/25/50 (EM: 10/25). The metadata `official_blobs` holds the git blob ids of the three files run.
