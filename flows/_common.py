@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from stages.report import Reporter, StageOutput, code_version, reporting  # noqa: F401 - re-exported for the flows
+from stages.report import Reporter, reporting
 
 # A fresh PREFECT_HOME migrates its SQLite database on first start (~25 s on 2 cores): the default
 # 20 s start-up time-out of the embedded server fails there. Offline, analytics only waste time.

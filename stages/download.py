@@ -30,9 +30,10 @@ def _write_shapes(layout: str, folder: str | os.PathLike, options: Mapping[str, 
 
 
 def _shapes_version() -> str:
-    import uvit.shapes
+    # The source file's hash, found without importing it (PIL and the drawing code load only to draw).
+    import importlib.util
 
-    return hashlib.sha256(Path(uvit.shapes.__file__).read_bytes()).hexdigest()[:12]
+    return hashlib.sha256(Path(importlib.util.find_spec("uvit.shapes").origin).read_bytes()).hexdigest()[:12]
 
 
 # The built-in `shapes` (ImageNet layout) and `shapes-coco` (COCO layout) sets; their key holds the
