@@ -4,13 +4,21 @@ Layout under a store root:
 
     <root>/<stage>/<key>/                 the artifact folder; the stage writes anything in it
     <root>/<stage>/<key>/_LEASE.json      owner, host, pid, heartbeat time while a writer holds it
-    <root>/<stage>/<key>/_MANIFEST.json   written last: its presence is what "exists" means
+    <root>/<stage>/<key>/_MANIFEST.json   written last: its presence is what "exists" means; it lists
+                                          every other file with its size and sha256 (format 2)
 
 The key hashes everything that determines the output (stage name, resolved config, input keys,
 model identities, stage code version), so a rerun with the same inputs finds the published
 artifact and a change to any input gives a new key. A folder without a manifest is partial: a
 writer holding a live lease is still working on it; otherwise it is left over from a crash and is
 resumed by the next writer (`resume=True`) or removed by `garbage_collect`.
+
+Integrity: `publish` hashes every file of the folder into the manifest (`storage.filelists`). A cache
+hit (`ensure` finding the artifact published) checks the files' sizes against it; an artifact that
+fails is unpublished under the lease, its failing files deleted, and built again by the stage (which
+resumes what is intact). `verify` checks sizes and hashes; readers check what they read and raise
+`ArtifactCorruptError`, whose message names the artifact, the file and how to repair it. Format 1
+manifests (before file lists) still open; they cannot be verified, and `verify` says so.
 """
 
 from __future__ import annotations
@@ -29,13 +37,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from storage import paths
+from storage import filelists, paths
 
 __all__ = [
     "MANIFEST_NAME",
     "LEASE_NAME",
     "ArtifactError",
     "ArtifactExistsError",
+    "ArtifactCorruptError",
     "LeaseHeldError",
     "LeaseLostError",
     "Manifest",
@@ -51,7 +60,8 @@ __all__ = [
 
 MANIFEST_NAME = "_MANIFEST.json"
 LEASE_NAME = "_LEASE.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2 adds `files`; 1 (no file list) is still read
+READABLE_MANIFEST_FORMATS = (1, 2)
 KEY_LENGTH = 24  # hex characters of the sha256 (96 bits)
 _STAGE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -62,6 +72,10 @@ class ArtifactError(RuntimeError):
 
 class ArtifactExistsError(ArtifactError):
     """The artifact is already published; read it instead of writing it again."""
+
+
+class ArtifactCorruptError(ArtifactError):
+    """A published artifact's file that is missing, truncated or changed: one line naming the artifact and the file."""
 
 
 class LeaseHeldError(ArtifactError):
@@ -138,11 +152,7 @@ def hash_file(url_or_file: str | os.PathLike | BinaryIO, chunk_bytes: int = 1 <<
         while block := f.read(chunk_bytes):
             digest.update(block)
         return digest.hexdigest()
-    fs, path = paths.filesystem(os.fspath(url_or_file))
-    with fs.open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+    return filelists.digest_file(*paths.filesystem(os.fspath(url_or_file)))
 
 
 def hash_state_dict(state_dict: Mapping[str, Any]) -> str:
@@ -184,6 +194,8 @@ class Manifest:
     timings: dict[str, float] = field(default_factory=dict)
     created_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Every file of the artifact but the manifest and the lease: relative path -> {"size", "sha256"}.
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,9 +211,17 @@ class Manifest:
             raise ArtifactError(f"{where}: unknown manifest fields {sorted(unknown)}")
         if "kind" not in data:
             raise ArtifactError(f"{where}: manifest has no 'kind'")
-        if data.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:
-            raise ArtifactError(f"{where}: manifest format {data.get('format')} != supported {MANIFEST_FORMAT}")
+        if data.get("format", MANIFEST_FORMAT) not in READABLE_MANIFEST_FORMATS:
+            raise ArtifactError(
+                f"{where}: manifest format {data.get('format')} is not one this code reads "
+                f"({', '.join(map(str, READABLE_MANIFEST_FORMATS))})"
+            )
         return cls(**dict(data))
+
+    @property
+    def has_file_list(self) -> bool:
+        """Whether the manifest lists the artifact's files (format 2 and later)."""
+        return self.format >= 2
 
 
 @dataclass(frozen=True)
@@ -356,13 +376,21 @@ class ArtifactWriter:
         if self._lease.lost or not self._lease.still_owned():
             self._lease.stop()  # not ours any more: stop heartbeating, leave the new holder's file alone
             raise LeaseLostError(f"lease on {paths.redact_url(self.url)} was taken over; not publishing")
+        hashing = time.time()
+        files = filelists.file_entries(self.url, skip=(MANIFEST_NAME, LEASE_NAME))
+        timings = {"write_s": round(hashing - self._started, 3), "hash_s": round(time.time() - hashing, 3)}
         manifest = dataclasses.replace(
             manifest,
             stage=self.stage,
             key=self.key,
             created_at=manifest.created_at or _now_iso(),
-            timings={"write_s": round(time.time() - self._started, 3), **manifest.timings},
+            timings={**timings, **manifest.timings},
+            files=files,
+            format=MANIFEST_FORMAT,
         )
+        if self._lease.lost or not self._lease.still_owned():  # hashing a large artifact takes a while
+            self._lease.stop()
+            raise LeaseLostError(f"lease on {paths.redact_url(self.url)} was taken over; not publishing")
         paths.write_json_atomic(paths.join(self.url, MANIFEST_NAME), manifest.to_dict())
         self._lease.release()
         self.published = manifest
@@ -422,25 +450,36 @@ class ArtifactStore:
         return Manifest.from_dict(data, where=paths.redact_url(url))
 
     def open_for_write(
-        self, stage: str, key: str, *, wait_s: float = 0.0, poll_s: float = 1.0, resume: bool = True
+        self,
+        stage: str,
+        key: str,
+        *,
+        wait_s: float = 0.0,
+        poll_s: float = 1.0,
+        resume: bool = True,
+        replace: bool = False,
     ) -> ArtifactWriter:
         """Lease the artifact folder for writing.
 
         Raises `ArtifactExistsError` if it is (or, while waiting, becomes) published, and
         `LeaseHeldError` if another live writer still holds it after `wait_s`. With `resume=False`
         leftovers of a crashed writer are deleted; with `resume=True` they are kept for the stage to
-        resume (e.g. finished latent shards).
+        resume (e.g. finished latent shards). With `replace=True` a published artifact is taken over
+        too: under the lease it is unpublished and the files that fail the size check are deleted
+        (with `resume=False`: every file), so the stage builds it again.
         """
         url = self.url_for(stage, key)
         deadline = time.time() + wait_s
         while True:
-            if self.exists(stage, key):
+            if not replace and self.exists(stage, key):
                 raise ArtifactExistsError(f"artifact {stage}/{key} is already published")
             lease = _Lease(paths.join(url, LEASE_NAME), self.lease_heartbeat_s, self.lease_timeout_s)
             if lease.try_acquire():
                 if self.exists(stage, key):  # published between our check and our lease
-                    lease.release()
-                    raise ArtifactExistsError(f"artifact {stage}/{key} is already published")
+                    if not replace:
+                        lease.release()
+                        raise ArtifactExistsError(f"artifact {stage}/{key} is already published")
+                    self._unpublish(stage, key, [p.path for p in self.check(stage, key, hashes=False)])
                 writer = ArtifactWriter(self, stage, key, lease)
                 # A killed writer can leave the temporary files of its atomic writes (local disks).
                 paths.remove_atomic_leftovers(url)
@@ -464,16 +503,69 @@ class ArtifactStore:
         *,
         wait_s: float = 3600.0,
         poll_s: float = 1.0,
+        rebuild: bool = False,
     ) -> Manifest:
-        """The published manifest, built with `build(writer)` if needed (waiting on other writers)."""
+        """The published manifest, built with `build(writer)` if needed (waiting on other writers).
+
+        A published artifact is reused only if its files have the sizes its manifest lists; one that
+        fails is unpublished and built again (the build resumes what is intact). `rebuild=True`
+        discards it, published or partial, and builds it from scratch.
+        """
+        replace = rebuild
+        while True:
+            try:
+                with self.open_for_write(stage, key, wait_s=wait_s, poll_s=poll_s, resume=not rebuild,
+                                         replace=replace) as writer:  # fmt: skip
+                    manifest = build(writer)
+                    if writer.published is None:
+                        writer.publish(manifest)
+                    return writer.published
+            except ArtifactExistsError:
+                manifest = self.manifest(stage, key)
+                if not self.check(stage, key, manifest, hashes=False):
+                    return manifest
+                replace = True  # damaged: take the lease, unpublish, build again
+
+    def check(
+        self, stage: str, key: str, manifest: Manifest | None = None, *, hashes: bool = True, extras: bool = False
+    ) -> list[filelists.FileProblem]:
+        """The published artifact's files that do not match its manifest (sizes; with `hashes`, contents).
+
+        A format 1 manifest lists no files: nothing can be checked (an empty list).
+        """
+        manifest = manifest or self.manifest(stage, key)
+        if not manifest.has_file_list:
+            return []
+        return filelists.check_files(self.url_for(stage, key), manifest.files, hashes=hashes,
+                                     skip=(MANIFEST_NAME, LEASE_NAME), extras=extras)  # fmt: skip
+
+    def unpublish(self, stage: str, key: str, damaged: Iterable[str], *, wait_s: float = 0.0) -> bool:
+        """Under the lease: remove the manifest and the `damaged` files, so the stage builds them again.
+
+        False if the artifact was not published (any more). Never races a writer: it waits up to
+        `wait_s` for a held lease, then raises `LeaseHeldError`.
+        """
+        url = self.url_for(stage, key)
+        lease = _Lease(paths.join(url, LEASE_NAME), self.lease_heartbeat_s, self.lease_timeout_s)
+        deadline = time.time() + wait_s
+        while not lease.try_acquire():
+            if time.time() >= deadline:
+                raise LeaseHeldError(f"artifact {stage}/{key} is being written; try again when it is done")
+            time.sleep(1.0)
         try:
-            with self.open_for_write(stage, key, wait_s=wait_s, poll_s=poll_s) as writer:
-                manifest = build(writer)
-                if writer.published is None:
-                    writer.publish(manifest)
-                return writer.published
-        except ArtifactExistsError:
-            return self.manifest(stage, key)
+            if not self.exists(stage, key):
+                return False
+            self._unpublish(stage, key, damaged)
+            return True
+        finally:
+            lease.release()
+
+    def _unpublish(self, stage: str, key: str, damaged: Iterable[str]) -> None:
+        """Remove the manifest, then the damaged files (call holding the lease)."""
+        url = self.url_for(stage, key)
+        paths.remove_tree(paths.join(url, MANIFEST_NAME))
+        for rel in damaged:
+            paths.remove_tree(paths.join(url, rel))
 
     def list(self, stage: str | None = None, *, include_partial: bool = False) -> list[ArtifactRef]:
         """Artifacts in the store (optionally of one stage), published ones only unless `include_partial`."""

@@ -32,6 +32,7 @@ __all__ = [
     "read_json",
     "create_exclusive",
     "remove_atomic_leftovers",
+    "is_atomic_tmp",
     "remove_tree",
     "exists",
     "list_names",
@@ -145,6 +146,11 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
 
 
 _ATOMIC_TMP = re.compile(r"\.tmp-[0-9a-f]{32}$")
+
+
+def is_atomic_tmp(name: str) -> bool:
+    """Whether a file name is the temporary file of a `write_bytes_atomic` in progress (or killed)."""
+    return bool(_ATOMIC_TMP.search(name))
 
 
 def remove_atomic_leftovers(url: str) -> list[str]:
