@@ -16,7 +16,8 @@ Layout of a store at `<url>` (a zarr v3 group, on any fsspec URL):
     caption_counts/         text stores: (N,) int32, captions of each image (1..M); chunks (S,)
     null_context/           text stores: (T, D) embedding of the empty caption ""
     test_contexts/          text stores: (P, T, D) embeddings of the test prompts (strings in attrs)
-    _shards/000012.done     JSON marker written after shard 12's data; all present == complete
+    _shards/000012.done     JSON marker written after shard 12's data, with the size and sha256 of each
+                            of its chunk files; all present == complete
     _shards/text.done       marker of null_context/test_contexts (text stores)
 
 Format versions: 1 is the moments layout (every store before pixel stores existed); 2 adds the
@@ -28,6 +29,14 @@ Captions use fixed padded slots (rather than an offsets array) so that a shard's
 known positions and several processes can write disjoint shards with no coordination. Every array
 is cut at shard boundaries, so shard writes are chunk aligned and safe in parallel; a rerun skips
 shards that have a marker and rewrites any other shard whole.
+
+Integrity: every chunk is stored, even one that is all fill value (zarr's `write_empty_chunks`), so a
+missing chunk file is always an error and never reads as zeros. A shard counts as done only if the
+chunk files its marker lists are intact, so a rerun rewrites a damaged shard. Readers check each
+chunk on its first read (`storage.integrity.ReadVerifier`): inside a published artifact against the
+sizes and sha256 of its manifest (`verify=False`: sizes only), outside one for presence and size.
+Caption shards (zarr sharding) leave empty caption slots implicit inside their shard file; the file
+itself is always stored and checked whole.
 """
 
 from __future__ import annotations
@@ -44,7 +53,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from storage import paths
+from storage import filelists, paths
+from storage.integrity import ReadVerifier
 
 __all__ = [
     "FORMAT_NAME",
@@ -252,6 +262,18 @@ def _mark_done(url: str, name: str, info: dict[str, Any]) -> None:
     paths.write_bytes_atomic(_marker_url(url, name), json.dumps(info).encode())
 
 
+def _all_chunks_stored() -> Any:
+    """Zarr configuration under which arrays opened in it store every chunk, all-fill-value ones too."""
+    import zarr
+
+    return zarr.config.set({"array.write_empty_chunks": True})
+
+
+def _chunk_file(array: Any, name: str, chunk: int) -> str:
+    """Path (relative to the store) of the chunk (or zarr shard) file holding rows of `chunk`."""
+    return f"{name}/{array.metadata.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))}"
+
+
 def _done_names(url: str) -> set[str]:
     return {n[: -len(".done")] for n in paths.list_names(paths.join(url, MARKERS)) if n.endswith(".done")}
 
@@ -303,8 +325,28 @@ class LatentStoreWriter:
         return f"LatentStoreWriter({paths.redact_url(self.url)!r}, {self.spec.num_shards} shards)"
 
     def done_shards(self) -> set[int]:
-        """Shards with a completion marker."""
-        return {int(n) for n in _done_names(self.url) if n.isdigit()}
+        """Shards with a completion marker whose chunk files are intact (sizes and sha256 as written)."""
+        done = set()
+        for name in _done_names(self.url):
+            if name.isdigit() and self._intact(name):
+                done.add(int(name))
+        return done
+
+    def _intact(self, marker: str) -> bool:
+        """Whether the files a marker lists match it (markers before file lists: trusted)."""
+        try:
+            files = paths.read_json(_marker_url(self.url, marker)).get("files", {})
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        return all(filelists.check_file(paths.join(self.url, rel), entry, rel) is None for rel, entry in files.items())
+
+    def _file_entries(self, rels: list[str]) -> dict[str, dict[str, Any]]:
+        fs = paths.filesystem(self.url)[0]
+        entries = {}
+        for rel in rels:
+            path = paths.filesystem(paths.join(self.url, rel))[1]
+            entries[rel] = {"size": int(fs.size(path)), filelists.HASH_NAME: filelists.digest_file(fs, path)}
+        return entries
 
     def pending_shards(self) -> list[int]:
         """Shards still to write, in order."""
@@ -354,12 +396,16 @@ class LatentStoreWriter:
             padded, counts = self._pad_captions(shard, n, captions)
         elif captions is not None:
             raise LatentStoreError(f"shard {shard}: the store has no captions (max_captions=0)")
-        self.group[what][start:stop] = moments.astype(spec.array_dtype, copy=False)
-        self.group["labels"][start:stop] = labels.astype(np.int64, copy=False)
-        if spec.has_text:
-            self.group["captions"][start:stop] = padded
-            self.group["caption_counts"][start:stop] = counts
-        _mark_done(self.url, _shard_name(shard), {"shard": shard, "start": start, "stop": stop})
+        names = [what, "labels"] + (["captions", "caption_counts"] if spec.has_text else [])
+        with _all_chunks_stored():
+            arrays = {name: self.group[name] for name in names}
+            arrays[what][start:stop] = moments.astype(spec.array_dtype, copy=False)
+            arrays["labels"][start:stop] = labels.astype(np.int64, copy=False)
+            if spec.has_text:
+                arrays["captions"][start:stop] = padded
+                arrays["caption_counts"][start:stop] = counts
+        files = self._file_entries([_chunk_file(arrays[name], name, shard) for name in names])
+        _mark_done(self.url, _shard_name(shard), {"shard": shard, "start": start, "stop": stop, "files": files})
 
     def _pad_captions(self, shard: int, n: int, captions: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
         spec = self.spec
@@ -395,22 +441,26 @@ class LatentStoreWriter:
             raise LatentStoreError(
                 f"test_contexts shape {test_contexts.shape} != ({len(test_prompts)}, *{spec.context_shape})"
             )
-        self.group.create_array("null_context", data=null_context.astype(np.float16), overwrite=True)
-        arr = self.group.create_array(
-            "test_contexts",
-            shape=test_contexts.shape,
-            dtype="float16",
-            chunks=(max(1, len(test_prompts)), *spec.context_shape),
-            overwrite=True,
-        )
-        if len(test_prompts):
-            arr[...] = test_contexts.astype(np.float16)
+        with _all_chunks_stored():
+            null = self.group.create_array("null_context", data=null_context.astype(np.float16), overwrite=True)
+            arr = self.group.create_array(
+                "test_contexts",
+                shape=test_contexts.shape,
+                dtype="float16",
+                chunks=(max(1, len(test_prompts)), *spec.context_shape),
+                overwrite=True,
+            )
+            if len(test_prompts):
+                arr[...] = test_contexts.astype(np.float16)
         arr.attrs.update({"prompts": list(test_prompts)})
-        _mark_done(self.url, TEXT_MARKER, {"prompts": len(test_prompts)})
+        rels = [_chunk_file(null, "null_context", 0)] + (
+            [_chunk_file(arr, "test_contexts", 0)] if len(test_prompts) else []
+        )
+        _mark_done(self.url, TEXT_MARKER, {"prompts": len(test_prompts), "files": self._file_entries(rels)})
 
     def is_complete(self) -> bool:
-        """Every shard (and the text constants of a text store) has its marker."""
-        done = _done_names(self.url)
+        """Every shard (and the text constants of a text store) has its marker, and their files are intact."""
+        done = {n for n in _done_names(self.url) if self._intact(n)}
         need = {_shard_name(s) for s in range(self.spec.num_shards)}
         if self.spec.has_text:
             need.add(TEXT_MARKER)
@@ -493,7 +543,7 @@ def open_latent_store_writer(url: str) -> LatentStoreWriter:
 class LatentStore:
     """A complete, validated latent store opened for reading."""
 
-    def __init__(self, url: str, group: Any, spec: LatentSpec) -> None:
+    def __init__(self, url: str, group: Any, spec: LatentSpec, verifier: ReadVerifier | None = None) -> None:
         self.url = url
         self.group = group
         self.spec = spec
@@ -502,6 +552,22 @@ class LatentStore:
         self.captions = group["captions"] if spec.has_text else None
         self.caption_counts = group["caption_counts"] if spec.has_text else None
         self._raw_moments_dir = _raw_chunk_dir(self.moments)
+        self.verifier = verifier or ReadVerifier(url)
+        self._checked_chunks: set[int] = set()
+
+    def _check_chunk(self, chunk: int) -> None:
+        """Check every file holding rows of `chunk` on its first read (see `storage.integrity.ReadVerifier`)."""
+        if chunk in self._checked_chunks:
+            return
+        arrays = {self.spec.array_name: self.moments, "labels": self.labels}
+        if self.spec.has_text:
+            arrays.update(captions=self.captions, caption_counts=self.caption_counts)
+        for name, array in arrays.items():
+            raw = name == self.spec.array_name and self._raw_moments_dir is not None
+            shape = (self.spec.shard_size, *self.spec.array_shape[1:])
+            size = math.prod(shape) * np.dtype(self.spec.array_dtype).itemsize if raw else None
+            self.verifier.check(_chunk_file(array, name, chunk), size)
+        self._checked_chunks.add(chunk)
 
     def __repr__(self) -> str:
         return f"LatentStore({paths.redact_url(self.url)!r}, {self.spec.num_images} images)"
@@ -518,14 +584,9 @@ class LatentStore:
         path = os.path.join(self._raw_moments_dir, *key.split("/"))
         dtype = np.dtype(self.spec.array_dtype).newbyteorder("<")
         shape = (self.spec.shard_size, *self.spec.array_shape[1:])
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:  # zarr does not store a chunk that is all fill value
-            return None
+        fd = os.open(path, os.O_RDONLY)  # checked present and whole by `_check_chunk`
         try:
             size = os.fstat(fd).st_size
-            if size != math.prod(shape) * dtype.itemsize:
-                return None
             if hasattr(os, "posix_fadvise"):  # read the file ahead in the background (cold cache)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
             mapped = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
@@ -548,6 +609,7 @@ class LatentStore:
         (pages are read when touched); otherwise as an array decoded by zarr.
         """
         start, stop = self.spec.shard_range(chunk)
+        self._check_chunk(chunk)
         counts = self.caption_counts[start:stop] if self.caption_counts is not None else None
         moments = self._mapped_moments(chunk, stop - start)
         return LatentChunk(
@@ -563,6 +625,8 @@ class LatentStore:
             raise LatentStoreError(f"{self!r} has no captions")
         indices = np.asarray(indices, dtype=np.int64)
         slots = np.asarray(slots, dtype=np.int64)
+        for chunk in np.unique(indices // self.spec.shard_size):
+            self._check_chunk(int(chunk))
         out = np.empty((len(indices), *self.spec.context_shape), dtype=np.float16)
         for slot in np.unique(slots):
             where = np.nonzero(slots == slot)[0]
@@ -573,6 +637,7 @@ class LatentStore:
         """Embedding (T, D) of the empty caption, the unconditional context for guidance."""
         if not self.spec.has_text:
             raise LatentStoreError(f"{self!r} has no captions")
+        self.verifier.check(_chunk_file(self.group["null_context"], "null_context", 0))
         return self.group["null_context"][...]
 
     def test_prompts(self) -> tuple[list[str], np.ndarray]:
@@ -580,6 +645,8 @@ class LatentStore:
         if not self.spec.has_text:
             raise LatentStoreError(f"{self!r} has no captions")
         arr = self.group["test_contexts"]
+        if arr.shape[0]:
+            self.verifier.check(_chunk_file(arr, "test_contexts", 0))
         return list(arr.attrs["prompts"]), arr[...]
 
 
@@ -613,25 +680,40 @@ def open_latent_store(
     text: bool | None = None,
     num_classes: int | None = None,
     content: Content | None = None,
+    verify: bool = True,
 ) -> LatentStore:
     """Open a complete latent store for reading, validating its layout and what the caller expects.
 
-    Raises `IncompleteStoreError` if any shard lacks its marker and `LatentStoreError` naming the
-    field for a version, shape, dtype or expectation mismatch.
+    Raises `IncompleteStoreError` if any shard lacks its marker, `ArtifactCorruptError` for a
+    damaged file (metadata on open, chunks on their first read; `verify=False` checks sizes, not
+    hashes) and `LatentStoreError` naming the field for a version, shape, dtype or expectation mismatch.
     """
     url = paths.normalize_url(url)
+    verifier = ReadVerifier(url, hashes=verify)
+    if verifier.in_artifact:  # the metadata files are small: check them all before parsing them
+        for rel in sorted(r for r in verifier.expected if r == "zarr.json" or r.endswith("/zarr.json")):
+            verifier.check(rel)
     group, spec, _ = _read_attrs(url)
     where = paths.redact_url(url)
     done = _done_names(url)
     missing = [s for s in range(spec.num_shards) if _shard_name(s) not in done]
+    # In a published artifact a cache hit of its stage finds the missing marker and rebuilds the shard.
+    recover = (
+        f"rerun the stage that made its artifact {paths.redact_url(verifier.artifact_url)} (a cache hit checks "
+        "the artifact's files and rebuilds what is missing)"
+        if verifier.in_artifact
+        else "rerun the writer to finish them"
+    )
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
         raise IncompleteStoreError(
             f"latent store {where} is incomplete: {len(missing)} of {spec.num_shards} shards unfinished"
-            f" ({shown}); rerun the writer to finish them"
+            f" ({shown}); {recover}"
         )
     if spec.has_text and TEXT_MARKER not in done:
-        raise IncompleteStoreError(f"latent store {where} is incomplete: null/test caption embeddings not written")
+        raise IncompleteStoreError(
+            f"latent store {where} is incomplete: null/test caption embeddings not written; {recover}"
+        )
 
     arrays = set(group.array_keys())
     needed = {spec.array_name, "labels"} | (
@@ -672,4 +754,4 @@ def open_latent_store(
     for name, wanted, stored, same in expectations:
         if wanted is not None and not same(wanted, stored):
             raise LatentStoreError(f"latent store {where} has {name}={stored!r} but {wanted!r} was expected")
-    return LatentStore(url, group, spec)
+    return LatentStore(url, group, spec, verifier)
