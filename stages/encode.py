@@ -291,11 +291,13 @@ def run_encode(
     dataset_name: str = "",
     part_runner=None,
     batch_size: int = 32,
+    rebuild: bool = False,
 ) -> StageOutput:
     """Encode a downloaded dataset split into a latent store artifact (or reuse it); plain Python.
 
     `part_runner(list_of_(part_url, items)) -> list[result]` runs the parts (default: in order here;
-    the Prefect flow passes one that maps them over Dask workers).
+    the Prefect flow passes one that maps them over Dask workers). `rebuild=True` discards the
+    artifact and encodes it again.
     """
     from storage import paths
     from storage.artifacts import ArtifactStore, Manifest
@@ -351,7 +353,7 @@ def run_encode(
             },  # fmt: skip
         )
 
-    manifest = store.ensure(STAGE, key, build)
+    manifest = store.ensure(STAGE, key, build, rebuild=rebuild)
     url = store.url_for(STAGE, key)
     what = "cropped pixel store" if pixel else "encoded latent store"
     reporter().link(f"{preset.name}-{folder}", paths.join(url, folder), what)

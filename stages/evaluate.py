@@ -150,7 +150,8 @@ def run_evaluate(
     import json
 
     from storage import paths
-    from storage.artifacts import ArtifactStore, Manifest, hash_file
+    from storage.artifacts import ArtifactStore, Manifest
+    from storage.integrity import verify_file
     from uvit import metrics
 
     log = reporter().logger()
@@ -160,13 +161,14 @@ def run_evaluate(
             raise ValueError("pass --reference (an ADM-style .npz) or a dataset run to compute one from")
         reference, _ = reference_from_dataset(preset, reference_dataset_url, reference_dataset_key, store_root,
                                               extractor)  # fmt: skip
-    reference_sha = hash_file(reference)
+    reference_sha = verify_file(reference)
     store = ArtifactStore(store_root)
     samples_manifest = Manifest.from_dict(paths.read_json(paths.join(samples_url, "_MANIFEST.json")))
     key = evaluate_key(preset, samples_manifest.key, reference_sha, extractor.identity)
     cached = store.exists(STAGE, key)
 
     def build(writer) -> Manifest:
+        verify_file(paths.join(samples_url, "samples.npz"))  # against the sample artifact's manifest
         samples_path = _local_copy(paths.join(samples_url, "samples.npz"))
         ref = metrics.load_reference(_local_copy(reference), extractor, need_features=True)
         n = samples_manifest.counts.get("samples", 0)

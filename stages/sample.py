@@ -126,14 +126,20 @@ def run_sample(
     rank: int = 0,
     world_size: int = 1,
     device: str | None = None,
+    rebuild: bool = False,
 ) -> StageOutput:
-    """Draw `n` samples (default `sample.n_samples`) into a sample artifact; plain Python."""
+    """Draw `n` samples (default `sample.n_samples`) into a sample artifact; plain Python.
+
+    Weights from an artifact are checked against its manifest first; `rebuild=True` discards the
+    sample artifact and draws it again.
+    """
     import numpy as np
     import torch
 
     from storage import paths
-    from storage.artifacts import ArtifactStore, Manifest, hash_file
+    from storage.artifacts import ArtifactStore, Manifest
     from storage.images import read_npz_images, write_npz, write_png
+    from storage.integrity import verify_file
     from uvit.checkpoint import load_model
     from uvit.generation import generate_images
     from uvit.spaces import space_of
@@ -143,7 +149,7 @@ def run_sample(
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = weights_for(train_run_url, checkpoint)
-    weights_hash = hash_file(weights)
+    weights_hash = verify_file(weights)  # sha256, checked against the training artifact's manifest
     conditions, conditions_id = conditions_for(preset, n, latents_url, class_label, preset.sample.seed, prompt)
     store = ArtifactStore(store_root)
     key = sample_key(preset, weights_hash, n, conditions_id)
@@ -213,7 +219,7 @@ def run_sample(
             },
         )
 
-    manifest = store.ensure(STAGE, key, build)
+    manifest = store.ensure(STAGE, key, build, rebuild=rebuild)
     url = store.url_for(STAGE, key)
     reporter().png(f"{preset.name}-samples", paths.join(url, "grid.png"), f"{n} samples, {preset.sample.steps} steps")
     reporter().link(f"{preset.name}-sample-artifact", url, "samples (PNG, samples.npz)")

@@ -87,13 +87,14 @@ def run_train(
     max_steps: int | None = None,
     eval_trigger=None,
     latents_key: str | None = None,
+    rebuild: bool = False,
 ) -> StageOutput:
     """Train `preset` on the latents (or reuse the published run with the same key); plain Python.
 
     `latents_key` is the encode stage's key (`StageOutput.key`); without it (a store given by URL)
     the key is read from the store's manifest. `eval_trigger(step, weights_url)` (see
     flows/periodic_eval.py) is called every `train.eval_interval` steps with an exported copy of
-    the EMA weights at that step.
+    the EMA weights at that step. `rebuild=True` discards the artifact (checkpoints too) and trains again.
     """
     from stages.training import launch
     from storage import paths
@@ -165,7 +166,7 @@ def run_train(
             },
         )
 
-    manifest = store.ensure(STAGE, key, build)
+    manifest = store.ensure(STAGE, key, build, rebuild=rebuild)
     url = store.url_for(STAGE, key)
     facts = {
         "ema_weights": paths.join(url, "nnet_ema.safetensors"),
