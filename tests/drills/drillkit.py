@@ -556,10 +556,15 @@ def listing(folder: Path) -> set[str]:
 
 
 def stable_manifest(folder: Path, drop_extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The manifest without wall-clock fields (created_at, timings) and the named `extra` fields."""
+    """The manifest without wall-clock fields (created_at, timings), its file list and the named `extra` fields.
+
+    The file list holds hashes of files with wall-clock bytes (loss.png, markers); `compare_artifacts`
+    compares the files themselves.
+    """
     data = json.loads((folder / "_MANIFEST.json").read_text())
     data.pop("created_at")
     data.pop("timings")
+    data.pop("files", None)
     for name in drop_extra:
         data["extra"].pop(name, None)
     return data
