@@ -33,8 +33,9 @@ __all__ = [
     "ReadVerifier",
 ]
 
-# Files this process has hashed and found intact: (URL, sha256). A reader checks a chunk on its first
-# read in the process; later stores opened on the same files (every epoch) do not hash it again.
+# Files this process has hashed and found intact: (URL, sha256, size, modification stamp). A reader
+# hashes a chunk on its first read in the process; stores opened again on the same unchanged files
+# (every epoch) only look at their size and stamp.
 _VERIFIED: set[tuple[str, str]] = set()
 
 
@@ -186,11 +187,21 @@ class ReadVerifier:
                 raise corrupt_error(self.url, problem, self.what)
         else:
             entry = self.expected.get(rel)
-            done = entry is not None and (url, entry[filelists.HASH_NAME]) in _VERIFIED
-            if not done:
+            if entry is None:
+                raise corrupt_error(self.artifact_url, filelists.FileProblem(where, "not listed in the manifest"))
+            fs, path = paths.filesystem(url)
+            try:
+                info = fs.info(path)
+            except FileNotFoundError:
+                problem = filelists.FileProblem(where, f"missing (listed with {entry['size']} bytes)")
+                raise corrupt_error(self.artifact_url, problem) from None
+            # The file as hashed before in this process: same name, size and modification stamp.
+            stamp = (url, entry[filelists.HASH_NAME], info.get("size"),
+                     str(info.get("mtime") or info.get("LastModified") or info.get("ETag") or ""))  # fmt: skip
+            if stamp not in _VERIFIED:
                 problem = filelists.check_file(url, entry, where, hashes=self.hashes)
                 if problem is not None:
                     raise corrupt_error(self.artifact_url, problem)
                 if self.hashes:
-                    _VERIFIED.add((url, entry[filelists.HASH_NAME]))
+                    _VERIFIED.add(stamp)
         self._checked.add(rel)
