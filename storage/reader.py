@@ -78,6 +78,7 @@ class LatentBatches(IterableDataset):
         shuffle_chunks: int = 4,
         start_batch: int = 0,
         random_flip: bool = True,
+        verify: bool = True,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
@@ -93,13 +94,14 @@ class LatentBatches(IterableDataset):
         self.shuffle_chunks = shuffle_chunks
         self.start_batch = start_batch
         self.random_flip = random_flip
+        self.verify = verify  # hash each chunk on its first read (False: sizes only), see storage.latents
         self._store: LatentStore | None = None
 
     @property
     def store(self) -> LatentStore:
         """The latent store, opened lazily (once per worker process)."""
         if self._store is None:
-            self._store = open_latent_store(self.store_url)
+            self._store = open_latent_store(self.store_url, verify=self.verify)
         return self._store
 
     def batches_per_reader(self) -> int:
@@ -216,6 +218,7 @@ class LatentLoader:
         epochs: int | None = None,
         pin_memory: bool = False,
         random_flip: bool = True,
+        verify: bool = True,
     ) -> None:
         if (rank is None) != (world_size is None):
             raise ValueError("pass both rank and world_size, or neither")
@@ -234,6 +237,7 @@ class LatentLoader:
         self.epochs = epochs
         self.pin_memory = pin_memory
         self.random_flip = random_flip
+        self.verify = verify
         self.epoch = 0
         self.batch_in_epoch = 0
         self.batches_per_epoch = self._dataset(0, 0).batches_per_reader() * max(1, num_workers)
@@ -250,6 +254,7 @@ class LatentLoader:
             shuffle_chunks=self.shuffle_chunks,
             start_batch=start_batch,
             random_flip=self.random_flip,
+            verify=self.verify,
         )
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
