@@ -311,6 +311,8 @@ def run_encode(
     folder = "pixels" if pixel else "latents"
 
     def build(writer) -> Manifest:
+        nonlocal cached
+        cached = False  # built (or rebuilt after a failed check), whatever exists() said before
         items, json_problems = list_items(dataset_url, split, preset.data.conditioning)
         if not items:
             raise ValueError(f"split {split!r} of {paths.redact_url(dataset_url)} has no items")

@@ -190,6 +190,8 @@ def run_sample(
                            facts={"partial": True, "rank": rank})  # fmt: skip
 
     def build(writer) -> Manifest:
+        nonlocal cached
+        cached = False  # built (or rebuilt after a failed check), whatever exists() said before
         draw_shards(writer.url, 0, 1)
         shards_url = writer.path("shards")
         arrays = [read_npz_images(paths.join(shards_url, f"shard_{s:06d}{SHARD_DONE}")) for s in range(num_shards)]

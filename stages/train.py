@@ -112,6 +112,8 @@ def run_train(
     log = reporter().logger()
 
     def build(writer) -> Manifest:
+        nonlocal cached
+        cached = False  # built (or rebuilt after a failed check), whatever exists() said before
         ckpt_url = writer.path("checkpoints")
         previews = writer.path("previews")
         logdir = writer.path("tensorboard") if paths.is_local(writer.url) else None
