@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
         store = ArtifactStore(args.store)
         results = verify_store(store, args.target)
+        if not results:
+            raise ValueError(f"no published artifacts in {redact_url(store.root)}" +
+                             (f" for {args.target}" if args.target else ""))  # fmt: skip
         problems = [line for _, _, lines in results for line in lines]
         for line in problems:
             print(line)

@@ -100,7 +100,7 @@ def test_a_deleted_chunk_is_an_error_and_the_encode_cache_hit_rebuilds_it(pristi
         _train(pristine, s)
     _one_line_naming(e.value, s["encode"], MOMENTS_CHUNK)
     assert "missing" in str(e.value) and "flows.verify" in str(e.value)
-    _encode(pristine, s)  # a cache hit whose sizes fail: rebuilt, never reused
+    assert not _encode(pristine, s).cached  # a cache hit whose sizes fail: rebuilt, never reused
     assert (s["encode"] / MOMENTS_CHUNK).read_bytes() == (Path(pristine["encode"].url) / MOMENTS_CHUNK).read_bytes()
     _train(pristine, s)
     weights = "nnet_ema.safetensors"
@@ -131,7 +131,7 @@ def test_a_truncated_chunk_names_the_store_and_the_file(pristine, copy) -> None:
     with pytest.raises(ArtifactCorruptError, match="truncated") as e:
         _train(pristine, s)
     _one_line_naming(e.value, s["encode"], MOMENTS_CHUNK)
-    assert not _encode(pristine, s).facts.get("partial")
+    assert not _encode(pristine, s).cached
     assert chunk.stat().st_size == (Path(pristine["encode"].url) / MOMENTS_CHUNK).stat().st_size
 
 
@@ -159,7 +159,7 @@ def test_a_missing_shard_marker_says_how_to_recover_and_that_works(pristine, cop
         _train(pristine, s)
     assert "rerun the stage that made its artifact" in str(e.value) and "cache hit" in str(e.value)
     assert str(s["encode"]) in str(e.value)
-    _encode(pristine, s)  # as the message says: the cache hit finds the marker missing and rebuilds
+    assert not _encode(pristine, s).cached  # as the message says: the cache hit finds the marker missing
     assert (s["encode"] / "latents/_shards/000001.done").exists()
     _train(pristine, s)
 
@@ -197,6 +197,8 @@ def test_flipped_bytes_in_samples_npz_are_not_evaluated(pristine, copy, tmp_path
 
 def test_the_undamaged_store_verifies_and_every_rerun_is_a_plain_cache_hit(pristine, copy, capsys) -> None:
     s = copy()
+    assert flows.verify.main([str(s["store"] / "elsewhere")]) == 1, "no artifacts is not 'all intact'"
+    assert "no published artifacts" in capsys.readouterr().err
     assert flows.verify.main([str(s["store"])]) == 0
     assert "verified 4 artifact(s)" in capsys.readouterr().err  # download, encode, train, sample
     before = {p: p.stat().st_mtime_ns for p in s["store"].rglob("*") if p.is_file()}
