@@ -20,6 +20,7 @@ BENCHMARKS = [
     "sampling_official",
     "sample_stage",
     "latent_reader",
+    "integrity",
     "pixel_reader",
     "evaluation",
     "encode",
