@@ -13,8 +13,6 @@ pixels, one view (the reader flips on read), in a pixel store (format 2) under `
 
 from __future__ import annotations
 
-import io
-import json
 import math
 from functools import lru_cache
 from typing import Any
@@ -44,45 +42,26 @@ COCO_TEST_PROMPTS = [
 
 
 def encode_key(preset, dataset_key: str, split: str, encoder_ids: dict[str, str]) -> str:
-    """Content key: dataset, split, resolution, crop/flip policy, encoders and their weights, dtype, code."""
+    """Content key: dataset, split, resolution, the space's stored form, encoders and their weights, code."""
     from storage.artifacts import artifact_key
     from uvit import encoders, encoding
+    from uvit.spaces import LatentSpace, space_of
 
+    space = space_of(preset)
     # The store holds labels (and says how many classes) only for class-conditional presets.
     labels = [preset.data.num_classes] if preset.data.conditioning == "class" else False
-    if preset.data.space == "pixel":
-        config = {
-            "split": split,
-            "space": "pixel",
-            "resolution": preset.data.resolution,
-            "crop": encoding.crop_rule(preset.data.dataset).name,
-            "flip": "on-read",
-            "dtype": "uint8",
-            "part_size": PART_SIZE,
-            "labels": labels,
-        }
-        return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, code_version=code_version(encoding))
-    config = {
-        "split": split,
-        "resolution": preset.data.resolution,
-        "crop": "adm-center-crop",
-        "flip": True,
-        "dtype": "float16",
-        "latent_scale": preset.data.latent_scale,
-        "part_size": PART_SIZE,
-        "max_captions": MAX_CAPTIONS,
-        "text": preset.data.conditioning == "text",
-        "labels": labels,
-    }
-    return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, models=encoder_ids,
-                        code_version=code_version(encoding, encoders))  # fmt: skip
+    config = {"split": split, "resolution": preset.data.resolution, "part_size": PART_SIZE, "labels": labels,
+              **space.identity()}  # fmt: skip
+    if isinstance(space, LatentSpace):  # latent stores have caption slots (empty unless text); VAE code counts
+        config |= {"max_captions": MAX_CAPTIONS, "text": preset.data.conditioning == "text"}
+        return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, models=encoder_ids,
+                            code_version=code_version(encoding, encoders))  # fmt: skip
+    return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, code_version=code_version(encoding))
 
 
 @lru_cache(maxsize=2)
-def _vae(spec: str, device: str):
-    from uvit.encoders import load_vae
-
-    return load_vae(spec, device=device)
+def _coder(preset_space, device: str):
+    return preset_space.coder(device)
 
 
 @lru_cache(maxsize=2)
@@ -101,10 +80,12 @@ def _device() -> str:
 def encoder_identities(preset) -> dict[str, str]:
     """Name -> weights hash of the VAE (and text encoder) this preset encodes with (none for pixel presets)."""
     from storage.artifacts import hash_state_dict
+    from uvit.spaces import space_of
 
-    if preset.data.space == "pixel":
+    coder = _coder(space_of(preset), _device())
+    if coder is None:
         return {}
-    ids = {f"vae:{preset.data.autoencoder}": hash_state_dict(_vae(preset.data.autoencoder, _device()).state_dict())}
+    ids = {f"vae:{preset.data.autoencoder}": hash_state_dict(coder.state_dict())}
     if preset.data.conditioning == "text":
         enc = _text_encoder(preset.data.text_encoder, _device())
         ids[f"text:{preset.data.text_encoder}"] = hash_state_dict(enc.model.state_dict())
@@ -112,24 +93,25 @@ def encoder_identities(preset) -> dict[str, str]:
 
 
 def encode_part(preset_json: str, part_url: str, items: list[dict[str, Any]], batch_size: int = 32) -> dict[str, Any]:
-    """Encode one part (a list of items {path, label} or {path, captions}) into one `.npz` file."""
+    """Encode one part (a list of items {path, label} or {path, captions}) into one part file."""
     import numpy as np
 
-    from storage import paths
+    from storage.outputs import write_part
     from uvit.config import Preset
-    from uvit.encoding import encode_captions, encode_images
+    from uvit.encoding import encode_captions
+    from uvit.spaces import space_of
 
     preset = Preset.from_json(preset_json)
-    if preset.data.space == "pixel":
-        return _pixel_part(preset, part_url, items)
+    space = space_of(preset)
     device = _device()
-    vae = _vae(preset.data.autoencoder, device)
-    part = encode_images(vae, [it["path"] for it in items], preset.data.resolution, batch_size=batch_size)
+    part = space.encode([it["path"] for it in items], preset.data.resolution, _coder(space, device),
+                        batch_size=batch_size)  # fmt: skip
     good = [items[i] for i in part.indices]
-    arrays: dict[str, Any] = {"moments": part.moments}
+    stored = part.stored
+    problems = [p.__dict__ for p in part.problems]
+    arrays: dict[str, Any] = {}
     if preset.data.conditioning == "class":
         arrays["labels"] = np.asarray([it["label"] for it in good], dtype=np.int64)
-    problems = [p.__dict__ for p in part.problems]
     if preset.data.conditioning == "text":
         encoder = _text_encoder(preset.data.text_encoder, device)
         counts, flat = [], []
@@ -141,87 +123,44 @@ def encode_part(preset_json: str, part_url: str, items: list[dict[str, Any]], ba
         for it, k in zip(good, keep):
             if not k:
                 problems.append({"item": it["path"], "action": "skipped", "reason": "no usable caption"})
-        arrays["moments"] = part.moments[keep]
+        stored = stored[keep]
         arrays["caption_counts"] = np.asarray([c for c in counts if c], dtype=np.int32)
         arrays["captions"] = encode_captions(encoder, flat) if flat else np.zeros((0, 77, 768), np.float16)
-    buffer = io.BytesIO()
-    np.savez(buffer, problems=np.frombuffer(json.dumps(problems).encode(), dtype=np.uint8), **arrays)
-    paths.write_bytes_atomic(part_url, buffer.getvalue())  # the part exists only once complete
-    return {"part": part_url, "good": int(len(arrays["moments"])), "problems": len(problems)}
-
-
-def _pixel_part(preset, part_url: str, items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Crop one part's images by the dataset's rule into one `.npz` file (`pixels`, labels for class presets)."""
-    import numpy as np
-
-    from storage import paths
-    from uvit.encoding import crop_rule, encode_pixels
-
-    part = encode_pixels([it["path"] for it in items], preset.data.resolution, crop_rule(preset.data.dataset))
-    arrays: dict[str, Any] = {"pixels": part.pixels}
-    if preset.data.conditioning == "class":
-        arrays["labels"] = np.asarray([items[i]["label"] for i in part.indices], dtype=np.int64)
-    problems = [p.__dict__ for p in part.problems]
-    buffer = io.BytesIO()
-    np.savez(buffer, problems=np.frombuffer(json.dumps(problems).encode(), dtype=np.uint8), **arrays)
-    paths.write_bytes_atomic(part_url, buffer.getvalue())  # the part exists only once complete
-    return {"part": part_url, "good": int(len(part.pixels)), "problems": len(problems)}
-
-
-def _read_part(url: str) -> dict[str, Any]:
-    import numpy as np
-
-    from storage import paths
-
-    fs, path = paths.filesystem(url)
-    with fs.open(path, "rb") as f:
-        data = dict(np.load(io.BytesIO(f.read()), allow_pickle=False))
-    data["problems"] = json.loads(bytes(data["problems"]).decode())
-    return data
+    write_part(part_url, {space.stored: stored, **arrays}, problems)
+    return {"part": part_url, "good": int(len(stored)), "problems": len(problems)}
 
 
 def assemble_store(preset, part_urls: list[str], store_url: str, encoder_ids: dict[str, str], dataset: str) -> dict:
-    """Join encoded parts into one latent store (streaming, one part in memory at a time)."""
+    """Join encoded parts into one latent (or pixel) store (streaming, one part in memory at a time)."""
     import numpy as np
 
     from storage.latents import LatentSpec, LatentStoreError, create_latent_store
+    from storage.outputs import read_part
     from uvit.encoding import encode_captions
+    from uvit.spaces import space_of
 
     text = preset.data.conditioning == "text"
-    pixel = preset.data.space == "pixel"
-    data_key = "pixels" if pixel else "moments"  # the part files' per-image array
-    sizes = [int(_read_part(u)[data_key].shape[0]) for u in part_urls]
+    space = space_of(preset)
+    data_key = space.stored  # the part files' per-image array
+    sizes = [int(read_part(u)[data_key].shape[0]) for u in part_urls]
     total = sum(sizes)
     if total == 0:
         raise ValueError("no usable images: every input was skipped (see the problems list)")
-    first = _read_part(part_urls[0])
-    num_classes = preset.data.num_classes if preset.data.conditioning == "class" else 0
-    if pixel:
-        from uvit.encoding import crop_rule
-
-        res = preset.data.resolution
-        spec = LatentSpec(
-            num_images=total,
-            shard_size=min(PART_SIZE, total),
-            latent_shape=(3, res, res),
-            latent_scale=1.0,
-            encoder={"name": "pixels", "crop": crop_rule(preset.data.dataset).name, "resolution": res},
-            num_classes=num_classes,
-            content="pixels",
-        )
-    else:
-        latent_shape = (first["moments"].shape[2] // 2, *first["moments"].shape[3:])
-        spec = LatentSpec(
-            num_images=total,
-            shard_size=min(PART_SIZE, total),
-            latent_shape=latent_shape,
-            latent_scale=float(preset.data.latent_scale),
-            encoder={"name": preset.data.autoencoder, "weights_sha256": next(iter(encoder_ids.values()))},
-            num_classes=num_classes,
-            max_captions=MAX_CAPTIONS if text else 0,
-            context_shape=(77, int(first["captions"].shape[-1])) if text else (77, 768),
-            text_encoder={"name": preset.data.text_encoder} if text else None,
-        )
+    first = read_part(part_urls[0])
+    fields = space.store_fields(first[data_key].shape[1:])
+    if encoder_ids:  # the VAE's weights identify the encoder of a latent store
+        fields["encoder"] = {**fields["encoder"], "weights_sha256": next(iter(encoder_ids.values()))}
+    if fields["content"] == "moments":
+        del fields["content"]  # a moments store stays exactly format 1
+    spec = LatentSpec(
+        num_images=total,
+        shard_size=min(PART_SIZE, total),
+        num_classes=preset.data.num_classes if preset.data.conditioning == "class" else 0,
+        max_captions=MAX_CAPTIONS if text else 0,
+        context_shape=(77, int(first["captions"].shape[-1])) if text else (77, 768),
+        text_encoder={"name": preset.data.text_encoder} if text else None,
+        **fields,
+    )
     try:
         writer = create_latent_store(store_url, spec, overwrite=False)
     except LatentStoreError as e:
@@ -231,35 +170,35 @@ def assemble_store(preset, part_urls: list[str], store_url: str, encoder_ids: di
         # this (leased) artifact writer and holds nothing finished, so start it again.
         writer = create_latent_store(store_url, spec, overwrite=True)
     pending = set(writer.pending_shards())
-    buffer: dict[str, list] = {"moments": [], "labels": [], "captions": []}
+    buffer: dict[str, list] = {"stored": [], "labels": [], "captions": []}
     problems: list[dict] = []
     shard = 0
 
     def emit(n: int) -> None:
         nonlocal shard
-        moments = np.concatenate(buffer["moments"])
+        stored = np.concatenate(buffer["stored"])
         labels = np.concatenate(buffer["labels"]) if buffer["labels"] else None
         caps = buffer["captions"]
         if shard in pending:
-            writer.write_shard(shard, moments[:n], None if labels is None else labels[:n],
+            writer.write_shard(shard, stored[:n], None if labels is None else labels[:n],
                                caps[:n] if text else None)  # fmt: skip
-        buffer["moments"] = [moments[n:]]
+        buffer["stored"] = [stored[n:]]
         buffer["labels"] = [labels[n:]] if labels is not None else []
         buffer["captions"] = caps[n:]
         shard += 1
 
     for url in part_urls:
-        part = _read_part(url)
+        part = read_part(url)
         problems += part["problems"]
-        buffer["moments"].append(part[data_key])
+        buffer["stored"].append(part[data_key])
         if "labels" in part:
             buffer["labels"].append(part["labels"])
         if text:
             offsets = np.concatenate([[0], np.cumsum(part["caption_counts"])])
             buffer["captions"] += [part["captions"][a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-        while sum(len(m) for m in buffer["moments"]) >= spec.shard_size and shard < spec.num_shards - 1:
+        while sum(len(m) for m in buffer["stored"]) >= spec.shard_size and shard < spec.num_shards - 1:
             emit(spec.shard_size)
-    remaining = sum(len(m) for m in buffer["moments"])
+    remaining = sum(len(m) for m in buffer["stored"])
     if remaining:
         emit(remaining)
     if text:
@@ -299,16 +238,17 @@ def run_encode(
     the Prefect flow passes one that maps them over Dask workers). `rebuild=True` discards the
     artifact and encodes it again.
     """
-    from storage import paths
+    from storage import outputs, paths
     from storage.artifacts import ArtifactStore, Manifest
+    from uvit.spaces import space_of
 
     log = reporter().logger()
-    pixel = preset.data.space == "pixel"
+    content = space_of(preset).stored
     encoder_ids = encoder_identities(preset)
     store = ArtifactStore(store_root)
     key = encode_key(preset, dataset_key, split, encoder_ids)
     cached = store.exists(STAGE, key)
-    folder = "pixels" if pixel else "latents"
+    folder = outputs.STORE_FOLDER[content]
 
     def build(writer) -> Manifest:
         nonlocal cached
@@ -317,10 +257,10 @@ def run_encode(
         if not items:
             raise ValueError(f"split {split!r} of {paths.redact_url(dataset_url)} has no items")
         num_parts = math.ceil(len(items) / PART_SIZE)
-        part_urls = [writer.path("parts", f"part_{i:06d}.npz") for i in range(num_parts)]
-        done = set(paths.list_names(writer.path("parts")))
+        part_urls = [writer.path(outputs.PARTS, outputs.part_name(i)) for i in range(num_parts)]
+        done = outputs.finished_parts(writer.path(outputs.PARTS))
         todo = [(part_urls[i], items[i * PART_SIZE : (i + 1) * PART_SIZE]) for i in range(num_parts)
-                if f"part_{i:06d}.npz" not in done]  # fmt: skip
+                if outputs.part_name(i) not in done]  # fmt: skip
         log.info("encode: %d images in %d parts, %d already done", len(items), num_parts, num_parts - len(todo))
         progress = reporter().progress(f"encoding {len(items)} images for {preset.name}")
         preset_json = preset.to_json()
@@ -336,7 +276,7 @@ def run_encode(
             reporter().table(f"{preset.name}-encode-problems", problems[:500], "skipped or repaired inputs")
         skipped = sum(p["action"] == "skipped" for p in problems)
         return Manifest(
-            kind="uvit-pixels" if pixel else "uvit-latents",
+            kind=outputs.STORE_KIND[content],
             counts={
                 "images": summary["images"],
                 "inputs": len(items),
@@ -357,7 +297,7 @@ def run_encode(
 
     manifest = store.ensure(STAGE, key, build, rebuild=rebuild)
     url = store.url_for(STAGE, key)
-    what = "cropped pixel store" if pixel else "encoded latent store"
+    what = {"pixels": "cropped pixel store", "moments": "encoded latent store"}[content]
     reporter().link(f"{preset.name}-{folder}", paths.join(url, folder), what)
     facts = {"latents_url": paths.join(url, folder), **manifest.counts}
     if cached:

@@ -40,11 +40,10 @@ def reference_key(preset, dataset_key: str, inception_id: str) -> str:
     """Content key of reference statistics: dataset, split, resolution, crop rule, count, Inception, code."""
     from storage.artifacts import artifact_key
     from uvit import metrics
-    from uvit.encoding import crop_rule
+    from uvit.spaces import space_of
 
-    config = {"resolution": preset.data.resolution, "n": preset.eval.n_samples, "split": _reference_split(preset)}
-    if preset.data.space == "pixel":
-        config["crop"] = crop_rule(preset.data.dataset).name
+    config = {"resolution": preset.data.resolution, "n": preset.eval.n_samples, "split": _reference_split(preset),
+              "crop": space_of(preset).crop.name}  # fmt: skip
     return artifact_key(REFERENCE_STAGE, config, inputs={"dataset": dataset_key}, models={"inception": inception_id},
                         code_version=code_version(metrics))  # fmt: skip
 
@@ -79,17 +78,17 @@ def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_roo
     from storage.artifacts import ArtifactStore, Manifest
     from storage.items import dataset_items
     from uvit import metrics
-    from uvit.encoding import crop_rule, load_item
+    from uvit.encoding import load_item
+    from uvit.spaces import space_of
 
     n = preset.eval.n_samples
     split = _reference_split(preset)
-    rule = crop_rule(preset.data.dataset) if preset.data.space == "pixel" else None
+    crop = space_of(preset).crop.crop  # the crop of the training images: pixel rule or ADM center crop
     key = reference_key(preset, dataset_key, extractor.identity)
     store = ArtifactStore(store_root)
 
     def build(writer) -> Manifest:
         items = dataset_items(dataset_url, split, captions=preset.data.conditioning == "text")[:n]
-        crop = rule.crop if rule is not None else None
         images = [a for a, _ in (load_item(it["path"], preset.data.resolution, crop) for it in items) if a is not None]
         if not images:
             raise ValueError(f"no readable images in {paths.redact_url(dataset_url)} split {split}")
@@ -145,8 +144,13 @@ def run_evaluate(
     reference_dataset_url: str | None = None,
     reference_dataset_key: str | None = None,
     inception_weights: str | None = None,
+    samples_key: str | None = None,
 ) -> StageOutput:
-    """Evaluate a sample artifact against a reference; plain Python."""
+    """Evaluate a sample artifact against a reference; plain Python.
+
+    `samples_key` is the sample stage's `StageOutput.key` (the pipeline passes it); a sample artifact
+    given only by URL (the CLI) is identified by its manifest's key.
+    """
     import json
 
     from storage import paths
@@ -164,7 +168,8 @@ def run_evaluate(
     reference_sha = verify_file(reference)
     store = ArtifactStore(store_root)
     samples_manifest = Manifest.from_dict(paths.read_json(paths.join(samples_url, "_MANIFEST.json")))
-    key = evaluate_key(preset, samples_manifest.key, reference_sha, extractor.identity)
+    samples_key = samples_key or samples_manifest.key
+    key = evaluate_key(preset, samples_key, reference_sha, extractor.identity)
     cached = store.exists(STAGE, key)
 
     def build(writer) -> Manifest:
@@ -179,7 +184,7 @@ def run_evaluate(
         paths.write_bytes_atomic(writer.path("report.md"), report.encode())
         paths.write_json_atomic(writer.path("metrics.json"), {"results": results, "rows": rows})
         return Manifest(kind="uvit-evaluation", counts={"samples": int(results.get("n_samples") or 0)},
-                        inputs={"samples": samples_manifest.key, "reference": reference_sha},
+                        inputs={"samples": samples_key, "reference": reference_sha},
                         extra={"rows": rows, "results": json.loads(json.dumps(results, default=str))})  # fmt: skip
 
     manifest = store.ensure(STAGE, key, build)
@@ -204,5 +209,5 @@ def run_periodic_eval(preset_json: str, store_root: str, checkpoint: str, latent
     preset = Preset.from_json(preset_json)
     samples = run_sample(preset, store_root, checkpoint=checkpoint, latents_url=latents_url, n=n_samples)
     result = run_evaluate(preset, samples.url, store_root, reference_dataset_url=dataset_url,
-                          reference_dataset_key=dataset_key)  # fmt: skip
+                          reference_dataset_key=dataset_key, samples_key=samples.key)  # fmt: skip
     return {"step": step, "samples": samples.url, **result.to_dict()}

@@ -72,7 +72,7 @@ def run_pipeline(
     samples = timed("sample", run_sample, preset, store_root, train_run_url=trained.url,
                     latents_url=(val_latents or latents).facts["latents_url"], n=n_samples)  # fmt: skip
     metrics = timed("evaluate", run_evaluate, preset, samples.url, store_root, reference_dataset_url=ds.url,
-                    reference_dataset_key=ds.key)  # fmt: skip
+                    reference_dataset_key=ds.key, samples_key=samples.key)  # fmt: skip
 
     rows = [{"stage": name, "cached": out.cached, "seconds": timings[name], "artifact": out.url}
             for name, out in outputs.items()]  # fmt: skip

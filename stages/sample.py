@@ -168,7 +168,7 @@ def run_sample(
         if not todo:
             return
         model = load_model(preset, weights).to(device).eval()
-        vae = space_of(preset).decoder(device)
+        vae = space_of(preset).coder(device)
         progress = reporter().progress(f"sampling {n} images with {preset.name}")
         for i, shard in enumerate(todo):
             start, stop = shard * shard_size, min(n, (shard + 1) * shard_size)

@@ -66,23 +66,21 @@ def _condition_setup(preset: Preset, store) -> tuple[str | None, Any]:
 
 def _check_store(preset: Preset, store) -> None:
     """Fail before any step when the latent (or pixel) store does not fit the preset."""
+    from uvit.spaces import space_of
+
     spec = store.spec
-    latent_shape = preset.latent_shape
-    pixel = preset.data.space == "pixel"
-    if pixel != spec.is_pixels:
-        held = "uint8 pixels" if spec.is_pixels else "VAE moments"
+    space = space_of(preset)
+    if space.stored != spec.content:
+        held = {"pixels": "uint8 pixels", "moments": "VAE moments"}[spec.content]
         raise TrainingError(
             f"store holds {held} but preset {preset.name!r} trains in {preset.data.space} space; "
             f"encode the dataset for this preset (flows.encode_latents --preset {preset.name})"
         )
     problems = []
-    if pixel:
-        if tuple(spec.latent_shape) != latent_shape or spec.array_dtype != "uint8":
-            problems.append(f"pixels per image are {spec.array_dtype} {tuple(spec.latent_shape)}, the model needs "
-                            f"uint8 {latent_shape}")  # fmt: skip
-    elif tuple(spec.moments_shape[-3:]) != (want := (2 * latent_shape[0], *latent_shape[1:])):
-        problems.append(f"moments per image are {tuple(spec.moments_shape[-3:])}, the model needs {want} "
-                        f"(latent {latent_shape})")  # fmt: skip
+    want = space.stored_shape(preset.latent_shape)
+    if tuple(spec.array_shape[2:]) != want:
+        problems.append(f"{spec.array_name} per image are {tuple(spec.array_shape[2:])}, the model needs {want} "
+                        f"(latent {preset.latent_shape})")  # fmt: skip
     if preset.data.conditioning == "class" and not spec.num_classes:
         problems.append("the preset is class-conditional but the store has no labels")
     if preset.data.conditioning == "text" and not spec.has_text:
@@ -334,7 +332,7 @@ def write_preview(preset: Preset, ema: nn.Module, store, folder_url: str, step: 
 
     g = torch.Generator().manual_seed(PREVIEW_SEED)
     noise = torch.randn(PREVIEW_COUNT, *preset.latent_shape, generator=g).to(device)
-    vae = space_of(preset).decoder(device)
+    vae = space_of(preset).coder(device)
     rng_state = torch.get_rng_state()  # previews must not disturb the training randomness
     sde = torch.Generator(device=device).manual_seed(PREVIEW_SEED + 1)  # euler_maruyama's noise (pixel presets)
     images = generate_images(preset, ema, noise, preview_conditions(preset, PREVIEW_COUNT, store), vae=vae,

@@ -38,6 +38,7 @@ from typing import Any
 from storage import celeba, cifar10, layouts, paths
 from storage.archives import ArchiveError, DatasetError, list_tree
 from storage.artifacts import ArtifactStore, ArtifactWriter, Manifest, artifact_key
+from storage.caption_files import CAPTION_FILES
 from storage.transfer import KNOWN_CHECKSUMS, ChecksumError, TransferError, default_cache_dir, fetch
 
 __all__ = [
@@ -91,12 +92,13 @@ DATASETS: dict[str, DatasetSpec] = {
     "shapes-coco": DatasetSpec("shapes-coco", "coco", "2014", builtin=True),
     "cifar10": DatasetSpec("cifar10", "cifar10", default_source=cifar10.URL),
     "celeba": DatasetSpec("celeba", "celeba", missing=celeba.MISSING_MESSAGE),
-    # Any folder of class folders (<root>/<class>/*.jpg|png): one train split, classes sorted by name.
+    # Any folder of class folders (<root>/<class>/*.jpg|png): one train split, classes sorted by name;
+    # or a folder of images with captions.jsonl / captions.csv (storage.caption_files): train and val.
     "folder": DatasetSpec(
         "folder",
         "folder",
-        splits=("train",),
-        missing="pass the folder of class folders (<root>/<class>/*.jpg) as the source",
+        missing="pass the folder of class folders (<root>/<class>/*.jpg), or of images with captions.jsonl "
+        "or captions.csv, as the source",
     ),
 }
 
@@ -280,14 +282,26 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
 
 
 def _resolve_folder(spec: DatasetSpec, sources: Sequence[str]) -> list[tuple[str, str, str]]:
-    """One folder of class folders, read as the train split."""
+    """One folder: of class folders (the train split), or of images with a captions file (train and val)."""
     if len(sources) != 1:
         raise DatasetError(f"{spec.name}: give exactly one folder of class folders, got {len(sources)} sources")
     url = paths.normalize_url(sources[0])
     fs, path = paths.filesystem(url)
     if not fs.isdir(path):
         raise DatasetError(f"{spec.name}: {paths.redact_url(url)} is not a folder (<root>/<class>/*.jpg)")
+    for name in CAPTION_FILES:
+        if fs.isfile(f"{path.rstrip('/')}/{name}"):
+            return [("images", "tree", url), ("captions", "file", paths.join(url, name))]
     return [("train", "tree", url)]
+
+
+def _resolved_splits(spec: DatasetSpec, files: Sequence[tuple[str, str, str]], splits: tuple[str, ...]) -> tuple:
+    """The requested splits a resolved source has: a folder of class folders has only train."""
+    if spec.layout != "folder" or any(role == "captions" for role, _, _ in files):
+        return splits
+    if "train" not in splits:
+        raise DatasetError(f"{spec.name}: a folder of class folders has only a train split")
+    return ("train",)
 
 
 def _resolve_cifar10(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -408,9 +422,11 @@ def plan_download(
         if not spec.default_source:
             raise DatasetError(f"{dataset}: no source given. {spec.missing}".rstrip(". "))
         sources = [spec.default_source]
+    resolved = _resolve(spec, [os.fspath(s) for s in sources], splits)
+    splits = _resolved_splits(spec, resolved, splits)
     files = tuple(
         SourceFile(role, kind, url, _tree_identity(url) if kind == "tree" else _file_identity(url, checksums))
-        for role, kind, url in _resolve(spec, [os.fspath(s) for s in sources], splits)
+        for role, kind, url in resolved
     )
     config = {
         "dataset": dataset,

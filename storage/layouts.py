@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from storage import celeba, cifar10, paths
+from storage import caption_files, celeba, cifar10, paths
 from storage.archives import (
     DatasetError,
     Member,
@@ -106,7 +106,9 @@ class _Build:
         try:
             self._verify_sources()
             layout = self.plan.spec.layout
-            if layout in ("imagenet", "folder"):  # a folder of class folders is ImageNet's train tree
+            if layout == "folder" and self.plan.file("captions"):  # images with a captions file: COCO's layout
+                counts, extra = self._captioned_folder()
+            elif layout in ("imagenet", "folder"):  # a folder of class folders is ImageNet's train tree
                 counts, extra = self._imagenet()
             elif layout == "cifar10":
                 counts, extra = self._cifar10()
@@ -121,7 +123,7 @@ class _Build:
         counts.update(skipped_members=len(skipped), rejected_members=len(rejected))
         extra.update(
             dataset=self.plan.dataset,
-            layout=PUBLISHED_LAYOUT[self.plan.spec.layout],
+            layout="coco" if self.plan.file("captions") else PUBLISHED_LAYOUT[self.plan.spec.layout],
             splits=list(self.plan.splits),
             images_dir="images",
             generator=self.plan.config.get("generator"),
@@ -383,6 +385,61 @@ class _Build:
                 "images_without_captions_entry": len(files[split] - listed),
             }
         return counts, {"captions": captions}
+
+    # -- a folder of images with a captions file (storage.caption_files), published in COCO's layout
+
+    def _captioned_folder(self) -> tuple[dict[str, int], dict[str, Any]]:
+        source, captions_file = self.plan.file("images"), self.plan.file("captions")
+        assert source is not None and captions_file is not None
+        try:
+            table, dropped = caption_files.parse_captions(self._read_text("captions"), captions_file.name)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise DatasetError(f"{self.plan.dataset}: {captions_file.name}: {e}") from None
+        entries = list_tree(source.url)
+        present = {rel for rel in entries if rel.lower().endswith(IMAGE_SUFFIXES)}
+        by_name: dict[str, str] = {}
+        for rel in sorted(set(table) & present):  # the first of two paths that flatten to one name wins
+            by_name.setdefault(caption_files.published_name(rel), rel)
+        usable = sorted(by_name.values())
+        if not usable:
+            raise DatasetError(f"{self.plan.dataset}: no image in {paths.redact_url(source.url)} has a caption "
+                               f"in {captions_file.name}")  # fmt: skip
+        split_of = caption_files.split_of(usable)
+        first = self.plan.splits[0]
+        counts: dict[str, int] = {}
+        summary: dict[str, Any] = {}
+        for split in self.plan.splits:
+
+            def route(name: str, split: str = split) -> tuple[str | None, str]:
+                if name == captions_file.name:
+                    return None, "the captions file"
+                if not name.lower().endswith(IMAGE_SUFFIXES):
+                    return None, "not an image"
+                if name not in table:
+                    return None, f"no caption in {captions_file.name}"
+                if split_of.get(name) != split:
+                    return None, f"same published name as {by_name[caption_files.published_name(name)]}"
+                return f"images/{split}/{caption_files.published_name(name)}", ""
+
+            def run(split: str = split, route: Any = route) -> dict[str, Any]:
+                existing = self.sink.existing(f"images/{split}")
+                # each split's images, and everything not in a split counted once (with the first split)
+                members = (tree_member(source.url, rel, info) for rel, info in entries.items()
+                           if split_of.get(rel, first) == split)  # fmt: skip
+                return copy_members(self.sink, source.url, members, route, existing)
+
+            record = self._unit(f"images_{split}", run)
+            chosen = {rel: table[rel] for rel in usable if split_of[rel] == split}
+            document = caption_files.coco_document(chosen)
+            rel_json = f"captions/captions_{split}.json"
+            paths.write_json_atomic(paths.join(self.writer.url, rel_json), document)
+            counts[f"{split}_images"] = len(record["files"])
+            counts[f"{split}_captions"] = len(document["annotations"])
+            summary[split] = {"file": rel_json, "images_listed": len(document["images"])}
+        missing = sorted(set(table) - present)
+        if missing:
+            dropped["file listed but not in the folder"] = len(missing)
+        return counts, {"captions": summary, "caption_file": captions_file.name, "caption_entries_dropped": dropped}
 
     # -- CIFAR-10 (binary version)
 

@@ -82,7 +82,9 @@ def test_pixel_preset_encodes_a_pixel_store_with_parts_resume_and_bad_inputs(tmp
     from uvit.encoding import crop_rule, load_item
 
     monkeypatch.setattr(enc, "PART_SIZE", 16)  # 40 images -> 3 parts
-    monkeypatch.setattr(enc, "_vae", lambda *a: (_ for _ in ()).throw(AssertionError("a VAE was loaded")))
+    monkeypatch.setattr(
+        "uvit.encoders.load_vae", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a VAE was loaded"))
+    )
     preset = get_preset("tiny-pixel")
     ds = download_dataset("shapes", None, str(tmp_path), shapes={"n_train_per_class": 10, "n_val": 4})
     items = dataset_items(ds.url, "train")

@@ -42,4 +42,8 @@ def test_pixel_reference_uses_the_preset_crop_rule_and_resolution(tmp_path, monk
     np.testing.assert_array_equal(extractor.seen[0][0], expected)
     latent_key = reference_from_dataset(get_preset("tiny", ["eval.n_samples=8", "data.resolution=16"]), ds.url,
                                         ds.key, store, ImagesAsFeatures())[1]  # fmt: skip
-    assert latent_key != key  # the crop rule is part of a pixel preset's reference key
+    assert latent_key == key  # the same images under the same (ADM) crop: one reference for both spaces
+    from stages.evaluate import reference_key
+
+    as_is = get_preset("tiny-pixel", ["eval.n_samples=8", "data.resolution=16", "data.dataset=cifar10"])
+    assert reference_key(as_is, ds.key, extractor.identity) != key  # the crop rule is part of the key

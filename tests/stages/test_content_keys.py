@@ -101,7 +101,8 @@ def REFERENCE_DEPENDS(p) -> dict:
         "n": p.eval.n_samples,
         "split": d.conditioning == "text",
         "resolution": d.resolution,
-        "crop": crop_rule(d.dataset).name if d.space == "pixel" else None,
+        # the crop the images get: the dataset's pixel rule, or the ADM center crop of latent presets
+        "crop": crop_rule(d.dataset).name if d.space == "pixel" else "adm-center-crop",
     }
 
 
@@ -122,7 +123,13 @@ class _FakeEncoder:
 @pytest.fixture(autouse=True)
 def fake_encoders(monkeypatch):
     """encoder_identities hashes the encoders' weights: fake ones whose weights depend on their name."""
-    monkeypatch.setattr(encode, "_vae", lambda spec, device: _FakeEncoder(f"vae {spec}"))
+    monkeypatch.setattr(
+        encode,
+        "_coder",
+        lambda space, device: (
+            space.coder(device) if space.stored == "pixels" else _FakeEncoder(f"vae {space.autoencoder}")
+        ),
+    )
     monkeypatch.setattr(encode, "_text_encoder", lambda spec, device: _FakeEncoder(f"text {spec}"))
 
 
@@ -190,8 +197,11 @@ def preset_and_change(draw, section: str, name: str):
     return base, changed, f"{base.name}: {section}.{name} {old!r} -> {new!r}"
 
 
-def _crop_ok(p) -> bool:
-    return p.data.dataset in PIXEL_CROPS or p.data.space != "pixel"
+def _valid(p) -> bool:
+    """A preset a stage accepts: pixel presets need a crop rule, latent presets a latent scale."""
+    if p.data.space == "pixel":
+        return p.data.dataset in PIXEL_CROPS
+    return p.data.latent_scale is not None
 
 
 @pytest.mark.parametrize("field", [f"{s}.{n}" for s, n in FIELDS])
@@ -200,7 +210,7 @@ def _crop_ok(p) -> bool:
 @given(data=st.data())
 def test_key_changes_exactly_when_a_declared_dependency_changes(stage, field, data):
     base, changed, what = data.draw(preset_and_change(*field.split(".")), label="change")
-    assume(_crop_ok(base) and _crop_ok(changed))
+    assume(_valid(base) and _valid(changed))
     key, depends = STAGES[stage]
     should_change = depends(base) != depends(changed)
     assert (key(base) != key(changed)) == should_change, f"{stage} key, {what}: expected change={should_change}"

@@ -46,7 +46,53 @@ def test_latent_images_need_the_vae() -> None:
 def test_space_of_presets() -> None:
     assert space_of(get_preset("tiny-pixel")) == PixelSpace() and PixelSpace.stored == "pixels"
     assert space_of(get_preset("imagenet256-h2")) == LatentSpace(0.18215, "stabilityai/sd-vae-ft-ema")
-    assert LatentSpace.stored == "moments" and PixelSpace().decoder() is None
+    assert LatentSpace.stored == "moments" and PixelSpace().coder() is None
     assert space_of(get_preset("coco256-s2")).scale == 0.23010
     with pytest.raises(ValueError, match="latent_scale"):
         space_of(get_preset("tiny", {"data.latent_scale": None}))
+
+
+def test_space_of_a_pixel_preset_carries_its_dataset_crop_rule() -> None:
+    cifar = space_of(get_preset("cifar10-s2"))
+    assert cifar.crop.name == "as-is" and cifar.identity()["crop"] == "as-is"
+    assert space_of(get_preset("tiny-pixel")).crop.name == "adm-center-crop"
+
+
+def test_both_spaces_encode_images_to_their_stored_form(tmp_path) -> None:
+    """The same call gives moments of the image and its mirror, or the cropped pixels; bad files are counted."""
+    from PIL import Image
+
+    from uvit.encoders import TINY_VAE, encode_moments, to_tensor
+    from uvit.encoding import center_crop_arr
+
+    rng = np.random.default_rng(0)
+    image_paths = []
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(path)
+        image_paths.append(str(path))
+    (tmp_path / "empty.png").write_bytes(b"")
+    image_paths.insert(1, str(tmp_path / "empty.png"))
+
+    latent = LatentSpace(0.5, TINY_VAE)
+    vae = latent.coder()
+    moments = latent.encode(image_paths, 32, vae, batch_size=2)
+    assert moments.stored.dtype == np.float16 and moments.stored.shape[:2] == (3, 2)
+    assert moments.stored.shape[2:] == latent.stored_shape((moments.stored.shape[2] // 2, *moments.stored.shape[3:]))
+    assert list(moments.indices) == [0, 2, 3] and [p.action for p in moments.problems] == ["skipped"]
+    crop = center_crop_arr(Image.open(image_paths[2]).convert("RGB"), 32)
+    expect = encode_moments(vae, to_tensor(crop[None].copy())).float()
+    np.testing.assert_allclose(moments.stored[1, 0].astype(np.float32), expect[0].numpy(), rtol=2e-3, atol=2e-3)
+    assert latent.store_fields(moments.stored.shape[1:])["latent_shape"][0] == moments.stored.shape[2] // 2
+    with pytest.raises(ValueError, match="VAE"):
+        latent.encode(image_paths, 32)
+
+    pixel = PixelSpace()
+    pixels = pixel.encode(image_paths, 32)
+    assert pixels.stored.dtype == np.uint8 and pixels.stored.shape == (3, 1, 3, 32, 32)
+    assert list(pixels.indices) == [0, 2, 3]
+    np.testing.assert_array_equal(pixels.stored[1, 0], crop.transpose(2, 0, 1))
+    fields = pixel.store_fields(pixels.stored.shape[1:])
+    assert fields == {"latent_shape": (3, 32, 32), "latent_scale": 1.0, "content": "pixels",
+                      "encoder": {"name": "pixels", "crop": "adm-center-crop", "resolution": 32}}  # fmt: skip
+    assert pixel.stored_shape((3, 32, 32)) == (3, 32, 32) and latent.stored_shape((4, 8, 8)) == (8, 8, 8)

@@ -1,0 +1,108 @@
+"""What each stage writes inside its artifact folder: file names, and the encode stage's part files.
+
+The stages decide *when* to write; the names and formats are here, so a reader (the next stage,
+`flows.verify`, a user's notebook) finds a file without importing the stage that wrote it.
+
+    encode/<key>/parts/part_000000.npz   one resumable unit of encoded images (below)
+    encode/<key>/latents/ or pixels/     the joined store (`storage.latents`; folder by content)
+    train/<key>/checkpoints/             resumable checkpoints (`storage.checkpoints`)
+    train/<key>/nnet_ema.safetensors     exported EMA weights; nnet_ema.pth / nnet.pth official format
+    train/<key>/evals/step_*/nnet_ema.safetensors   weights handed to periodic evaluation
+    train/<key>/previews/step_*.png, loss.png
+    sample/<key>/shards/shard_*.npz      resumable units of samples; images/*.png; samples.npz; grid.png
+
+An encode part file is an uncompressed `.npz` of the part's good images: the stored array
+(`moments` (k, 2, 2C, h, w) float16 or `pixels` (k, 1, 3, S, S) uint8), `labels` (k,) int64 for
+class-conditional presets, `caption_counts` (k,) int32 and `captions` (sum, 77, D) float16 for
+text presets, and `problems`: the JSON list of skipped or repaired inputs as uint8 bytes. It is
+written atomically, so a part file that exists is complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from storage import paths
+
+__all__ = [
+    "EMA_WEIGHTS",
+    "OFFICIAL_EMA_WEIGHTS",
+    "OFFICIAL_WEIGHTS",
+    "LOSS_CURVE",
+    "PREVIEWS",
+    "SAMPLES_NPZ",
+    "GRID_PNG",
+    "SAMPLE_SHARDS",
+    "SAMPLE_IMAGES",
+    "PARTS",
+    "STORE_FOLDER",
+    "STORE_KIND",
+    "eval_weights",
+    "sample_shard_name",
+    "part_name",
+    "write_part",
+    "read_part",
+    "finished_parts",
+]
+
+# train
+EMA_WEIGHTS = "nnet_ema.safetensors"
+OFFICIAL_EMA_WEIGHTS = "nnet_ema.pth"
+OFFICIAL_WEIGHTS = "nnet.pth"
+LOSS_CURVE = "loss.png"
+PREVIEWS = "previews"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+
+# sample
+SAMPLES_NPZ = "samples.npz"
+GRID_PNG = "grid.png"
+SAMPLE_SHARDS = "shards"
+SAMPLE_IMAGES = "images"
+
+# encode
+PARTS = "parts"
+STORE_FOLDER = {"moments": "latents", "pixels": "pixels"}  # by the store's content
+STORE_KIND = {"moments": "uvit-latents", "pixels": "uvit-pixels"}  # the manifest's kind
+
+
+def eval_weights(step: int) -> tuple[str, str, str]:
+    """Path parts, inside a train artifact, of the EMA weights exported for evaluating `step`."""
+    return ("evals", f"step_{step:09d}", EMA_WEIGHTS)
+
+
+def sample_shard_name(shard: int) -> str:
+    """File name of a finished sample shard (an ADM-style `.npz`)."""
+    return f"shard_{shard:06d}.npz"
+
+
+def part_name(index: int) -> str:
+    """File name of encode part `index`."""
+    return f"part_{index:06d}.npz"
+
+
+def write_part(url: str, arrays: dict[str, np.ndarray], problems: list[dict[str, Any]]) -> None:
+    """Write one encode part file atomically (it exists only once complete)."""
+    if "problems" in arrays:
+        raise ValueError("'problems' is the part file's own field")
+    buffer = io.BytesIO()
+    np.savez(buffer, problems=np.frombuffer(json.dumps(problems).encode(), dtype=np.uint8), **arrays)
+    paths.write_bytes_atomic(url, buffer.getvalue())
+
+
+def read_part(url: str) -> dict[str, Any]:
+    """The arrays of one encode part file, with `problems` decoded back to a list."""
+    fs, path = paths.filesystem(url)
+    with fs.open(path, "rb") as f:
+        data = dict(np.load(io.BytesIO(f.read()), allow_pickle=False))
+    data["problems"] = json.loads(bytes(data["problems"]).decode())
+    return data
+
+
+def finished_parts(parts_url: str) -> set[str]:
+    """Names of the part files already written under `parts_url`."""
+    return set(paths.list_names(parts_url))
