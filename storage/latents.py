@@ -555,8 +555,8 @@ class LatentStore:
         self.verifier = verifier or ReadVerifier(url)
         self._checked_chunks: set[int] = set()
 
-    def _check_chunk(self, chunk: int) -> None:
-        """Check every file holding rows of `chunk` on its first read (see `storage.integrity.ReadVerifier`)."""
+    def check_chunk(self, chunk: int) -> None:
+        """Check every file holding rows of `chunk`, once (`read_chunk` calls it; see `integrity.ReadVerifier`)."""
         if chunk in self._checked_chunks:
             return
         arrays = {self.spec.array_name: self.moments, "labels": self.labels}
@@ -584,7 +584,7 @@ class LatentStore:
         path = os.path.join(self._raw_moments_dir, *key.split("/"))
         dtype = np.dtype(self.spec.array_dtype).newbyteorder("<")
         shape = (self.spec.shard_size, *self.spec.array_shape[1:])
-        fd = os.open(path, os.O_RDONLY)  # checked present and whole by `_check_chunk`
+        fd = os.open(path, os.O_RDONLY)  # checked present and whole by `check_chunk`
         try:
             size = os.fstat(fd).st_size
             if hasattr(os, "posix_fadvise"):  # read the file ahead in the background (cold cache)
@@ -609,7 +609,7 @@ class LatentStore:
         (pages are read when touched); otherwise as an array decoded by zarr.
         """
         start, stop = self.spec.shard_range(chunk)
-        self._check_chunk(chunk)
+        self.check_chunk(chunk)
         counts = self.caption_counts[start:stop] if self.caption_counts is not None else None
         moments = self._mapped_moments(chunk, stop - start)
         return LatentChunk(
@@ -626,7 +626,7 @@ class LatentStore:
         indices = np.asarray(indices, dtype=np.int64)
         slots = np.asarray(slots, dtype=np.int64)
         for chunk in np.unique(indices // self.spec.shard_size):
-            self._check_chunk(int(chunk))
+            self.check_chunk(int(chunk))
         out = np.empty((len(indices), *self.spec.context_shape), dtype=np.float16)
         for slot in np.unique(slots):
             where = np.nonzero(slots == slot)[0]

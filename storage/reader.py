@@ -104,20 +104,37 @@ class LatentBatches(IterableDataset):
             self._store = open_latent_store(self.store_url, verify=self.verify)
         return self._store
 
-    def batches_per_reader(self) -> int:
-        """Batches each of the world_size * max(1, num_workers) readers yields per epoch."""
+    def batches_per_reader(self, num_images: int | None = None) -> int:
+        """Batches each of the world_size * max(1, num_workers) readers yields per epoch (of the store's images)."""
+        num_images = self.store.spec.num_images if num_images is None else num_images
         readers = self.world_size * max(1, self.num_workers)
-        per_reader = self.store.spec.num_images // readers
+        per_reader = num_images // readers
         batches = per_reader // self.batch_size
         if batches == 0:
             raise ValueError(
-                f"{self.store.spec.num_images} images over {readers} readers give {per_reader} per reader, "
+                f"{num_images} images over {readers} readers give {per_reader} per reader, "
                 f"fewer than one batch of {self.batch_size}"
             )
         return batches
 
     def __len__(self) -> int:
         return self.batches_per_reader() * max(1, self.num_workers) - self.start_batch
+
+    def check_chunks(self) -> None:
+        """Check in this process every chunk the readers of this rank read in this epoch.
+
+        Run before dataloader workers start: a damaged chunk is then this process's one-line
+        `ArtifactCorruptError` (a worker's error comes back wrapped in a traceback), and forked workers
+        inherit what was hashed, so they do not hash it again.
+        """
+        store = open_latent_store(self.store_url, verify=self.verify)
+        spec = store.spec
+        order, _ = epoch_stream(spec.num_images, spec.shard_size, self.seed, self.epoch, self.shuffle_chunks)
+        length = self.batches_per_reader(spec.num_images) * self.batch_size  # not self.store: workers open their own
+        workers = max(1, self.num_workers)
+        mine = order[self.rank * workers * length : (self.rank + 1) * workers * length]
+        for chunk in np.unique(mine // spec.shard_size):
+            store.check_chunk(int(chunk))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
@@ -259,8 +276,11 @@ class LatentLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while self.epochs is None or self.epoch < self.epochs:
+            dataset = self._dataset(self.epoch, self.batch_in_epoch)
+            if self.num_workers:
+                dataset.check_chunks()
             loader = DataLoader(
-                self._dataset(self.epoch, self.batch_in_epoch),
+                dataset,
                 batch_size=None,
                 num_workers=self.num_workers,
                 pin_memory=self.pin_memory,

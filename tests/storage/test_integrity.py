@@ -206,3 +206,18 @@ def test_a_store_in_an_artifact_checks_chunks_against_the_manifest(tmp_path: Pat
     (Path(url) / "zarr.json").write_text((Path(url) / "zarr.json").read_text().replace("uvit", "UVIT"))
     with pytest.raises(ArtifactCorruptError, match="latents/zarr.json: sha256"):
         open_latent_store(url)
+
+
+def test_a_damaged_chunk_is_one_line_even_with_dataloader_workers(tmp_path: Path) -> None:
+    from storage.reader import LatentLoader
+
+    artifacts = ArtifactStore(tmp_path)
+    artifacts.ensure("encode", KEY, lambda w: _store(w.path("latents")) and Manifest(kind="uvit-latents"))
+    url = paths.join(artifacts.url_for("encode", KEY), "latents")
+    assert sum(len(b["index"]) for b in LatentLoader(url, 2, num_workers=1, epochs=1)) == 6
+    chunk = Path(url) / "labels" / "c" / "2"
+    chunk.write_bytes(bytes(b ^ 1 for b in chunk.read_bytes()))
+    with pytest.raises(ArtifactCorruptError) as e:
+        next(iter(LatentLoader(url, 2, num_workers=1, epochs=1)))
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"artifact {artifacts.url_for('encode', KEY)}")
+    assert "latents/labels/c/2: sha256" in str(e.value)
