@@ -479,7 +479,7 @@ class ArtifactStore:
                     if not replace:
                         lease.release()
                         raise ArtifactExistsError(f"artifact {stage}/{key} is already published")
-                    self._unpublish(stage, key, [p.path for p in self.check(stage, key, hashes=False)])
+                    self._unpublish(stage, key, self._damaged(stage, key))
                 writer = ArtifactWriter(self, stage, key, lease)
                 # A killed writer can leave the temporary files of its atomic writes (local disks).
                 paths.remove_atomic_leftovers(url)
@@ -521,8 +521,11 @@ class ArtifactStore:
                         writer.publish(manifest)
                     return writer.published
             except ArtifactExistsError:
-                manifest = self.manifest(stage, key)
-                if not self.check(stage, key, manifest, hashes=False):
+                try:
+                    manifest = self.manifest(stage, key)
+                except ArtifactError:  # unreadable manifest: rebuild, resuming what the stage can check itself
+                    manifest = None
+                if manifest is not None and not self.check(stage, key, manifest, hashes=False):
                     return manifest
                 replace = True  # damaged: take the lease, unpublish, build again
 
@@ -559,6 +562,13 @@ class ArtifactStore:
             return True
         finally:
             lease.release()
+
+    def _damaged(self, stage: str, key: str) -> list[str]:
+        """Files of a published artifact that fail the size check (none known if its manifest is unreadable)."""
+        try:
+            return [p.path for p in self.check(stage, key, hashes=False)]
+        except ArtifactError:
+            return []
 
     def _unpublish(self, stage: str, key: str, damaged: Iterable[str]) -> None:
         """Remove the manifest, then the damaged files (call holding the lease)."""

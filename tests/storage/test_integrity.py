@@ -221,3 +221,12 @@ def test_a_damaged_chunk_is_one_line_even_with_dataloader_workers(tmp_path: Path
         next(iter(LatentLoader(url, 2, num_workers=1, epochs=1)))
     assert "\n" not in str(e.value) and str(e.value).startswith(f"artifact {artifacts.url_for('encode', KEY)}")
     assert "latents/labels/c/2: sha256" in str(e.value)
+
+
+def test_a_cache_hit_with_an_unreadable_manifest_rebuilds(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    store.ensure("test", KEY, _build(FILES))
+    (Path(store.url_for("test", KEY)) / MANIFEST_NAME).write_text('{"kind": "te')
+    rebuilt = store.ensure("test", KEY, _build({"new": b"n"}))
+    assert set(rebuilt.files) == set(FILES) | {"new"}, "intact files are kept, the build resumes"
+    assert verify_artifact(store, "test", KEY) == []
