@@ -15,7 +15,8 @@ from storage.items import dataset_items
 from uvit import shapes
 
 FAST = ["train.n_steps=20", "train.batch_size=8", "train.save_interval=10", "train.sample_interval=10",
-        "sample.n_samples=8", "sample.mini_batch_size=8", "sample.steps=4", "eval.n_samples=8"]  # fmt: skip
+        "sample.n_samples=8", "sample.mini_batch_size=8", "sample.steps=4",
+        "eval.n_samples=8", "eval.reference_n=8"]  # fmt: skip
 NAMES = ["circle", "square", "triangle", "star"]  # class folders named by the user, not wnids
 
 
