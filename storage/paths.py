@@ -216,11 +216,11 @@ def create_exclusive(url: str, data: bytes) -> bool:
 
 def _create_exclusive_local(path: str, data: bytes) -> bool:
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.link(tmp, path)
     except FileExistsError:
         return False
@@ -234,7 +234,8 @@ def _create_exclusive_local(path: str, data: bytes) -> bool:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
     finally:
-        os.remove(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return True
 
 
