@@ -118,6 +118,7 @@ class _Build:
                 counts, extra = self._coco()
         finally:
             self.sink.close()
+        self._check_not_empty(counts)
         skipped = [s for r in self.records.values() for s in r["skipped"]]
         rejected = [s for r in self.records.values() for s in r["rejected"]]
         counts.update(skipped_members=len(skipped), rejected_members=len(rejected))
@@ -138,6 +139,18 @@ class _Build:
             timings={"extract_s": round(time.time() - started, 3)},
             extra=extra,
         )
+
+    def _check_not_empty(self, counts: dict[str, int]) -> None:
+        """A split without images is an error before anything is published (not an empty dataset)."""
+        for split in self.plan.splits:
+            if counts.get(f"{split}_images", 0) == 0:
+                source = next((f for f in self.plan.files if f.role in (split, "images", "archive", "batches")), None)
+                where = paths.redact_url(source.url) if source is not None else "the source"
+                left_out = sum(len(r["rejected"]) + len(r["skipped"]) for r in self.records.values())
+                raise DatasetError(
+                    f"{self.plan.dataset}: no images in the {split} split of {where}"
+                    f" ({left_out} members skipped or rejected); nothing was published"
+                )
 
     # -- sources
 
