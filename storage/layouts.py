@@ -409,7 +409,8 @@ class _Build:
         except (UnicodeDecodeError, ValueError) as e:
             raise DatasetError(f"{self.plan.dataset}: {captions_file.name}: {e}") from None
         entries = list_tree(source.url)
-        present = {rel for rel in entries if rel.lower().endswith(IMAGE_SUFFIXES)}
+        present = {rel for rel, info in entries.items()  # links and special files are rejected, never read
+                   if rel.lower().endswith(IMAGE_SUFFIXES) and not info.get("problem")}  # fmt: skip
         by_name: dict[str, str] = {}
         for rel in sorted(set(table) & present):  # the first of two paths that flatten to one name wins
             by_name.setdefault(caption_files.published_name(rel), rel)
@@ -442,7 +443,9 @@ class _Build:
                 return copy_members(self.sink, source.url, members, route, existing)
 
             record = self._unit(f"images_{split}", run)
-            chosen = {rel: table[rel] for rel in usable if split_of[rel] == split}
+            written = set(record["files"])  # the captions list only what was copied (not empty or rejected files)
+            chosen = {rel: table[rel] for rel in usable if split_of[rel] == split
+                      and f"images/{split}/{caption_files.published_name(rel)}" in written}  # fmt: skip
             document = caption_files.coco_document(chosen)
             rel_json = f"captions/captions_{split}.json"
             paths.write_json_atomic(paths.join(self.writer.url, rel_json), document)

@@ -152,3 +152,16 @@ def test_captioned_folder_runs_the_whole_text_pipeline(tmp_path: Path) -> None:
     samples = np.load(summary["stages"][4]["artifact"] + "/samples.npz")
     assert samples["arr_0"].shape == (8, 32, 32, 3)
     assert set(summary["metrics"]) >= {"FID", "IS", "KID", "precision", "recall"}
+
+
+def test_captioned_folder_rejects_links_and_lists_only_copied_images(tmp_path: Path) -> None:
+    from storage.items import caption_items
+
+    folder, captions = _captioned(tmp_path, "jsonl")
+    (folder / "linked.jpg").symlink_to("/etc/passwd")
+    with open(folder / "captions.jsonl", "a") as f:
+        f.write('\n{"file": "linked.jpg", "caption": "a link"}\n')
+    out = run_download("folder", str(folder), str(tmp_path / "store"))
+    names = {Path(i["path"]).name for split in ("train", "val") for i in caption_items(out.url, split)[0]}
+    assert "linked.jpg" not in names and len(names) == len(captions)
+    assert out.facts["counts"]["rejected_members"] == 1
