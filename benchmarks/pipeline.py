@@ -31,11 +31,11 @@ __all__ = ["run", "main", "QUICK", "DEFAULT"]
 ROOT = Path(__file__).resolve().parent.parent
 # The test suite's shrunk tiny preset (tests/flows/test_pipeline.py).
 QUICK = ["train.n_steps=30", "train.save_interval=15", "train.sample_interval=15", "sample.n_samples=16",
-         "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16"]  # fmt: skip
+         "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16", "eval.reference_n=16"]  # fmt: skip
 # The full tiny preset trains 1000 steps and scores 256 samples (well over 10 min per run on 2 cores):
 # the default keeps its model, sampler and steps and shortens training and evaluation.
 DEFAULT = ["train.n_steps=100", "train.save_interval=50", "train.sample_interval=50", "sample.n_samples=32",
-           "sample.mini_batch_size=16", "eval.n_samples=32"]  # fmt: skip
+           "sample.mini_batch_size=16", "eval.n_samples=32", "eval.reference_n=32"]  # fmt: skip
 
 
 def _plain(overrides: list[str], store: str) -> tuple[float, dict[str, Any]]:

@@ -16,6 +16,9 @@ from stages.report import StageOutput, code_version, reporter
 
 STAGE = "evaluate"
 REFERENCE_STAGE = "reference"
+REFERENCE_SEED = 0  # the seeded sample of `eval.reference_n` images
+REFERENCE_FEATURES = 10_000  # per-image reference features kept for KID and precision/recall (a seeded subset)
+REFERENCE_BATCH = 32
 
 
 def _local_copy(url: str) -> str:
@@ -42,13 +45,13 @@ def reference_key(preset, dataset_key: str, inception_id: str) -> str:
     from uvit import metrics
     from uvit.spaces import space_of
 
-    config = {"resolution": preset.data.resolution, "n": preset.eval.n_samples, "split": _reference_split(preset),
-              "crop": space_of(preset).crop.name}  # fmt: skip
+    config = {"resolution": preset.data.resolution, "n": preset.eval.reference_n, "split": _reference_split(preset),
+              "crop": space_of(preset).crop.name, "seed": REFERENCE_SEED, "features": REFERENCE_FEATURES}  # fmt: skip
     return artifact_key(REFERENCE_STAGE, config, inputs={"dataset": dataset_key}, models={"inception": inception_id},
                         code_version=code_version(metrics))  # fmt: skip
 
 
-def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str) -> str:
+def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str, reference_kind: str = "file") -> str:
     """Content key of an evaluation: samples, reference, Inception, code, and the preset's report settings.
 
     The report compares against `eval.published_fid` / `eval.fid_reference` and the protocol's
@@ -61,58 +64,110 @@ def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str
     config = {
         "metrics": list(metrics.METRICS),
         "report": {"published_fid": e.published_fid, "fid_reference": e.fid_reference, "n_samples": e.n_samples},
+        "reference_kind": reference_kind,  # the verdict says whether the reference is a named file or computed
     }
     return artifact_key(STAGE, config, inputs={"samples": samples_key, "reference": reference_sha},
                         models={"inception": inception_id}, code_version=code_version(metrics))  # fmt: skip
 
 
+def reference_items(items: list, n: int | None, seed: int = REFERENCE_SEED) -> list:
+    """The whole list (n None or >= its length), else a seeded uniform sample of n, in list order."""
+    import numpy as np
+
+    if n is None or n >= len(items):
+        return items
+    if n < 1:
+        raise ValueError(f"eval.reference_n must be >= 1 or None (the whole split), got {n}")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(items), size=n, replace=False))
+    return [items[i] for i in chosen]
+
+
 def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_root: str, extractor) -> tuple[str, str]:
     """Statistics and features of the dataset's images at the preset's resolution, cached; (npz URL, key).
 
-    Pixel presets crop the reference images by the same rule as their training images
-    (`uvit.encoding.crop_rule`); latent presets by the ADM center crop, as their encoder does.
+    The images are the whole split, or with `eval.reference_n` a seeded uniform sample of it (never
+    the first n: items are sorted by class). They stream: decoded by a thread pool, fed to Inception
+    in batches, mean and covariance accumulated in float64 (`metrics.RunningStatistics`); only a
+    seeded subset of at most `REFERENCE_FEATURES` per-image features is kept (for KID and PR).
+    Images are cropped as the preset's training images are (`space.crop`: the dataset's pixel rule,
+    or the ADM center crop of latent presets).
     """
     import numpy as np
+    import torch
 
     from storage import paths
     from storage.artifacts import ArtifactStore, Manifest
     from storage.items import dataset_items
     from uvit import metrics
-    from uvit.encoding import load_item
+    from uvit.encoding import decoded_images
     from uvit.spaces import space_of
 
-    n = preset.eval.n_samples
     split = _reference_split(preset)
-    crop = space_of(preset).crop.crop  # the crop of the training images: pixel rule or ADM center crop
+    crop = space_of(preset).crop.crop
     key = reference_key(preset, dataset_key, extractor.identity)
     store = ArtifactStore(store_root)
+    log = reporter().logger()
 
     def build(writer) -> Manifest:
-        items = dataset_items(dataset_url, split, captions=preset.data.conditioning == "text")[:n]
-        images = [a for a, _ in (load_item(it["path"], preset.data.resolution, crop) for it in items) if a is not None]
-        if not images:
-            raise ValueError(f"no readable images in {paths.redact_url(dataset_url)} split {split}")
-        features = extractor.extract(np.stack(images), batch_size=32)
-        stats = metrics.feature_statistics(features)
+        every = dataset_items(dataset_url, split, captions=preset.data.conditioning == "text")
+        items = reference_items(every, preset.eval.reference_n)
+        keep = set(reference_items(list(range(len(items))), REFERENCE_FEATURES, seed=REFERENCE_SEED + 1))
+        log.info("reference: %d of %d %s images%s", len(items), len(every), split,
+                 "" if len(items) == len(every) else f" (seeded sample, seed {REFERENCE_SEED})")  # fmt: skip
+        progress = reporter().progress(f"reference statistics of {len(items)} images")
+        running = metrics.RunningStatistics()
+        kept_pool, kept_logits, skipped = [], [], 0
+        batch, positions = [], []
+
+        def flush() -> None:
+            if not batch:
+                return
+            images = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
+            (pool, logits), = extractor.stream([images])  # fmt: skip
+            running.update(pool)
+            rows = [j for j, position in enumerate(positions) if position in keep]
+            kept_pool.append(pool[rows])
+            kept_logits.append(logits[rows])
+            progress(min(1.0, (positions[-1] + 1) / len(items)))
+            batch.clear()
+            positions.clear()
+
+        for i, array, _ in decoded_images([it["path"] for it in items], preset.data.resolution, 4, 64, crop):
+            if array is None:
+                skipped += 1
+                continue
+            batch.append(array)
+            positions.append(i)
+            if len(batch) == REFERENCE_BATCH:
+                flush()
+        flush()
+        if running.n < 2:
+            raise ValueError(f"fewer than 2 readable images in {paths.redact_url(dataset_url)} split {split}")
+        stats = running.statistics()
         buffer = io.BytesIO()
-        np.savez(buffer, mu=stats.mu, sigma=stats.sigma, pool_features=features.pool, logits=features.logits,
-                 extractor=np.asarray(extractor.identity))  # fmt: skip
+        np.savez(buffer, mu=stats.mu, sigma=stats.sigma, pool_features=np.concatenate(kept_pool),
+                 logits=np.concatenate(kept_logits), extractor=np.asarray(extractor.identity),
+                 n_images=np.asarray(running.n), whole_split=np.asarray(len(items) == len(every)))  # fmt: skip
         paths.write_bytes_atomic(writer.path("reference.npz"), buffer.getvalue())
-        return Manifest(kind="fid-reference", counts={"images": len(images)},
-                        extra={"extractor": extractor.identity, "split": split})  # fmt: skip
+        return Manifest(kind="fid-reference",
+                        counts={"images": running.n, "split_images": len(every), "skipped": skipped,
+                                "features_kept": int(sum(len(p) for p in kept_pool))},
+                        extra={"extractor": extractor.identity, "split": split, "whole_split": len(items) == len(every),
+                               "seed": REFERENCE_SEED})  # fmt: skip
 
     store.ensure(REFERENCE_STAGE, key, build)
     return paths.join(store.url_for(REFERENCE_STAGE, key), "reference.npz"), key
 
 
 def report_markdown(preset, results: dict[str, Any], rows: list[dict], samples_manifest, reference: str,
-                    reference_sha: str) -> str:  # fmt: skip
+                    reference_sha: str, origin=None) -> str:  # fmt: skip
     """The evaluation report: metrics next to the published number, and the full protocol."""
     extra = samples_manifest.extra
     s = extra.get("cfg_scale_official_s", preset.sample.cfg_scale)
     lines = [f"# Evaluation: {preset.name}", ""]
-    if not results.get("extractor_comparable", False):
-        lines += ["> **Not comparable to published FIDs**: " + "; ".join(r["reason"] for r in rows[:1]), ""]
+    fid = next((r for r in rows if r["metric"] == "FID"), None)
+    if fid is not None and fid["comparable"] != "yes":
+        lines += ["> **Not comparable to published FIDs**: " + fid["reason"], ""]
     lines += ["| metric | value | published | comparable | why |", "|---|---|---|---|---|"]
     for r in rows:
         value = "-" if r["value"] is None else f"{r['value']:.4g}"
@@ -122,7 +177,8 @@ def report_markdown(preset, results: dict[str, Any], rows: list[dict], samples_m
         "",
         "## Protocol",
         f"- samples: {results.get('n_samples')} ({preset.eval.n_samples} in the paper's protocol)",
-        f"- reference: `{reference}` (sha256 {reference_sha[:16]}...), {results.get('n_reference')} images",
+        f"- reference: `{reference}` (sha256 {reference_sha[:16]}...), {results.get('n_reference')} images"
+        + ("" if origin is None else f"; {_describe_origin(origin)}"),
         f"- sampler: {extra.get('sampler')} with {extra.get('steps')} steps",
         f"- guidance: official s = {s} (usual w = 1 + s = {1 + s})",
         f"- weights: `{extra.get('weights')}` (sha256 {str(extra.get('weights_sha256'))[:16]}...), "
@@ -133,6 +189,22 @@ def report_markdown(preset, results: dict[str, Any], rows: list[dict], samples_m
     for note in results.get("notes", []):
         lines.append(f"- note: {note}")
     return "\n".join(lines)
+
+
+def _describe_origin(origin) -> str:
+    if origin.kind == "file":
+        return "a statistics file named by the user"
+    if origin.kind == "split":
+        return f"computed over the whole {origin.name} ({origin.split_images:,} images)"
+    return f"computed over a seeded sample of {origin.images:,} of the {origin.split_images:,} images of {origin.name}"
+
+
+def samples_sampler(samples_manifest) -> dict[str, Any] | None:
+    """The sampler settings a sample artifact was drawn with ({sampler, steps, cfg_scale}), from its manifest."""
+    extra = samples_manifest.extra
+    if "sampler" not in extra:
+        return None
+    return {"sampler": extra["sampler"], "steps": extra.get("steps"), "cfg_scale": extra.get("cfg_scale_official_s")}
 
 
 def run_evaluate(
@@ -160,16 +232,22 @@ def run_evaluate(
 
     log = reporter().logger()
     extractor = metrics.load_inception(inception_weights, allow_random=preset.eval.offline_smoke)
+    store = ArtifactStore(store_root)
     if reference is None:
         if reference_dataset_url is None or reference_dataset_key is None:
             raise ValueError("pass --reference (an ADM-style .npz) or a dataset run to compute one from")
-        reference, _ = reference_from_dataset(preset, reference_dataset_url, reference_dataset_key, store_root,
-                                              extractor)  # fmt: skip
+        reference, ref_key = reference_from_dataset(preset, reference_dataset_url, reference_dataset_key,
+                                                    store_root, extractor)  # fmt: skip
+        ref = store.manifest(REFERENCE_STAGE, ref_key)
+        whole = ref.extra.get("whole_split", False)
+        origin = metrics.ReferenceOrigin("split" if whole else "subset", f"{ref.extra.get('split')} split",
+                                         ref.counts.get("images"), ref.counts.get("split_images"))  # fmt: skip
+    else:
+        origin = metrics.ReferenceOrigin("file", paths.redact_url(reference))
     reference_sha = verify_file(reference)
-    store = ArtifactStore(store_root)
     samples_manifest = Manifest.from_dict(paths.read_json(paths.join(samples_url, "_MANIFEST.json")))
     samples_key = samples_key or samples_manifest.key
-    key = evaluate_key(preset, samples_key, reference_sha, extractor.identity)
+    key = evaluate_key(preset, samples_key, reference_sha, extractor.identity, origin.kind)
     cached = store.exists(STAGE, key)
 
     def build(writer) -> Manifest:
@@ -179,8 +257,9 @@ def run_evaluate(
         n = samples_manifest.counts.get("samples", 0)
         n_reference = len(ref.features) if ref.features is not None else n
         results = metrics.compute_metrics(samples_path, ref, extractor, kid_subset_size=min(1000, n, n_reference))
-        rows = metrics.report_rows(results, preset, reference_name=preset.eval.fid_reference)
-        report = report_markdown(preset, results, rows, samples_manifest, paths.redact_url(reference), reference_sha)
+        rows = metrics.report_rows(results, preset, reference=origin, sampler=samples_sampler(samples_manifest))
+        report = report_markdown(preset, results, rows, samples_manifest, paths.redact_url(reference), reference_sha,
+                                 origin)  # fmt: skip
         paths.write_bytes_atomic(writer.path("report.md"), report.encode())
         paths.write_json_atomic(writer.path("metrics.json"), {"results": results, "rows": rows})
         return Manifest(kind="uvit-evaluation", counts={"samples": int(results.get("n_samples") or 0)},

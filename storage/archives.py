@@ -10,6 +10,7 @@ members it skipped or rejected. A truncated or corrupt archive raises `ArchiveEr
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -38,6 +39,7 @@ __all__ = [
     "copy_members",
     "list_tree",
     "tree_member",
+    "check_no_link",
 ]
 
 
@@ -295,11 +297,24 @@ def copy_members(
 
 # ------------------------------------------------------------------------------------------------
 # Source folders, read like archives
+#
+# A local source folder is walked without following links: a symlink (to a file or a folder), a
+# device, a fifo or a socket is listed with its `problem` (the archive members' wording) and is
+# rejected by `copy_members`, never opened; a folder link is not descended into. A regular file is
+# opened component by component with `O_NOFOLLOW` below the root, so a file swapped for a link
+# after the listing is refused too. Object stores and `memory://` have no links: they are listed by
+# fsspec as before.
 
 
 def list_tree(url: str) -> dict[str, dict[str, Any]]:
-    """The files under a folder URL (relative name -> fsspec info), sorted by name."""
+    """The files under a folder URL (relative name -> fsspec info), sorted by name.
+
+    On local disks, entries that must not be read (links, devices, fifos, sockets) are listed too,
+    with their reason under `"problem"`.
+    """
     fs, path = paths.filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        return _list_local_tree(path)
     if hasattr(fs, "invalidate_cache"):
         fs.invalidate_cache(path)
     found = fs.find(path, detail=True)
@@ -307,16 +322,102 @@ def list_tree(url: str) -> dict[str, dict[str, Any]]:
     return {p[offset:]: i for p, i in sorted(found.items()) if i.get("type") != "directory"}
 
 
+def _list_local_tree(root: str) -> dict[str, dict[str, Any]]:
+    if not os.path.isdir(root):
+        raise FileNotFoundError(root)
+    found: dict[str, dict[str, Any]] = {}
+    folders = [""]
+    while folders:
+        folder = folders.pop()
+        with os.scandir(os.path.join(root, folder)) as entries:
+            for entry in entries:
+                rel = f"{folder}/{entry.name}" if folder else entry.name
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    folders.append(rel)
+                    continue
+                info = {"name": entry.path, "size": st.st_size, "type": "file", "mtime": st.st_mtime,
+                        "created": st.st_ctime, "mode": st.st_mode, "ino": st.st_ino, "nlink": st.st_nlink}  # fmt: skip
+                if not stat.S_ISREG(st.st_mode):
+                    info.update(type="other", size=0, problem=_local_problem(root, rel, st.st_mode))
+                found[rel] = info
+    return dict(sorted(found.items()))
+
+
+def _local_problem(root: str, rel: str, mode: int) -> str:
+    """Why a non-regular entry of a local source folder is not read (the wording of archive members)."""
+    if stat.S_ISLNK(mode):
+        target = os.readlink(os.path.join(root, rel))
+        real_root, resolved = os.path.realpath(root), os.path.realpath(os.path.join(root, rel))
+        if os.path.commonpath([real_root, resolved]) != real_root:
+            return f"symlink pointing outside ({target})"
+        return f"symlink ({target}); links are not extracted"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device file"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return f"unsupported file type {stat.filemode(mode)[0]!r}"
+
+
+def _open_local(root: str, rel: str) -> BinaryIO:
+    """Open a regular file below a local folder without following a link at any component."""
+    nofollow = os.O_RDONLY | os.O_NOFOLLOW
+    parts = [p for p in rel.split("/") if p]
+    try:
+        if not parts:  # the root is the file itself (a source named by the user)
+            fd = os.open(root, nofollow | os.O_NONBLOCK)
+        else:
+            folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                for part in parts[:-1]:
+                    inner = os.open(part, nofollow | os.O_DIRECTORY, dir_fd=folder)
+                    os.close(folder)
+                    folder = inner
+                fd = os.open(parts[-1], nofollow | os.O_NONBLOCK, dir_fd=folder)  # no wait on a fifo
+            finally:
+                os.close(folder)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ArchiveError(f"{root}: member {rel}: became a link after it was listed; not read") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ArchiveError(f"{root}: member {rel}: not a regular file any more; not read")
+    return os.fdopen(fd, "rb")
+
+
 def tree_member(root_url: str, rel: str, info: Mapping[str, Any]) -> Member:
-    """A file of a source tree as an archive member (read through fsspec)."""
+    """A file of a source tree as an archive member (read through fsspec; local files never through a link)."""
+    problem = info.get("problem") or member_problem(rel)
     url = paths.join(root_url, rel) if member_problem(rel) is None else root_url
     size = int(info.get("size") or 0)
     fs, path = paths.filesystem(url)
-    return Member(
-        rel,
-        size,
-        False,
-        member_problem(rel),
-        _reader(root_url, rel, lambda: fs.cat_file(path), size),
-        lambda: fs.open(path, "rb"),
-    )
+    if isinstance(fs, LocalFileSystem):
+        root = paths.filesystem(root_url)[1]
+        open_ = lambda: _open_local(root, rel)  # noqa: E731
+
+        def read() -> bytes:
+            with _open_local(root, rel) as f:
+                return f.read()
+    else:
+        open_ = lambda: fs.open(path, "rb")  # noqa: E731
+        read = lambda: fs.cat_file(path)  # noqa: E731
+    return Member(rel, size, False, problem, _reader(root_url, rel, read, size), open_)
+
+
+def check_no_link(folder_url: str, rel: str) -> None:
+    """Refuse a file or folder of a local source folder reached through a link (`DatasetError` naming it)."""
+    fs, folder = paths.filesystem(folder_url)
+    if not isinstance(fs, LocalFileSystem):
+        return
+    path = folder
+    for part in [p for p in rel.split("/") if p]:
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            problem = _local_problem(folder, os.path.relpath(path, folder), stat.S_IFLNK)
+            raise DatasetError(
+                f"{path}: {problem}; links in a source folder are not followed: give the folder that holds"
+                " the real file as a source"
+            )

@@ -243,7 +243,14 @@ def _now_iso() -> str:
 
 
 class _Lease:
-    """A lease file with an owner id and a heartbeat refreshed by a daemon thread."""
+    """A lease file with an owner id and a heartbeat refreshed by a daemon thread.
+
+    Every change after creation is a conditional write on the bytes last seen (`paths.replace_if_unchanged`,
+    `paths.remove_if_unchanged`): taking over a stale lease, each heartbeat and the release. So of
+    many processes that find one stale lease, exactly one replaces it (the others see bytes that
+    changed and back off), and a heartbeat or release never overwrites a taker's lease. Local disks
+    and S3 do this atomically; `memory://` per process; other fsspec backends check then write.
+    """
 
     def __init__(self, url: str, heartbeat_s: float, timeout_s: float) -> None:
         self.url = url
@@ -251,6 +258,7 @@ class _Lease:
         self.heartbeat_s = heartbeat_s
         self.timeout_s = timeout_s
         self.lost = False
+        self._written = b""  # the bytes of our last lease write, the condition of the next one
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -260,34 +268,38 @@ class _Lease:
         ).encode()
 
     def try_acquire(self) -> bool:
-        """Take the lease if free or stale; True on success."""
-        if paths.create_exclusive(self.url, self._payload()):
-            self._start()
-            return True
-        holder = read_lease(self.url)
-        if (
-            holder is not None
-            and time.time() - holder.get("heartbeat", 0.0) <= self.timeout_s
-            and not _holder_is_dead(holder)
-        ):
+        """Take the lease if free or stale in one atomic step (exclusive create, conditional replace); True if taken."""
+        payload = self._payload()
+        if paths.create_exclusive(self.url, payload):
+            return self._start(payload)
+        seen = paths.read_bytes(self.url)
+        if seen is None:  # released since: one more exclusive create, as racy-free as the first
+            return paths.create_exclusive(self.url, payload) and self._start(payload)
+        holder = _parse_lease(seen)
+        if holder is not None and not self._is_stale(holder):
             return False
-        # Stale (or unreadable) lease: break it and race for a fresh exclusive create.
-        paths.remove_tree(self.url)
-        if paths.create_exclusive(self.url, self._payload()):
-            self._start()
-            return True
+        # Stale (or unreadable): replace exactly the bytes judged stale; a concurrent taker that
+        # replaced them first makes this write fail.
+        if paths.replace_if_unchanged(self.url, seen, payload):
+            return self._start(payload)
         return False
 
-    def _start(self) -> None:
+    def _is_stale(self, holder: dict[str, Any]) -> bool:
+        return time.time() - holder.get("heartbeat", 0.0) > self.timeout_s or _holder_is_dead(holder)
+
+    def _start(self, written: bytes) -> bool:
+        self._written = written
         self._thread = threading.Thread(target=self._beat, name=f"lease-{self.owner[:8]}", daemon=True)
         self._thread.start()
+        return True
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            if not self.still_owned():
-                self.lost = True
+            payload = self._payload()
+            if not paths.replace_if_unchanged(self.url, self._written, payload):
+                self.lost = True  # taken over (or removed): never write over the new holder's lease
                 return
-            paths.write_bytes_atomic(self.url, self._payload())
+            self._written = payload
 
     def still_owned(self) -> bool:
         """Whether the lease file still names this owner."""
@@ -302,10 +314,10 @@ class _Lease:
             self._thread = None
 
     def release(self) -> None:
-        """Stop heartbeating and delete the lease file if it is still ours."""
+        """Stop heartbeating and delete the lease file if it is still ours (a conditional delete)."""
         self.stop()
-        if self.still_owned():
-            paths.remove_tree(self.url)
+        if self._written and not self.lost:
+            paths.remove_if_unchanged(self.url, self._written)
 
 
 def _holder_is_dead(holder: dict[str, Any]) -> bool:
@@ -338,10 +350,16 @@ def _is_zombie(pid: int) -> bool:
 
 def read_lease(url: str) -> dict[str, Any] | None:
     """The lease file's content, or None if absent or unreadable (a half-written lease)."""
+    data = paths.read_bytes(url)
+    return None if data is None else _parse_lease(data)
+
+
+def _parse_lease(data: bytes) -> dict[str, Any] | None:
     try:
-        return paths.read_json(url)
-    except (FileNotFoundError, json.JSONDecodeError):
+        holder = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return holder if isinstance(holder, dict) else None
 
 
 # ------------------------------------------------------------------------------------------------

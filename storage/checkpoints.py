@@ -10,7 +10,8 @@ Layout under a checkpoint root:
                                         `torch.load(weights_only=True)`
         MANIFEST.json                   written last: step, each file's size and sha256, created_at
         KEEP                            optional marker: never pruned
-    <root>/step_000050000.tmp-<id>/     local disks: a save in progress (or a crashed one); ignored
+    <root>/step_000050000.tmp-<id>/     local disks: a save in progress; ignored by readers, removed
+                                        if the save fails, and (if it was killed) by the next save
 
 On local disks a save writes every file into the temporary folder and renames it to its final name
 (atomic); on object stores, where a rename is a copy, it writes the files in place. Either way the
@@ -199,27 +200,42 @@ class CheckpointStore:
         _check_weights_only(files["state.pt"])  # fail at save time, not at resume time
 
         paths.remove_tree(final)  # leftovers of a crashed save of this step
-        # Local disks: write a temporary folder and rename it (atomic). Object stores have no atomic
-        # rename (a move is copy + delete): write in place; the manifest written last is what counts.
-        local = paths.is_local(self.root)
-        fs, folder = paths.filesystem(tmp if local else final)
-        fs.makedirs(folder, exist_ok=True)
-        for name, data in files.items():
-            fs.pipe_file(f"{folder}/{name}", data)
-        if keep:
-            fs.pipe_file(f"{folder}/{KEEP_NAME}", b"")
-        if local:
-            os.replace(folder, paths.filesystem(final)[1])
+        self._remove_temporary_folders()  # and of killed saves of any step (one writer at a time)
         manifest = {
             "format_version": FORMAT_VERSION,
             "step": int(step),
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "files": {name: {"bytes": len(data), "sha256": _sha256(data)} for name, data in files.items()},
         }
-        paths.write_json_atomic(paths.join(final, MANIFEST_NAME), manifest)
+        # Local disks: write a temporary folder and rename it (atomic). Object stores have no atomic
+        # rename (a move is copy + delete): write in place; the manifest written last is what counts.
+        local = paths.is_local(self.root)
+        fs, folder = paths.filesystem(tmp if local else final)
+        try:
+            fs.makedirs(folder, exist_ok=True)
+            for name, data in files.items():
+                fs.pipe_file(f"{folder}/{name}", data)
+            if keep:
+                fs.pipe_file(f"{folder}/{KEEP_NAME}", b"")
+            if local:
+                os.replace(folder, paths.filesystem(final)[1])
+            paths.write_json_atomic(paths.join(final, MANIFEST_NAME), manifest)
+        except BaseException:
+            # A failed save (a full disk, a lost connection) must not keep its partial copy: on every
+            # retry it would hold one more checkpoint's worth of space. Nothing here is complete.
+            paths.remove_tree(tmp)
+            paths.remove_tree(final)
+            raise
         if prune:
             self.prune()
         return final
+
+    def _remove_temporary_folders(self) -> list[str]:
+        """Delete the `step_*.tmp-*` folders of saves that were killed (no other save may run meanwhile)."""
+        removed = [paths.join(self.root, n) for n in paths.list_names(self.root) if _TMP_DIR.match(n)]
+        for url in removed:
+            paths.remove_tree(url)
+        return removed
 
     def steps(self) -> list[int]:
         """Steps of complete checkpoints, ascending."""

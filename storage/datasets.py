@@ -17,7 +17,9 @@ copied to a local cache through `<name>.part` (continued with HTTP `Range` / a s
 interruption), then hashed and checked against `KNOWN_CHECKSUMS` (`storage.transfer`). Extraction
 (`storage.layouts`, through `storage.archives`) never writes a member path: members are routed to
 names built there, and absolute paths, `..`, links and device files are rejected and listed in the
-manifest. The key
+manifest. Source folders are read the same way: a symlink, device, fifo or socket in a local folder
+is a rejected member, never opened (`storage.archives.list_tree`), and a source file or folder
+found through a link in a source folder is refused with an error naming it. The key
 covers dataset, splits, each source's identity (the published checksum when known, else redacted
 URL + size + etag/mtime) and `CODE_VERSION`.
 """
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from storage import celeba, cifar10, layouts, paths
-from storage.archives import ArchiveError, DatasetError, list_tree
+from storage.archives import ArchiveError, DatasetError, check_no_link, list_tree
 from storage.artifacts import ArtifactStore, ArtifactWriter, Manifest, artifact_key
 from storage.caption_files import CAPTION_FILES
 from storage.transfer import KNOWN_CHECKSUMS, ChecksumError, TransferError, default_cache_dir, fetch
@@ -178,6 +180,7 @@ class _Locator:
             fs, path = paths.filesystem(url)
             try:  # info (a HEAD over HTTP) rather than exists/isfile, which GET the whole body there
                 if fs.info(path).get("type") == "file":
+                    check_no_link(folder, name)
                     return url
             except FileNotFoundError:
                 pass
@@ -188,6 +191,7 @@ class _Locator:
             url = paths.join(folder, name)
             fs, path = paths.filesystem(url)
             if fs.isdir(path):
+                check_no_link(folder, name)
                 return url
         return None
 

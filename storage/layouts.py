@@ -118,6 +118,7 @@ class _Build:
                 counts, extra = self._coco()
         finally:
             self.sink.close()
+        self._check_not_empty(counts)
         skipped = [s for r in self.records.values() for s in r["skipped"]]
         rejected = [s for r in self.records.values() for s in r["rejected"]]
         counts.update(skipped_members=len(skipped), rejected_members=len(rejected))
@@ -138,6 +139,18 @@ class _Build:
             timings={"extract_s": round(time.time() - started, 3)},
             extra=extra,
         )
+
+    def _check_not_empty(self, counts: dict[str, int]) -> None:
+        """A split without images is an error before anything is published (not an empty dataset)."""
+        for split in self.plan.splits:
+            if counts.get(f"{split}_images", 0) == 0:
+                source = next((f for f in self.plan.files if f.role in (split, "images", "archive", "batches")), None)
+                where = paths.redact_url(source.url) if source is not None else "the source"
+                left_out = sum(len(r["rejected"]) + len(r["skipped"]) for r in self.records.values())
+                raise DatasetError(
+                    f"{self.plan.dataset}: no images in the {split} split of {where}"
+                    f" ({left_out} members skipped or rejected); nothing was published"
+                )
 
     # -- sources
 
@@ -396,7 +409,8 @@ class _Build:
         except (UnicodeDecodeError, ValueError) as e:
             raise DatasetError(f"{self.plan.dataset}: {captions_file.name}: {e}") from None
         entries = list_tree(source.url)
-        present = {rel for rel in entries if rel.lower().endswith(IMAGE_SUFFIXES)}
+        present = {rel for rel, info in entries.items()  # links and special files are rejected, never read
+                   if rel.lower().endswith(IMAGE_SUFFIXES) and not info.get("problem")}  # fmt: skip
         by_name: dict[str, str] = {}
         for rel in sorted(set(table) & present):  # the first of two paths that flatten to one name wins
             by_name.setdefault(caption_files.published_name(rel), rel)
@@ -429,7 +443,9 @@ class _Build:
                 return copy_members(self.sink, source.url, members, route, existing)
 
             record = self._unit(f"images_{split}", run)
-            chosen = {rel: table[rel] for rel in usable if split_of[rel] == split}
+            written = set(record["files"])  # the captions list only what was copied (not empty or rejected files)
+            chosen = {rel: table[rel] for rel in usable if split_of[rel] == split
+                      and f"images/{split}/{caption_files.published_name(rel)}" in written}  # fmt: skip
             document = caption_files.coco_document(chosen)
             rel_json = f"captions/captions_{split}.json"
             paths.write_json_atomic(paths.join(self.writer.url, rel_json), document)

@@ -8,10 +8,15 @@ SDK's own environment, never from the URL string that is written into manifests 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -31,6 +36,9 @@ __all__ = [
     "write_json_atomic",
     "read_json",
     "create_exclusive",
+    "read_bytes",
+    "replace_if_unchanged",
+    "remove_if_unchanged",
     "remove_atomic_leftovers",
     "is_atomic_tmp",
     "remove_tree",
@@ -184,19 +192,16 @@ def read_json(url: str) -> Any:
 def create_exclusive(url: str, data: bytes) -> bool:
     """Create an object only if it does not exist; True if this call created it.
 
-    Local files use `O_EXCL`; object stores use a conditional PUT (`If-None-Match: *`, s3fs mode
-    `"xb"`); other filesystems fall back to check-then-write, which is not race-free.
+    Local files are written under a unique temporary name and hard-linked to the target (the link
+    fails if the target exists, and a reader never sees it half written; `O_EXCL` where the
+    filesystem has no hard links); object stores use a conditional PUT (`If-None-Match: *`, s3fs
+    mode `"xb"`); `memory://` checks and writes under a process lock (it is per process); other
+    filesystems fall back to check-then-write, which is not race-free.
     """
     fs, path = filesystem(url)
     if isinstance(fs, LocalFileSystem):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return True
+        return _create_exclusive_local(path, data)
     if protocol(url) in ("s3", "s3a"):
         try:
             with fs.open(path, "xb") as f:
@@ -204,14 +209,175 @@ def create_exclusive(url: str, data: bytes) -> bool:
         except FileExistsError:
             return False
         except OSError as e:  # s3fs maps 412 PreconditionFailed to an OSError subclass on some versions
-            if "PreconditionFailed" in repr(e) or "412" in repr(e):
+            if _s3_precondition_failed(e):
                 return False
             raise
         return True
-    if fs.exists(path):
-        return False
-    fs.pipe_file(path, data)
+    with _process_lock if protocol(url) == "memory" else contextlib.nullcontext():
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
     return True
+
+
+def _create_exclusive_local(path: str, data: bytes) -> bool:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as e:  # no hard links here (some FUSE and SMB mounts): O_EXCL, visible while written
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return True
+
+
+def read_bytes(url: str) -> bytes | None:
+    """An object's bytes, or None if it does not exist."""
+    fs, path = filesystem(url)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+
+
+# Conditional writes: replace or remove an object only if it still holds the bytes the caller read.
+# Local files: the check and the write happen under an exclusive `flock` of the folder holding the
+# object (every conditional write on the folder takes it; `create_exclusive` needs none, it only
+# creates). S3: the object's ETag is read before its bytes and the write is a PUT / DELETE with
+# `If-Match: <etag>` (a 412 means someone else wrote first). `memory://`: a process lock.
+# Other filesystems (no conditional writes in fsspec): check-then-write, not race-free.
+
+_process_lock = threading.RLock()  # threads of one process (flock on NFS is per process)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: str) -> Iterator[bool]:
+    """Hold an exclusive flock of a local folder; yields False (unlocked) if the folder does not exist."""
+    with _process_lock:
+        while True:
+            try:
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                yield False
+                return
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except OSError as e:
+                    raise OSError(
+                        e.errno, f"cannot lock folder {folder} for a conditional write ({e.strerror})"
+                    ) from None
+                try:
+                    same = os.stat(folder).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:  # not removed and recreated while we waited for the lock
+                    yield True
+                    return
+            finally:
+                os.close(fd)
+
+
+def replace_if_unchanged(url: str, expected: bytes, data: bytes) -> bool:
+    """Overwrite an object with `data` only if it still holds `expected`; True if this call wrote it."""
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        with _folder_lock(os.path.dirname(path)) as locked:
+            if not locked or _local_bytes(path) != expected:
+                return False
+            write_bytes_atomic(url, data)
+            return True
+    if protocol(url) in ("s3", "s3a"):
+        seen = _s3_etag_and_bytes(fs, path)
+        if seen is None or seen[1] != expected:
+            return False
+        bucket, key, _ = fs.split_path(path)
+        return _s3_conditional(fs, path, "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=seen[0])
+    with _process_lock if protocol(url) == "memory" else contextlib.nullcontext():
+        if read_bytes(url) != expected:
+            return False
+        fs.pipe_file(path, data)
+        return True
+
+
+def remove_if_unchanged(url: str, expected: bytes) -> bool:
+    """Delete an object only if it still holds `expected`; True if this call deleted it."""
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        with _folder_lock(os.path.dirname(path)) as locked:
+            if not locked or _local_bytes(path) != expected:
+                return False
+            os.remove(path)
+            return True
+    if protocol(url) in ("s3", "s3a"):
+        seen = _s3_etag_and_bytes(fs, path)
+        if seen is None or seen[1] != expected:
+            return False
+        bucket, key, _ = fs.split_path(path)
+        return _s3_conditional(fs, path, "delete_object", Bucket=bucket, Key=key, IfMatch=seen[0])
+    with _process_lock if protocol(url) == "memory" else contextlib.nullcontext():
+        if read_bytes(url) != expected:
+            return False
+        fs.rm_file(path)
+        return True
+
+
+def _local_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _s3_etag_and_bytes(fs: Any, path: str) -> tuple[str, bytes] | None:
+    # The ETag first: if the object changes after it, the If-Match write fails, so the bytes read
+    # (which may be newer) are never judged under a version they do not belong to.
+    fs.invalidate_cache(path)
+    try:
+        etag = fs.info(path)["ETag"]
+        return etag, fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def _s3_conditional(fs: Any, path: str, operation: str, **kwargs: Any) -> bool:
+    try:
+        fs.call_s3(operation, **kwargs)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        if _s3_precondition_failed(e):
+            return False
+        raise
+    finally:
+        fs.invalidate_cache(path)
+    return True
+
+
+def _s3_precondition_failed(error: BaseException) -> bool:
+    """A 412 (the condition did not hold) or 409 ConditionalRequestConflict (a concurrent conditional write)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        code = str(getattr(cause, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            return True
+        cause = cause.__cause__
+    return "PreconditionFailed" in repr(error) or "412" in repr(error)
 
 
 def remove_tree(url: str) -> None:

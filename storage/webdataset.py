@@ -72,12 +72,16 @@ def _write_shard(url: str, samples: list[dict[str, Any]]) -> None:
     target = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
     if local:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    with fs.open(target, "wb") as f:  # object stores upload on close: one atomic PUT
-        with webdataset.TarWriter(f) as writer:
-            for sample in samples:
-                writer.write(sample)
-    if local:
-        os.replace(target, path)
+    try:
+        with fs.open(target, "wb") as f:  # object stores upload on close: one atomic PUT
+            with webdataset.TarWriter(f) as writer:
+                for sample in samples:
+                    writer.write(sample)
+        if local:
+            os.replace(target, path)
+    finally:
+        if local and os.path.exists(target):  # a failed write (e.g. a full disk) keeps no partial shard
+            os.remove(target)
 
 
 def export_webdataset(store_url: str, out_url: str, *, samples_per_shard: int = 1000) -> list[str]:

@@ -150,6 +150,9 @@ class EvalConfig:
 
     fid_reference: str | None = None  # name of the official reference statistics
     n_samples: int = 50_000
+    # Reference images computed from the dataset: None = the whole split (the protocol); n = a seeded
+    # uniform sample of n images over all classes (cheaper, and reported as not comparable).
+    reference_n: int | None = None
     periodic_n_samples: int = 10_000  # samples of a periodic evaluation during training (official: FID-10K)
     published_fid: float | None = None
     offline_smoke: bool = False  # random Inception weights allowed; numbers not comparable
@@ -475,7 +478,12 @@ def _tiny() -> Preset:
         # 128 samples and 128 reference images: Inception at 299 px is ~0.15 s per image on 2 cores.
         sample=SampleConfig(sampler="dpm_solver", steps=25, cfg_scale=1.0, n_samples=128, mini_batch_size=64),
         eval=EvalConfig(
-            fid_reference=None, n_samples=128, periodic_n_samples=64, published_fid=None, offline_smoke=True
+            fid_reference=None,
+            n_samples=128,
+            periodic_n_samples=64,
+            published_fid=None,
+            offline_smoke=True,
+            reference_n=128,
         ),  # fmt: skip
     )
 

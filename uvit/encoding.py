@@ -179,7 +179,7 @@ class EncodedPart:
     problems: list[ImageProblem] = field(default_factory=list)
 
 
-def _decoded(
+def decoded_images(
     paths_: Sequence[str],
     image_size: int,
     workers: int,
@@ -231,7 +231,7 @@ def encode_images(
         good.clear()
 
     ahead = 2 * batch_size + workers  # the next batch decodes while this one encodes
-    for i, array, problem in _decoded(image_paths, image_size, workers, ahead):
+    for i, array, problem in decoded_images(image_paths, image_size, workers, ahead):
         if problem is not None:
             problems.append(problem)
         if array is None:
@@ -262,7 +262,7 @@ class PixelPart:
 def encode_pixels(image_paths: Sequence[str], image_size: int, rule: CropRule, *, workers: int = 4) -> PixelPart:
     """Crop every usable image by `rule` to uint8 (1, 3, S, S), skipping and counting the others."""
     good, indices, problems = [], [], []
-    for i, array, problem in _decoded(image_paths, image_size, workers, 2 * workers + 8, rule.crop):
+    for i, array, problem in decoded_images(image_paths, image_size, workers, 2 * workers + 8, rule.crop):
         if problem is not None:
             problems.append(problem)
         if array is None:

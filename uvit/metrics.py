@@ -50,6 +50,7 @@ __all__ = [
     "load_inception",
     "image_batches",
     "feature_statistics",
+    "RunningStatistics",
     "save_statistics",
     "load_reference",
     "fid_from_statistics",
@@ -60,6 +61,7 @@ __all__ = [
     "compute_metrics",
     "published_fid",
     "report_rows",
+    "ReferenceOrigin",
 ]
 
 METRICS = ("fid", "is", "kid", "pr")
@@ -106,6 +108,48 @@ def feature_statistics(features: InceptionFeatures | np.ndarray) -> FeatureStats
     centered = x - mu
     sigma = centered.T @ centered / (len(x) - 1)  # (D, D), = np.cov(rowvar=False)
     return FeatureStats(mu.numpy(), sigma.numpy(), n=len(x))
+
+
+class RunningStatistics:
+    """Mean and covariance of pool features accumulated batch by batch in float64; memory flat in N.
+
+    Each batch's own mean and centred co-moment are merged into the running ones (Chan, Golub and
+    LeVeque's pairwise update), so the result equals `feature_statistics` of all rows at once to
+    float64 rounding, whatever the batch sizes.
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
+        self.n = 0
+        self.dim = dim  # None: the first batch's width
+        self.mean: torch.Tensor | None = None  # (D,)
+        self.comoment: torch.Tensor | None = None  # (D, D): sum of centred outer products
+
+    def update(self, pool: np.ndarray) -> None:
+        """Add a batch of pool features (B, D)."""
+        x = torch.from_numpy(np.asarray(pool)).double()  # (B, D)
+        if self.dim is None and x.ndim == 2:
+            self.dim = x.shape[1]
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected features (B, {self.dim}), got {tuple(x.shape)}")
+        if self.mean is None:
+            self.mean = torch.zeros(self.dim, dtype=torch.float64)
+            self.comoment = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+        b = len(x)
+        if b == 0:
+            return
+        batch_mean = x.mean(0)
+        centred = x - batch_mean
+        delta = batch_mean - self.mean
+        total = self.n + b
+        self.comoment += centred.T @ centred + torch.outer(delta, delta) * (self.n * b / total)
+        self.mean += delta * (b / total)
+        self.n = total
+
+    def statistics(self) -> FeatureStats:
+        """(mu, sigma) so far; sigma with the n - 1 denominator, as `feature_statistics`."""
+        if self.n < 2 or self.mean is None or self.comoment is None:
+            raise ValueError(f"statistics need at least 2 feature rows, got {self.n}")
+        return FeatureStats(self.mean.numpy().copy(), (self.comoment / (self.n - 1)).numpy(), n=self.n)
 
 
 def save_statistics(
@@ -370,26 +414,77 @@ def published_fid(preset: str | Preset) -> float | None:
     return _preset(preset).eval.published_fid
 
 
-def _fid_reasons(results: dict[str, Any], preset: Preset, reference_name: str | None) -> list[str]:
-    """Why a FID is not comparable with the paper's (empty when it is)."""
+@dataclass(frozen=True)
+class ReferenceOrigin:
+    """Where reference statistics came from: a statistics file the user named, or a dataset split."""
+
+    kind: str  # "file" (named by the user: ADM batch or U-ViT fid_stats), "split" (the whole split), "subset"
+    name: str  # the file, or "<dataset> <split>"
+    images: int | None = None  # images the statistics cover (computed references)
+    split_images: int | None = None  # images in the split
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("file", "split", "subset"):
+            raise ValueError(f"reference kind is 'file', 'split' or 'subset', got {self.kind!r}")
+
+
+def _registered(preset: Preset) -> Preset:
+    """The registered preset of this name (the paper's protocol, whatever overrides a run applied)."""
+    from uvit.config import get_preset
+
+    try:
+        return get_preset(preset.name)
+    except (KeyError, ValueError):
+        return preset
+
+
+def _fid_reasons(
+    results: dict[str, Any], preset: Preset, reference: ReferenceOrigin | None, sampler: dict[str, Any] | None
+) -> list[str]:
+    """Why a FID is not comparable with the paper's (empty when it is): each condition checked on its own."""
     reasons = []
     if not results.get("extractor_comparable", False):
         reasons.append(f"extractor {results.get('extractor')!r} is not the official Inception weights")
     if preset.eval.published_fid is None:
         reasons.append(f"the paper reports no FID for preset {preset.name!r}")
-    official = preset.eval.fid_reference
-    if official is not None and reference_name != official:
-        reasons.append(f"reference {reference_name!r} is not the official statistics {official!r}")
-    n, protocol = results.get("n_samples") or 0, preset.eval.n_samples
+    if reference is None:
+        reasons.append("the reference's origin is unknown")
+    elif reference.kind == "subset":
+        reasons.append(f"the reference is a seeded sample of {reference.images:,} of the {reference.split_images:,} "
+                       f"images of {reference.name}, not the whole split")  # fmt: skip
+    registered = _registered(preset)
+    n, protocol = results.get("n_samples") or 0, registered.eval.n_samples
     if n < protocol:
         reasons.append(f"{n:,} samples; the protocol uses {protocol:,} (FID is biased upward at small N)")
+    s = registered.sample
+    paper = {"sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale}
+    if sampler is None:
+        reasons.append("the sampler used is unknown")
+    elif {k: sampler.get(k) for k in paper} != paper:
+        used = {k: sampler.get(k) for k in paper}
+        reasons.append(f"sampler {used} is not the paper's protocol {paper}")
     return reasons
 
 
+def _fid_basis(results: dict[str, Any], preset: Preset, reference: ReferenceOrigin) -> str:
+    what = f"statistics file {reference.name!r}" if reference.kind == "file" else f"the whole {reference.name}"
+    return f"{results['n_samples']:,} samples against {what}, official Inception, the paper's sampler"
+
+
 def report_rows(
-    results: dict[str, Any], preset: str | Preset, *, reference_name: str | None = None
+    results: dict[str, Any],
+    preset: str | Preset,
+    *,
+    reference: ReferenceOrigin | None = None,
+    sampler: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows {metric, value, published, comparable ("yes"/"no"), reason} for a `compute_metrics` result."""
+    """Rows {metric, value, published, comparable ("yes"/"no"), reason} for a `compute_metrics` result.
+
+    FID is "comparable" only when the Inception weights are the official ones (by hash), the paper
+    reports a FID for the preset, the reference is a statistics file the user named or the whole
+    split, the sample count reaches the protocol's and the sampler (`sampler`, `steps`,
+    `cfg_scale`) is the paper's for the preset; otherwise "no" with every reason.
+    """
     preset = _preset(preset)
     skipped = results.get("skipped", {})
     rows = []
@@ -399,10 +494,8 @@ def report_rows(
         elif value_key not in results:
             continue  # not requested
         elif key == "fid":
-            reasons = _fid_reasons(results, preset, reference_name)
-            reason = "; ".join(reasons) or (
-                f"{results['n_samples']:,} samples against {preset.eval.fid_reference!r}, official Inception"
-            )
+            reasons = _fid_reasons(results, preset, reference, sampler)
+            reason = "; ".join(reasons) or _fid_basis(results, preset, reference)
             rows.append(dict(metric=label, value=results[value_key], published=preset.eval.published_fid,
                              comparable="no" if reasons else "yes", reason=reason))  # fmt: skip
         else:

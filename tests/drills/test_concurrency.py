@@ -29,7 +29,8 @@ pytestmark = pytest.mark.slow
 
 
 FAST = ["train.n_steps=6", "train.batch_size=16", "train.save_interval=3", "train.sample_interval=0",
-        "sample.n_samples=16", "sample.mini_batch_size=8", "sample.steps=4", "eval.n_samples=16"]  # fmt: skip
+        "sample.n_samples=16", "sample.mini_batch_size=8", "sample.steps=4",
+        "eval.n_samples=16", "eval.reference_n=16"]  # fmt: skip
 
 
 def _published(store: Path) -> dict[str, list[str]]:

@@ -23,6 +23,13 @@ class ImagesAsFeatures:
         flat = images.reshape(len(images), -1).astype(np.float32)
         return InceptionFeatures(pool=flat, logits=flat[:, :8], extractor=self.identity)
 
+    def stream(self, batches, device="cpu"):
+        for batch in batches:  # (B, 3, H, W) uint8
+            images = batch.permute(0, 2, 3, 1).numpy()
+            self.seen.append(images)
+            flat = images.reshape(len(images), -1).astype(np.float32)
+            yield flat, flat[:, :8]
+
 
 def test_pixel_reference_uses_the_preset_crop_rule_and_resolution(tmp_path, monkeypatch):
     import uvit.encoding
@@ -47,3 +54,34 @@ def test_pixel_reference_uses_the_preset_crop_rule_and_resolution(tmp_path, monk
 
     as_is = get_preset("tiny-pixel", ["eval.n_samples=8", "data.resolution=16", "data.dataset=cifar10"])
     assert reference_key(as_is, ds.key, extractor.identity) != key  # the crop rule is part of the key
+
+
+def test_reference_is_a_seeded_sample_over_all_classes_streamed_to_the_batch_statistics(tmp_path) -> None:
+    from stages.evaluate import reference_items
+    from storage import paths
+    from uvit.metrics import feature_statistics
+
+    store = str(tmp_path)
+    ds = download_dataset("shapes", None, store, shapes={"n_train_per_class": 10, "n_val": 2})
+    items = dataset_items(ds.url, "train")  # sorted by class: the first 12 are classes 0 and 1 only
+    preset = get_preset("tiny", ["eval.reference_n=12", "data.resolution=16"])
+    extractor = ImagesAsFeatures()
+    url, key = reference_from_dataset(preset, ds.url, ds.key, store, extractor)
+    chosen = reference_items(items, 12)
+    assert chosen == reference_items(items, 12) and len(chosen) == 12  # seeded: the same every time
+    assert len({it["label"] for it in chosen}) == 4  # over all classes, never the first n
+    assert chosen != items[:12] and [items.index(it) for it in chosen] == sorted(items.index(it) for it in chosen)
+    seen = np.concatenate(extractor.seen)  # what was streamed, in batches
+    expected = np.stack([load_item(it["path"], 16)[0] for it in chosen])
+    np.testing.assert_array_equal(seen, expected)
+    exact = feature_statistics(expected.reshape(12, -1).astype(np.float32))
+    with np.load(paths.filesystem(url)[1]) as npz:
+        assert int(npz["n_images"]) == 12 and not bool(npz["whole_split"])
+        assert np.abs(npz["mu"] - exact.mu).max() <= 1e-9 * np.abs(exact.mu).max()
+        assert np.abs(npz["sigma"] - exact.sigma).max() <= 1e-9 * np.abs(exact.sigma).max()
+    whole = get_preset("tiny", ["eval.reference_n=null", "data.resolution=16"])
+    assert reference_items(items, None) is items and reference_items(items, 500) is items
+    url_all, key_all = reference_from_dataset(whole, ds.url, ds.key, store, ImagesAsFeatures())
+    assert key_all != key
+    with np.load(paths.filesystem(url_all)[1]) as npz:
+        assert int(npz["n_images"]) == len(items) and bool(npz["whole_split"])

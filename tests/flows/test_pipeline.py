@@ -13,7 +13,7 @@ from storage.images import read_png
 
 # The tiny preset, shrunk so the whole pipeline runs in well under a minute on 2 cores.
 FAST = ["train.n_steps=30", "train.save_interval=15", "train.sample_interval=15", "sample.n_samples=16",
-        "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16"]  # fmt: skip
+        "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16", "eval.reference_n=16"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_sampling_from_an_official_format_state_dict(tmp_path):
 SHRUNK = ["model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.use_checkpoint=false",
           "train.n_steps=4", "train.batch_size=4", "train.save_interval=2", "train.warmup_steps=1",
           "train.mixed_precision=no", "train.num_workers=0", "sample.n_samples=8", "sample.steps=5",
-          "sample.mini_batch_size=4", "eval.n_samples=8", "eval.offline_smoke=true"]  # fmt: skip
+          "sample.mini_batch_size=4", "eval.n_samples=8", "eval.reference_n=8", "eval.offline_smoke=true"]  # fmt: skip
 
 
 def _cifar10_folder(root: Path) -> Path:

@@ -31,7 +31,7 @@ DEPLOYMENTS = {"tiny", "imagenet256-full", "imagenet256-l2", "imagenet512-full",
                "celeba64", "coco256-full", "coco256-deep"}  # fmt: skip
 # The tiny preset shrunk as in tests/flows/test_pipeline.py: the pipeline takes under a minute here.
 FAST = ["train.n_steps=30", "train.save_interval=15", "train.sample_interval=15", "sample.n_samples=16",
-        "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16"]  # fmt: skip
+        "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16", "eval.reference_n=16"]  # fmt: skip
 SNAPSHOT = ["uvit", "storage", "flows", "deploy", "pyproject.toml"]
 RUN_TIMEOUT_S = 1200
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

@@ -98,7 +98,7 @@ def REFERENCE_DEPENDS(p) -> dict:
     """Reference statistics: how many images, which split (captioned sets use val), resolution, crop."""
     d = p.data
     return {
-        "n": p.eval.n_samples,
+        "n": p.eval.reference_n,
         "split": d.conditioning == "text",
         "resolution": d.resolution,
         # the crop the images get: the dataset's pixel rule, or the ADM center crop of latent presets

@@ -15,7 +15,8 @@ from storage.items import dataset_items
 from uvit import shapes
 
 FAST = ["train.n_steps=20", "train.batch_size=8", "train.save_interval=10", "train.sample_interval=10",
-        "sample.n_samples=8", "sample.mini_batch_size=8", "sample.steps=4", "eval.n_samples=8"]  # fmt: skip
+        "sample.n_samples=8", "sample.mini_batch_size=8", "sample.steps=4",
+        "eval.n_samples=8", "eval.reference_n=8"]  # fmt: skip
 NAMES = ["circle", "square", "triangle", "star"]  # class folders named by the user, not wnids
 
 
@@ -151,3 +152,16 @@ def test_captioned_folder_runs_the_whole_text_pipeline(tmp_path: Path) -> None:
     samples = np.load(summary["stages"][4]["artifact"] + "/samples.npz")
     assert samples["arr_0"].shape == (8, 32, 32, 3)
     assert set(summary["metrics"]) >= {"FID", "IS", "KID", "precision", "recall"}
+
+
+def test_captioned_folder_rejects_links_and_lists_only_copied_images(tmp_path: Path) -> None:
+    from storage.items import caption_items
+
+    folder, captions = _captioned(tmp_path, "jsonl")
+    (folder / "linked.jpg").symlink_to("/etc/passwd")
+    with open(folder / "captions.jsonl", "a") as f:
+        f.write('\n{"file": "linked.jpg", "caption": "a link"}\n')
+    out = run_download("folder", str(folder), str(tmp_path / "store"))
+    names = {Path(i["path"]).name for split in ("train", "val") for i in caption_items(out.url, split)[0]}
+    assert "linked.jpg" not in names and len(names) == len(captions)
+    assert out.facts["counts"]["rejected_members"] == 1

@@ -397,22 +397,65 @@ def test_compute_metrics_end_to_end_from_folder_and_arr0_npz(extractor: M.Incept
 # Reporting
 
 
+PAPER_H2 = {"sampler": "dpm_solver", "steps": 50, "cfg_scale": 0.4}  # imagenet256-h2's protocol (checked below)
+
+
 def test_published_fid_and_report_rows() -> None:
+    from uvit.config import get_preset
+
     assert M.published_fid("imagenet256-h2") == 2.29
     assert M.published_fid("cifar10-s2") == 3.11
     assert M.published_fid("tiny") is None
+    s = get_preset("imagenet256-h2").sample
+    assert PAPER_H2 == {"sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale}
+    official = M.ReferenceOrigin("file", "VIRTUAL_imagenet256_labeled.npz")
     good = {"fid": 2.4, "n_samples": 50_000, "extractor": "official", "extractor_comparable": True,
             "skipped": {"kid": "the reference holds only mu/sigma"}}  # fmt: skip
-    rows = M.report_rows(good, "imagenet256-h2", reference_name="imagenet256_guided_diffusion")
+    rows = M.report_rows(good, "imagenet256-h2", reference=official, sampler=PAPER_H2)
     assert rows[0] == {**rows[0], "metric": "FID", "value": 2.4, "published": 2.29, "comparable": "yes"}
+    assert "VIRTUAL_imagenet256_labeled.npz" in rows[0]["reason"]
     assert rows[1]["metric"] == "KID" and rows[1]["comparable"] == "no" and "mu/sigma" in rows[1]["reason"]
     bad = {**good, "n_samples": 1000, "extractor_comparable": False, "skipped": {}}
-    (row,) = M.report_rows(bad, "imagenet256-h2", reference_name="my_stats")
+    (row,) = M.report_rows(bad, "imagenet256-h2", reference=official, sampler=PAPER_H2)
     assert row["comparable"] == "no"
-    for needle in ("not the official Inception", "'my_stats'", "1,000 samples"):
+    for needle in ("not the official Inception", "1,000 samples"):
         assert needle in row["reason"]
-    (row,) = M.report_rows({**good, "skipped": {}}, "tiny")
+    (row,) = M.report_rows({**good, "skipped": {}}, "tiny", reference=official, sampler=PAPER_H2)
     assert row["comparable"] == "no" and "no FID" in row["reason"]
+
+
+def _fid_row(results=None, preset="imagenet256-h2", **kwargs) -> dict:
+    good = {"fid": 2.4, "n_samples": 50_000, "extractor": "official", "extractor_comparable": True, "skipped": {}}
+    args = {"reference": M.ReferenceOrigin("split", "imagenet train", 1_281_167, 1_281_167), "sampler": PAPER_H2}
+    (row,) = M.report_rows({**good, **(results or {})}, preset, **{**args, **kwargs})
+    return row
+
+
+def test_the_verdict_is_yes_only_when_every_condition_holds() -> None:
+    """One "no" per broken condition, each naming its reason; the whole split or a named file is a yes."""
+    assert _fid_row()["comparable"] == "yes" and "whole imagenet train" in _fid_row()["reason"]
+    named = _fid_row(reference=M.ReferenceOrigin("file", "fid_stats/imagenet256_guided_diffusion.npz"))
+    assert named["comparable"] == "yes"
+    cases = {
+        "random weights": (_fid_row({"extractor_comparable": False}), "not the official Inception"),
+        "subset reference": (
+            _fid_row(reference=M.ReferenceOrigin("subset", "imagenet train", 50_000, 1_281_167)),
+            "seeded sample of 50,000 of the 1,281,167",
+        ),
+        "unknown reference": (_fid_row(reference=None), "origin is unknown"),
+        "fewer samples": (_fid_row({"n_samples": 10_000}), "10,000 samples; the protocol uses 50,000"),
+        "other steps": (_fid_row(sampler={**PAPER_H2, "steps": 20}), "not the paper's protocol"),
+        "other guidance": (_fid_row(sampler={**PAPER_H2, "cfg_scale": 1.0}), "not the paper's protocol"),
+        "other sampler": (_fid_row(sampler={**PAPER_H2, "sampler": "euler_maruyama"}), "not the paper's protocol"),
+        "unknown sampler": (_fid_row(sampler=None), "sampler used is unknown"),
+    }
+    for name, (row, needle) in cases.items():
+        assert row["comparable"] == "no" and needle in row["reason"], name
+    # an override of the protocol's N does not make a smaller run comparable: the registered preset decides
+    from uvit.config import get_preset
+
+    smaller = get_preset("imagenet256-h2", ["eval.n_samples=1000"])
+    assert _fid_row({"n_samples": 1000}, smaller)["comparable"] == "no"
 
 
 @pytest.mark.slow
@@ -431,3 +474,25 @@ def test_fid_grows_with_noise_on_larger_sets_and_matches_torch_fidelity(
     a, b = M.feature_statistics(f0), M.feature_statistics(features[40])
     expected = fid_statistics_to_metric(vars(a), vars(b), verbose=False)["frechet_inception_distance"]
     assert M.fid_from_statistics(a, b) == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+def test_running_statistics_equal_the_batch_computation_whatever_the_batches() -> None:
+    from uvit.metrics import RunningStatistics, feature_statistics
+
+    rng = np.random.default_rng(0)
+    pool = (rng.standard_normal((301, 64)) * rng.uniform(0.1, 5, 64) + rng.uniform(-3, 3, 64)).astype(np.float32)
+    exact = feature_statistics(pool)
+    for sizes in ([301], [1, 300], [32] * 9 + [13], [7, 0, 200, 94]):
+        running, start = RunningStatistics(64), 0
+        for size in sizes:
+            running.update(pool[start : start + size])
+            start += size
+        got = running.statistics()
+        assert got.n == 301
+        scale_mu, scale_sigma = np.abs(exact.mu).max(), np.abs(exact.sigma).max()
+        assert np.abs(got.mu - exact.mu).max() <= 1e-9 * scale_mu
+        assert np.abs(got.sigma - exact.sigma).max() <= 1e-9 * scale_sigma
+    with pytest.raises(ValueError, match="at least 2"):
+        RunningStatistics(64).statistics()
+    with pytest.raises(ValueError, match=r"\(B, 64\)"):
+        RunningStatistics(64).update(pool[:, :3])
