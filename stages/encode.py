@@ -29,6 +29,7 @@ SHAPES_TEST_PROMPTS = [
     "A green triangle at the bottom right on a black background.",
     "A yellow cross in the center.",
 ]
+# The official preview prompts (scripts/extract_test_prompt_feature.py in baofff/U-ViT), in its order.
 COCO_TEST_PROMPTS = [
     "A green train is coming down the tracks.",
     "A group of skiers are preparing to ski down a mountain.",
@@ -37,6 +38,10 @@ COCO_TEST_PROMPTS = [
     "A living area with a television and a table.",
     "A road with traffic lights, street lights and cars.",
     "A bus driving in a city area with traffic signs.",
+    "A bus pulls over to the curb close to an intersection.",
+    "A group of people are walking and one is holding an umbrella.",
+    "A baseball player taking a swing at an incoming ball.",
+    "A city street line with brick buildings and trees.",
     "A close up of a plate of broccoli and sauce.",
 ]
 
@@ -54,6 +59,8 @@ def encode_key(preset, dataset_key: str, split: str, encoder_ids: dict[str, str]
               **space.identity()}  # fmt: skip
     if isinstance(space, LatentSpace):  # latent stores have caption slots (empty unless text); VAE code counts
         config |= {"max_captions": MAX_CAPTIONS, "text": preset.data.conditioning == "text"}
+        if preset.data.conditioning == "text":  # the store holds the preview prompts' embeddings
+            config["test_prompts"] = [SHAPES_TEST_PROMPTS, COCO_TEST_PROMPTS]
         return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, models=encoder_ids,
                             code_version=code_version(encoding, encoders))  # fmt: skip
     return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, code_version=code_version(encoding))

@@ -33,11 +33,14 @@ def run_pipeline(
     stage_runner: Callable[..., Any] | None = None,
     eval_trigger: Callable[..., Callable[[int, str], Any]] | None = None,
     dataset: str | None = None,
+    reference: str | None = None,
 ) -> dict[str, Any]:
     """Run the five stages in order; `stage_runner(name, fn, *args)` wraps each (Prefect tasks or plain).
 
     `dataset` is the download to train on (default: the preset's, `DATASET_OF`), e.g. `folder` for a
-    folder of class folders given as `source`.
+    folder of class folders given as `source`. `reference` (any fsspec URL) is the FID reference
+    statistics file (an ADM reference batch or an official `fid_stats/*.npz`); without it the
+    evaluate stage computes statistics from the dataset.
 
     `eval_trigger(preset, store_root, latents_url, dataset_url, dataset_key)` returns the train
     stage's `(step, weights_url)` callback for periodic evaluation (the flows start a deployment).
@@ -71,8 +74,8 @@ def run_pipeline(
                     num_processes=num_processes, eval_trigger=trigger, latents_key=latents.key)  # fmt: skip
     samples = timed("sample", run_sample, preset, store_root, train_run_url=trained.url,
                     latents_url=(val_latents or latents).facts["latents_url"], n=n_samples)  # fmt: skip
-    metrics = timed("evaluate", run_evaluate, preset, samples.url, store_root, reference_dataset_url=ds.url,
-                    reference_dataset_key=ds.key, samples_key=samples.key)  # fmt: skip
+    metrics = timed("evaluate", run_evaluate, preset, samples.url, store_root, reference=reference or None,
+                    reference_dataset_url=ds.url, reference_dataset_key=ds.key, samples_key=samples.key)  # fmt: skip
 
     rows = [{"stage": name, "cached": out.cached, "seconds": timings[name], "artifact": out.url}
             for name, out in outputs.items()]  # fmt: skip

@@ -73,21 +73,48 @@ def resolve_class(preset, name: str, dataset_run: str | None = None) -> int:
     raise ValueError(f"unknown class {name!r}; classes: {known}")
 
 
+def caption_draw(num_images: int, caption_counts, n: int, seed: int):
+    """(image, caption slot) of each of n samples, as the official `eval_t2i_discrete.py` draws them.
+
+    The official loader shuffles the val set each epoch (`shuffle=True`): images are drawn without
+    replacement, a fresh permutation per pass when n exceeds the set, and each image's caption is
+    uniform among its captions (`random.randint`). Seeded, so a rerun draws the same conditions.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    passes = -(-n // num_images)
+    images = np.concatenate([rng.permutation(num_images) for _ in range(passes)])[:n]
+    counts = np.asarray(caption_counts)[images]
+    slots = (rng.random(n) * counts).astype(np.int64)
+    return images, slots
+
+
 def conditions_for(preset, n: int, latents_url: str | None, class_label: int | None, seed: int,
-                   prompt: str | None = None):  # fmt: skip
-    """Class-balanced labels, one class, one prompt, or captions drawn from the latent store's embeddings."""
+                   prompt: str | None = None, prompts: list[str] | None = None):  # fmt: skip
+    """Class-balanced labels, one class, one prompt, a list of prompts (one sample each), or captions
+    drawn from the latent store's embeddings."""
+    import hashlib
+
     import numpy as np
     import torch
 
     from uvit.generation import Conditions, class_balanced_labels
 
     cond = preset.data.conditioning
-    if prompt is not None:
+    if prompt is not None or prompts is not None:
         if cond != "text":
             raise ValueError(f"--prompt needs a text-to-image preset; {preset.name!r} is {cond}-conditioned")
         from uvit.encoders import encode_text, load_text_encoder
 
         encoder = load_text_encoder(preset.data.text_encoder)
+        if prompts is not None:
+            if len(prompts) != n:
+                raise ValueError(f"{len(prompts)} prompts for {n} samples: one sample per prompt")
+            embeddings = encode_text(encoder, [*prompts, ""]).float()  # (n + 1, 77, D)
+            digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+            return Conditions(contexts=embeddings[:-1], empty_context=embeddings[-1],
+                              captions=list(prompts)), f"prompts-{digest}"  # fmt: skip
         embeddings = encode_text(encoder, [prompt, ""]).float()  # (2, 77, D)
         return Conditions(contexts=embeddings[:1].expand(n, -1, -1), empty_context=embeddings[1],
                           captions=[prompt] * n), f"prompt-{prompt}"  # fmt: skip
@@ -103,13 +130,10 @@ def conditions_for(preset, n: int, latents_url: str | None, class_label: int | N
         from storage.latents import open_latent_store
 
         store = open_latent_store(latents_url)
-        rng = np.random.default_rng(seed)
-        images = rng.integers(0, len(store), n)
-        counts = np.asarray(store.caption_counts[...])[images]
-        slots = (rng.random(n) * counts).astype(np.int64)
+        images, slots = caption_draw(len(store), store.caption_counts[...], n, seed)
         contexts = torch.from_numpy(store.read_captions(images, slots)).float()
         empty = torch.from_numpy(np.asarray(store.null_context())).float()
-        return Conditions(contexts=contexts, empty_context=empty), f"captions-{latents_url}-{seed}"
+        return Conditions(contexts=contexts, empty_context=empty), f"captions-{latents_url}-{seed}-shuffled"
     return Conditions(), "none"
 
 
@@ -123,6 +147,7 @@ def run_sample(
     n: int | None = None,
     class_label: int | None = None,
     prompt: str | None = None,
+    prompts: list[str] | None = None,
     rank: int = 0,
     world_size: int = 1,
     device: str | None = None,
@@ -130,13 +155,15 @@ def run_sample(
 ) -> StageOutput:
     """Draw `n` samples (default `sample.n_samples`) into a sample artifact; plain Python.
 
+    `prompts` draws one sample per prompt (n = their number), also written as
+    `prompts/<index>-<prompt>.png`, as the official `sample_t2i_discrete.py` writes `<prompt>.png`.
     Weights from an artifact are checked against its manifest first; `rebuild=True` discards the
     sample artifact and draws it again.
     """
     import numpy as np
     import torch
 
-    from storage import paths
+    from storage import outputs, paths
     from storage.artifacts import ArtifactStore, Manifest
     from storage.images import read_npz_images, write_npz, write_png
     from storage.integrity import verify_file
@@ -144,13 +171,19 @@ def run_sample(
     from uvit.generation import generate_images
     from uvit.spaces import space_of
 
+    if prompts is not None:
+        prompts = [p.strip() for p in prompts if p.strip()]
+        if not prompts:
+            raise ValueError("the prompts file holds no prompt (one per line)")
+        n = n or len(prompts)
     n = n or preset.sample.n_samples
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = weights_for(train_run_url, checkpoint)
     weights_hash = verify_file(weights)  # sha256, checked against the training artifact's manifest
-    conditions, conditions_id = conditions_for(preset, n, latents_url, class_label, preset.sample.seed, prompt)
+    conditions, conditions_id = conditions_for(preset, n, latents_url, class_label, preset.sample.seed, prompt,
+                                                 prompts)  # fmt: skip
     store = ArtifactStore(store_root)
     key = sample_key(preset, weights_hash, n, conditions_id)
     cached = store.exists(STAGE, key)
@@ -179,6 +212,9 @@ def run_sample(
             images = generate_images(preset, model, noise, conditions.slice(start, stop), vae=vae, generator=sde)
             for j, image in enumerate(images):
                 write_png(paths.join(url, "images", f"{start + j:06d}.png"), image)
+                if prompts is not None:
+                    name = outputs.prompt_image_name(start + j, prompts[start + j])
+                    write_png(paths.join(url, outputs.PROMPT_IMAGES, name), image)
             extra = {} if conditions.labels is None else {"labels": conditions.labels[start:stop].numpy()}
             write_npz(paths.join(shards_url, f"shard_{shard:06d}{SHARD_DONE}"), images, **extra)
             progress((i + 1) / len(todo))

@@ -43,6 +43,7 @@ __all__ = [
     "STORE_KIND",
     "eval_weights",
     "sample_shard_name",
+    "prompt_image_name",
     "part_name",
     "write_part",
     "read_part",
@@ -63,6 +64,7 @@ SAMPLES_NPZ = "samples.npz"
 GRID_PNG = "grid.png"
 SAMPLE_SHARDS = "shards"
 SAMPLE_IMAGES = "images"
+PROMPT_IMAGES = "prompts"  # one PNG per prompt of a prompts file, named after it
 
 # encode
 PARTS = "parts"
@@ -78,6 +80,12 @@ def eval_weights(step: int) -> tuple[str, str, str]:
 def sample_shard_name(shard: int) -> str:
     """File name of a finished sample shard (an ADM-style `.npz`)."""
     return f"shard_{shard:06d}.npz"
+
+
+def prompt_image_name(index: int, prompt: str) -> str:
+    """`<index>-<prompt>.png`, the prompt cut to 100 characters of [A-Za-z0-9 ,.'-] (the rest become _)."""
+    safe = "".join(c if c.isalnum() or c in " ,.'-" else "_" for c in prompt.strip())[:100].strip(" .")
+    return f"{index:06d}-{safe or 'prompt'}.png"
 
 
 def part_name(index: int) -> str:

@@ -62,6 +62,21 @@ def test_changed_training_setting_reruns_only_downstream(first_run):
     assert cached == {"download": True, "encode": True, "train": False, "sample": False, "evaluate": False}
 
 
+def test_a_named_reference_file_replaces_the_computed_one(first_run, tmp_path):
+    """An official-style statistics file (mu/sigma only, as U-ViT's fid_stats) given to the pipeline."""
+    store, summary = first_run
+    (computed,) = Path(store, "reference").glob("*/reference.npz")
+    with np.load(computed) as data:
+        np.savez(tmp_path / "fid_stats_tiny.npz", mu=data["mu"], sigma=data["sigma"])
+    again = run_pipeline("tiny", FAST, store, reference=str(tmp_path / "fid_stats_tiny.npz"))
+    cached = {r["stage"]: r["cached"] for r in again["stages"]}
+    assert cached == {"download": True, "encode": True, "train": True, "sample": True, "evaluate": False}
+    report = open(again["metrics_report"]).read()
+    assert "fid_stats_tiny.npz" in report and "a statistics file named by the user" in report
+    assert again["metrics"]["FID"] == pytest.approx(summary["metrics"]["FID"], rel=1e-6)  # the same mu/sigma
+    assert "seeded sample of 16 of the" in open(summary["metrics_report"]).read()  # the computed one said so
+
+
 @pytest.mark.parametrize("module", ["pipeline", "train", "sample", "evaluate", "encode_latents", "download"])
 def test_cli_help_imports_neither_prefect_nor_torch(module):
     code = (f"import sys; sys.argv=['x','--help']\nimport flows.{module} as m\ntry:\n    m.main()\n"

@@ -53,3 +53,38 @@ def test_pixel_presets_sample_with_the_official_samplers():
     assert get_preset("cifar10-s2").sample.sampler == "euler_maruyama" and get_preset("cifar10-s2").sample.steps == 1000
     assert get_preset("celeba64-s4").sample.sampler == "euler_maruyama"
     assert get_preset("imagenet64-l4").sample.sampler == "dpm_solver" and get_preset("imagenet64-m4").sample.steps == 50
+
+
+def test_captions_are_drawn_as_the_official_shuffled_loader_does() -> None:
+    """Without replacement (a fresh permutation per pass), a uniform caption slot per image, seeded."""
+    from stages.sample import caption_draw
+
+    counts = np.array([5, 6, 7, 1, 5] * 20)  # 100 images
+    images, slots = caption_draw(100, counts, 100, seed=3)
+    assert sorted(images.tolist()) == list(range(100))  # every image once: never with replacement
+    assert ((slots >= 0) & (slots < counts[images])).all()
+    images_again, slots_again = caption_draw(100, counts, 100, seed=3)
+    assert (images == images_again).all() and (slots == slots_again).all()
+    three, _ = caption_draw(100, counts, 250, seed=3)
+    assert np.bincount(three[:200], minlength=100).tolist() == [2] * 100  # whole passes first
+    assert len(set(three[200:].tolist())) == 50
+    _, many = caption_draw(1, np.array([6]), 6000, seed=0)
+    assert np.bincount(many, minlength=6).min() > 850  # uniform over the image's captions
+
+
+def test_prompts_draw_one_sample_per_prompt_and_name_a_png_after_each(tmp_path) -> None:
+    preset = get_preset("tiny-text", QUICK + ["sample.steps=2"])
+    weights = _weights(preset, tmp_path / "w.pth")
+    prompts = ["A red circle.", "", "A blue square / at the top.", "  "]
+    out = run_sample(preset, str(tmp_path / "store"), checkpoint=weights, prompts=prompts)
+    data = np.load(out.facts["samples_npz"])
+    assert data["arr_0"].shape[0] == 2  # blank lines are not prompts
+    names = sorted(p.name for p in (tmp_path / "store" / "sample").glob("*/prompts/*.png"))
+    assert names == ["000000-A red circle.png", "000001-A blue square _ at the top.png"]
+    assert (read_png(out.url + "/prompts/" + names[1]) == data["arr_0"][1]).all()
+    other = run_sample(preset, str(tmp_path / "store"), checkpoint=weights, prompts=["A red circle.", "x"])
+    assert other.key != out.key
+    with pytest.raises(ValueError, match="one sample per prompt"):
+        run_sample(preset, str(tmp_path / "store"), checkpoint=weights, prompts=["a", "b"], n=3)
+    with pytest.raises(ValueError, match="holds no prompt"):
+        run_sample(preset, str(tmp_path / "store"), checkpoint=weights, prompts=["", " "])
