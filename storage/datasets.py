@@ -522,7 +522,8 @@ def download_dataset(
     Built-in datasets need `builtin`, the generator that writes them (`stages.download.BUILTIN`)."""
     plan = plan_download(dataset, source, splits=splits, shapes=shapes, checksums=checksums, builtin=builtin)
     store = ArtifactStore(store_root)
-    if store.exists(STAGE, plan.key):
+    # A cache hit checks the files' sizes; a damaged download is rebuilt (resuming what is intact).
+    if store.exists(STAGE, plan.key) and not store.check(STAGE, plan.key, hashes=False):
         return DownloadResult(store.url_for(STAGE, plan.key), plan.key, store.manifest(STAGE, plan.key), True)
     with contextlib.ExitStack() as stack:
         if plan.spec.builtin:

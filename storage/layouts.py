@@ -175,12 +175,21 @@ class _Build:
 
     def _unit(self, unit: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         record = self.progress.get(unit)
+        if record is not None and not self._files_present(record.get("files", [])):
+            record = None  # a finished unit lost files (a damaged artifact being rebuilt): redo it, resuming
         if record is None:
             record = run()
             self.sink.flush()  # files first, then the marker that says they are complete
             self.progress.put(unit, record)
         self.records[unit] = record
         return record
+
+    def _files_present(self, files: list[str]) -> bool:
+        """Whether every file a unit wrote is still there (one listing per folder)."""
+        by_folder: dict[str, set[str]] = {}
+        for rel in files:
+            by_folder.setdefault(rel.rsplit("/", 1)[0] if "/" in rel else "", set()).add(rel)
+        return all(wanted <= set(self.sink.existing(folder)) for folder, wanted in by_folder.items())
 
     def _tree_members(self, url: str) -> Iterator[Member]:
         for rel, info in list_tree(url).items():

@@ -29,3 +29,17 @@ def test_run_download_hands_on_url_and_key(tmp_path: Path) -> None:
     assert out.facts["counts"]["train_images"] == 4
     assert run_download("shapes", None, str(tmp_path / "store"), shapes={"n_train_per_class": 1, "n_val": 1}).cached
     assert len(BUILTIN.version) == 12  # the generator's source hash is part of the key
+
+
+def test_a_damaged_download_is_rebuilt_on_the_next_run(tmp_path: Path) -> None:
+    """A cache hit checks the files' sizes: a deleted or truncated image is rebuilt, never a silent hit."""
+    store = str(tmp_path / "store")
+    first = download_dataset("shapes", None, store, shapes={"n_train_per_class": 2, "n_val": 1})
+    images = sorted(Path(first.url, "images", "train").rglob("*.*"))
+    original = images[0].read_bytes()
+    images[0].unlink()
+    images[1].write_bytes(images[1].read_bytes()[:10])
+    again = download_dataset("shapes", None, store, shapes={"n_train_per_class": 2, "n_val": 1})
+    assert not again.cached and again.key == first.key
+    assert images[0].read_bytes() == original and images[1].stat().st_size > 10
+    assert download_dataset("shapes", None, store, shapes={"n_train_per_class": 2, "n_val": 1}).cached
