@@ -95,10 +95,83 @@ def _split_subfolder(spec: str) -> tuple[str, str | None]:
     return repo, subfolder
 
 
+# The official U-ViT autoencoder files (`assets/stable-diffusion/` of baofff/U-ViT): the SD v1 KL-f8 VAE
+# as an LDM-format state dict (`libs/autoencoder.py`'s FrozenAutoencoderKL), the original and the EMA one.
+OFFICIAL_VAE_FILES = ("autoencoder_kl.pth", "autoencoder_kl_ema.pth")
+_SINGLE_FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+# diffusers' AutoencoderKL config of that VAE (the official ddconfig: ch 128, ch_mult 1-2-4-4, 2 res
+# blocks, z 4, double_z), shipped so an official file converts without the network.
+SD_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 256,
+    "scaling_factor": SD_LATENT_SCALE,
+}
+
+
+def _official_vae_file(spec: str) -> str | None:
+    """The LDM-format file a spec names: the file itself, or the one official file in a folder."""
+    if os.path.isfile(spec) and spec.endswith(_SINGLE_FILE_SUFFIXES):
+        return spec
+    if not os.path.isdir(spec) or os.path.exists(os.path.join(spec, "config.json")):
+        return None
+    found = [name for name in OFFICIAL_VAE_FILES if os.path.isfile(os.path.join(spec, name))]
+    if len(found) > 1:
+        raise EncoderNotAvailableError(
+            f"{spec} holds both {' and '.join(found)}: name one (the official configs use autoencoder_kl_ema.pth "
+            "for U-ViT-H and autoencoder_kl.pth for U-ViT-L and MS-COCO)"
+        )
+    return os.path.join(spec, found[0]) if found else None
+
+
+def _load_single_file(path: str, dtype: torch.dtype) -> AutoencoderKL:
+    """An LDM-format VAE state dict (an official `.pth`, or an SD checkpoint) converted by diffusers.
+
+    The conversion renames keys (about a second); the encode stage's key identifies the result by
+    the hash of its weights, so nothing is cached on disk.
+    """
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same one-line error
+        raise EncoderNotAvailableError(f"{path} is not a readable VAE state dict ({error})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not any(str(k).startswith(("encoder.", "first_stage_model.")) for k in state):
+        raise EncoderNotAvailableError(f"{path} holds no LDM autoencoder weights (encoder.*, decoder.*)")
+    vae = AutoencoderKL(**SD_VAE_CONFIG)
+    missing, unexpected = vae.load_state_dict(convert_ldm_vae_checkpoint(state, SD_VAE_CONFIG), strict=False)
+    if missing or unexpected:
+        raise EncoderNotAvailableError(
+            f"{path} is not the SD KL-f8 autoencoder: {len(missing)} missing and {len(unexpected)} unexpected "
+            f"weights (e.g. {(missing or unexpected)[0]})"
+        )
+    return vae.to(dtype)
+
+
 def load_vae(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AutoencoderKL:
-    """A frozen `AutoencoderKL` from a hub id, 'repo:subfolder', a local directory or 'builtin:tiny-vae'."""
+    """A frozen `AutoencoderKL` from a hub id, 'repo:subfolder', a local directory, 'builtin:tiny-vae', or
+    an official U-ViT `autoencoder_kl.pth` / `autoencoder_kl_ema.pth` (the file or its folder)."""
     from diffusers import AutoencoderKL
 
+    single = None if spec.startswith("builtin:") else _official_vae_file(os.path.expanduser(spec))
+    if single is not None:
+        vae = _load_single_file(single, dtype)
+        vae.to(device).eval().requires_grad_(False)
+        return vae
     if spec == TINY_VAE:
         repo, subfolder = str(tiny_vae_dir()), None
         if not (tiny_vae_dir() / "config.json").exists():

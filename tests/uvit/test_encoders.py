@@ -326,3 +326,68 @@ def test_train_tiny_vae_tool_writes_a_loadable_vae(tmp_path: Path) -> None:
     vae = load_vae(str(out))
     assert vae.config.scaling_factor == pytest.approx(1 / record["latent_std"], rel=1e-3)
     assert vae.config.latent_channels == 4 and len(vae.config.block_out_channels) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The official autoencoder files (assets/stable-diffusion/autoencoder_kl*.pth of baofff/U-ViT)
+
+
+def _official_vae_golden():
+    import json as _json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(__file__).parents[1] / "data" / "official" / "vae_autoencoder_kl.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return load_file(str(path)), [(k, s) for k, s in _json.loads(meta["keys"])], meta["weights_sha256"]
+
+
+@pytest.fixture(scope="module")
+def official_vae_file(tmp_path_factory):
+    """The golden's weights written as the official `autoencoder_kl.pth` (a plain LDM-format state dict)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "data" / "official"))
+    from make_vae_golden import official_weights, weights_sha256
+
+    golden, keys, sha = _official_vae_golden()
+    state = official_weights(keys)
+    assert weights_sha256(state) == sha  # the seeded fill reproduces the golden's weights bit for bit
+    folder = tmp_path_factory.mktemp("assets") / "stable-diffusion"
+    folder.mkdir()
+    torch.save(state, folder / "autoencoder_kl.pth")
+    return folder, golden
+
+
+def test_official_autoencoder_file_loads_and_matches_the_official_class(official_vae_file) -> None:
+    """Moments and decode of `libs/autoencoder.py` (real config, seeded weights) within 1e-5 of their scale."""
+    folder, golden = official_vae_file
+    for spec in (str(folder / "autoencoder_kl.pth"), str(folder)):  # the file, or the official folder
+        vae = load_vae(spec)
+        moments = encode_moments(vae, golden["input.images"])
+        want = golden["output.moments"]
+        assert moments.shape == want.shape and (moments - want).abs().max() <= 1e-5 * want.abs().max()
+        with torch.no_grad():
+            decoded = vae.decode(golden["input.z"] / SD_LATENT_SCALE).sample
+        got = decode(vae, golden["input.z"], SD_LATENT_SCALE)
+        want = golden["output.decoded"]
+        assert (decoded - want).abs().max() <= 1e-5 * want.abs().max()
+        assert got.shape == want.shape and (got - want.clamp(-1, 1)).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_official_autoencoder_folder_and_file_errors(official_vae_file, tmp_path) -> None:
+    folder, _ = official_vae_file
+    both = tmp_path / "both"
+    both.mkdir()
+    for name in ("autoencoder_kl.pth", "autoencoder_kl_ema.pth"):
+        (both / name).symlink_to(folder / "autoencoder_kl.pth")
+    with pytest.raises(EncoderNotAvailableError, match="holds both autoencoder_kl.pth and autoencoder_kl_ema.pth"):
+        load_vae(str(both))
+    (tmp_path / "junk.pth").write_bytes(b"not a state dict")
+    with pytest.raises(EncoderNotAvailableError, match="junk.pth is not a readable VAE state dict"):
+        load_vae(str(tmp_path / "junk.pth"))
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(EncoderNotAvailableError, match="holds no LDM autoencoder weights"):
+        load_vae(str(tmp_path / "other.pth"))
