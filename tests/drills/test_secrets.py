@@ -169,7 +169,7 @@ def test_stages_never_write_or_log_credentials(
     import prefect
     import prefect.artifacts
 
-    import flows._common
+    import flows._publish
     from stages.download import run_download
     from stages.encode import run_encode
     from stages.report import reporting
@@ -182,7 +182,7 @@ def test_stages_never_write_or_log_credentials(
     for name in ("markdown", "table", "link", "image", "progress"):
         monkeypatch.setattr(prefect.artifacts, f"create_{name}_artifact", recorder(name))
     monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", recorder("progress-update"))
-    monkeypatch.setattr(flows._common, "in_prefect_run", lambda: True)
+    monkeypatch.setattr(flows._publish, "in_prefect_run", lambda: True)
     run_log = logging.getLogger("uvit-drill-run")
     run_log.setLevel(logging.INFO)
     records: list[str] = []
@@ -199,7 +199,7 @@ def test_stages_never_write_or_log_credentials(
     logging.getLogger().setLevel(logging.INFO)
 
     # The flows point the stages at Prefect through this reporter; the same here.
-    with reporting(flows._common.PrefectReporter()):
+    with reporting(flows._publish.PrefectReporter()):
         outputs = []
         coco = run_download("coco2014", http_source, s3_store, checksums={})  # the zips reuse official names
         outputs.append(coco.to_dict())
