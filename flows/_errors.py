@@ -1,9 +1,7 @@
 """The error layer of the CLIs and flows: an expected failure is one line, its traceback debug-level only.
 
-Expected: bad settings (`ConfigError` and other `ValueError`s), I/O errors (read-only store, disk
-full, permission denied, a file where a folder belongs), object stores that cannot be reached, and
-the stages' `RuntimeError`s (`DatasetError`, lease and integrity errors). Anything else is a bug and
-keeps its traceback. Import-light: no Prefect at import time.
+Expected: bad settings (`ValueError`s), I/O errors, unreachable stores and the stages' `RuntimeError`s
+(`DatasetError`, lease and integrity errors); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -18,15 +16,10 @@ from typing import Any
 from flows._common import logger
 from storage.paths import has_credentials, redact_text, urls_in
 
-_HINTS = {
-    errno.EROFS: "the store is read-only: choose a writable --store",
-    errno.ENOSPC: "free some space or choose another --store / --cache-dir",
-    errno.EDQUOT: "free some space or choose another --store / --cache-dir",
-    errno.EACCES: "check the permissions of the store and the sources",
-    errno.EPERM: "check the permissions of the store and the sources",
-    errno.ENOTDIR: "a file was given where a folder is expected",
-    errno.EISDIR: "a folder was given where a file is expected",
-}
+_FULL, _DENIED = "free some space or choose another --store / --cache-dir", "check the permissions of the store"
+_HINTS = {errno.EROFS: "the store is read-only: choose a writable --store", errno.ENOSPC: _FULL, errno.EDQUOT: _FULL,
+          errno.EACCES: _DENIED, errno.EPERM: _DENIED, errno.ENOTDIR: "a file was given where a folder is expected",
+          errno.EISDIR: "a folder was given where a file is expected"}  # fmt: skip
 _STORE_CLIENTS = ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "aiohttp", "urllib3", "requests")
 _UNREACHABLE = (
     "EndpointConnectionError",
