@@ -21,13 +21,10 @@ from __future__ import annotations
 import os
 import sys
 
-from flows._common import (
-    OneLineErrorParser,
-    add_common_args,
-    apply_prefect_defaults,
-    reported,
-    run_cli,
-)
+from flows._cli import OneLineErrorParser, add_common_args, positive_int, run_cli, run_flow
+from flows._common import apply_prefect_defaults
+from flows._errors import one_line_failures
+from flows._publish import reported
 from stages import encode as stage
 
 
@@ -45,6 +42,7 @@ def _flow():
                       dataset_name=dataset_name, part_runner=runner).to_dict()  # fmt: skip
 
     @flow(name="encode-latents", log_prints=True)
+    @one_line_failures
     def encode_flow(dataset: str = "shapes", preset: str = "tiny", overrides: list[str] | None = None,
                     store_root: str = "./uvit-store", source: str | None = None, split: str = "train",
                     dask_workers: int = 1, dask_address: str | None = None) -> dict:  # fmt: skip
@@ -71,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train", choices=["train", "val"])
     parser.add_argument("--resolution", type=int, choices=[32, 64, 256, 512], default=None,
                         help="image resolution (default: the preset's)")  # fmt: skip
-    parser.add_argument("--dask-workers", type=int, default=1, help="local Dask workers (one per GPU)")
+    parser.add_argument("--dask-workers", type=positive_int, default=1, help="local Dask workers (one per GPU)")
     parser.add_argument("--dask-address", default=None, help="address of an existing Dask scheduler")
     args = parser.parse_args(argv)
     apply_prefect_defaults()
@@ -88,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             runner = stage.dask_part_runner(args.dask_address, args.dask_workers) if args.dask_workers > 1 else None
             return stage.run_encode(preset, ds.url, ds.key, args.store, split=args.split, dataset_name=dataset,
                               part_runner=runner).to_dict()  # fmt: skip
-        return _flow()(dataset=dataset, preset=args.preset, overrides=overrides, store_root=args.store,
-                       source=args.source, split=args.split, dask_workers=args.dask_workers,
-                       dask_address=args.dask_address)  # fmt: skip
+        return run_flow(_flow(), dataset=dataset, preset=args.preset, overrides=overrides, store_root=args.store,
+                        source=args.source, split=args.split, dask_workers=args.dask_workers,
+                        dask_address=args.dask_address)  # fmt: skip
 
     return run_cli(body)
 

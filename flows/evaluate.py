@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import sys
 
-from flows._common import (
-    OneLineErrorParser,
-    add_common_args,
-    apply_prefect_defaults,
-    reported,
-    run_cli,
-)
+from flows._cli import OneLineErrorParser, add_common_args, run_cli, run_flow
+from flows._common import apply_prefect_defaults
+from flows._errors import one_line_failures
+from flows._publish import reported
 from stages import evaluate as stage
 
 
@@ -38,6 +35,7 @@ def _flow():
                             inception_weights=weights).to_dict()  # fmt: skip
 
     @flow(name="evaluate", log_prints=True)
+    @one_line_failures
     def evaluate_flow(samples_url: str, preset: str = "tiny", overrides: list[str] | None = None,
                       store_root: str = "./uvit-store", reference: str | None = None,
                       dataset_url: str | None = None, dataset_key: str | None = None,
@@ -75,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             return stage.run_evaluate(preset, args.samples, args.store, reference=args.reference,
                                 reference_dataset_url=args.dataset_run, reference_dataset_key=dataset_key,
                                 inception_weights=args.inception_weights).to_dict()  # fmt: skip
-        return _flow()(samples_url=args.samples, preset=args.preset, overrides=args.override,
-                       store_root=args.store, reference=args.reference, dataset_url=args.dataset_run,
-                       dataset_key=dataset_key, inception_weights=args.inception_weights)  # fmt: skip
+        return run_flow(_flow(), samples_url=args.samples, preset=args.preset, overrides=args.override,
+                        store_root=args.store, reference=args.reference, dataset_url=args.dataset_run,
+                        dataset_key=dataset_key, inception_weights=args.inception_weights)  # fmt: skip
 
     return run_cli(body)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows._common import apply_prefect_defaults, logger, reported
+from flows._common import apply_prefect_defaults, logger
+from flows._errors import one_line_failures
+from flows._publish import reported
 from stages.evaluate import run_periodic_eval
 
 
@@ -34,6 +36,7 @@ def _flow():
     from prefect import flow
 
     @flow(name="periodic-eval", log_prints=True)
+    @one_line_failures
     def periodic_eval(preset_json: str, store_root: str, checkpoint: str, latents_url: str | None = None,
                       dataset_url: str | None = None, dataset_key: str | None = None, step: int = 0,
                       n_samples: int | None = None) -> dict:  # fmt: skip

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
-from flows._common import OneLineErrorParser, add_common_args, apply_prefect_defaults, logger, run_cli
+from flows._cli import OneLineErrorParser, add_common_args, positive_int, run_cli, run_flow
+from flows._common import apply_prefect_defaults, logger
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--source", default=None, help="where the raw dataset is (not needed for built-ins)")
-    parser.add_argument("--processes", type=int, default=1, help="training processes (GPUs)")
-    parser.add_argument("--n-samples", type=int, default=None, help="samples to draw (default: the preset's)")
+    parser.add_argument("--processes", type=positive_int, default=1, help="training processes (GPUs)")
+    parser.add_argument("--n-samples", type=positive_int, default=None, help="samples to draw (default: the preset's)")
     parser.add_argument("--dataset", default=None, metavar="NAME",
                         help="train on this download, not the preset's (e.g. folder, with --source DIR)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                                 dataset=args.dataset)  # fmt: skip
         from flows.uvit_flow import uvit
 
-        return uvit(preset=args.preset, overrides=args.override, store_root=args.store, source=args.source,
-                    num_processes=args.processes, n_samples=args.n_samples, dataset=args.dataset)  # fmt: skip
+        return run_flow(uvit, preset=args.preset, overrides=args.override, store_root=args.store, source=args.source,
+                        num_processes=args.processes, n_samples=args.n_samples, dataset=args.dataset)  # fmt: skip
 
     return run_cli(body)
 

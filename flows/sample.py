@@ -15,13 +15,10 @@ from __future__ import annotations
 import os
 import sys
 
-from flows._common import (
-    OneLineErrorParser,
-    add_common_args,
-    apply_prefect_defaults,
-    reported,
-    run_cli,
-)
+from flows._cli import OneLineErrorParser, add_common_args, positive_int, run_cli, run_flow
+from flows._common import apply_prefect_defaults
+from flows._errors import one_line_failures
+from flows._publish import reported
 from stages import sample as stage
 
 
@@ -37,6 +34,7 @@ def _flow():
                           checkpoint=checkpoint, latents_url=latents_url, n=n).to_dict()  # fmt: skip
 
     @flow(name="sample", log_prints=True)
+    @one_line_failures
     def sample_flow(preset: str = "tiny", overrides: list[str] | None = None, store_root: str = "./uvit-store",
                     train_run_url: str | None = None, checkpoint: str | None = None,
                     latents_url: str | None = None, n: int | None = None) -> dict:  # fmt: skip
@@ -56,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-run", default=None, help="URL of a training artifact (uses its EMA weights)")
     parser.add_argument("--checkpoint", default=None, help="weights file: official .pth or .safetensors")
     parser.add_argument("--latents", default=None, help="latent store (captions for text-to-image presets)")
-    parser.add_argument("--n", type=int, default=None, help="number of samples (default: the preset's)")
+    parser.add_argument("--n", type=positive_int, default=None, help="number of samples (default: the preset's)")
     parser.add_argument("--class", dest="class_name", default=None,
                         help="sample one class: an index, a wnid or a class name")  # fmt: skip
     parser.add_argument("--prompt", default=None, help="sample one caption (text-to-image presets)")
     parser.add_argument("--dataset-run", default=None, help="download artifact URL (to look class names up)")
     parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
-    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    parser.add_argument("--world-size", type=positive_int, default=int(os.environ.get("WORLD_SIZE", 1)))
     args = parser.parse_args(argv)
     apply_prefect_defaults()
 
@@ -75,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             return stage.run_sample(preset, args.store, train_run_url=args.train_run, checkpoint=args.checkpoint,
                               latents_url=args.latents, n=args.n, class_label=class_label, prompt=args.prompt,
                               rank=args.rank, world_size=args.world_size).to_dict()  # fmt: skip
-        return _flow()(preset=args.preset, overrides=args.override, store_root=args.store,
-                       train_run_url=args.train_run, checkpoint=args.checkpoint, latents_url=args.latents,
-                       n=args.n)  # fmt: skip
+        return run_flow(_flow(), preset=args.preset, overrides=args.override, store_root=args.store,
+                        train_run_url=args.train_run, checkpoint=args.checkpoint, latents_url=args.latents,
+                        n=args.n)  # fmt: skip
 
     return run_cli(body)
 

@@ -15,13 +15,10 @@ from __future__ import annotations
 import os
 import sys
 
-from flows._common import (
-    OneLineErrorParser,
-    add_common_args,
-    apply_prefect_defaults,
-    reported,
-    run_cli,
-)
+from flows._cli import OneLineErrorParser, add_common_args, positive_int, run_cli, run_flow
+from flows._common import apply_prefect_defaults
+from flows._errors import one_line_failures
+from flows._publish import reported
 from stages import train as stage
 
 
@@ -36,6 +33,7 @@ def _flow():
                          num_processes=num_processes).to_dict()  # fmt: skip
 
     @flow(name="train", log_prints=True)
+    @one_line_failures
     def train_flow(latents_url: str, preset: str = "tiny", overrides: list[str] | None = None,
                    store_root: str = "./uvit-store", num_processes: int = 1) -> dict:  # fmt: skip
         """Train a U-ViT preset on a latent store."""
@@ -52,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="python -m flows.train", description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--latents", required=True, help="URL of the encoded latent store")
-    parser.add_argument("--processes", type=int, default=1, help="training processes (GPUs) on this machine")
-    parser.add_argument("--max-steps", type=int, default=None, help="override train.n_steps")
+    parser.add_argument("--processes", type=positive_int, default=1, help="training processes (GPUs) on this machine")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="override train.n_steps")
     args = parser.parse_args(argv)
     apply_prefect_defaults()
 
@@ -65,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             preset = preset.with_overrides({"train.n_steps": args.max_steps})
         if args.no_prefect:
             return stage.run_train(preset, args.latents, args.store, num_processes=args.processes).to_dict()
-        return _flow()(latents_url=args.latents, preset=args.preset,
-                       overrides=args.override + [f"train.n_steps={preset.train.n_steps}"],
-                       store_root=args.store, num_processes=args.processes)  # fmt: skip
+        return run_flow(_flow(), latents_url=args.latents, preset=args.preset,
+                        overrides=args.override + [f"train.n_steps={preset.train.n_steps}"],
+                        store_root=args.store, num_processes=args.processes)  # fmt: skip
 
     return run_cli(body)
 

@@ -10,7 +10,9 @@ import functools
 
 from prefect import flow
 
-from flows._common import DEFAULT_STORE, apply_prefect_defaults, prefect_stage_runner, reported
+from flows._common import DEFAULT_STORE, apply_prefect_defaults
+from flows._errors import one_line_failures
+from flows._publish import prefect_stage_runner, reported
 from flows.periodic_eval import eval_trigger
 from stages.pipeline import run_pipeline
 
@@ -18,6 +20,7 @@ apply_prefect_defaults()
 
 
 @flow(name="uvit", log_prints=True)
+@one_line_failures
 def uvit(
     preset: str = "tiny",
     overrides: list[str] | None = None,

@@ -7,17 +7,30 @@ go to the reporter.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stages.report import StageOutput, reporter
 from storage import datasets
 
-__all__ = ["BUILTIN", "plan", "generate", "download_dataset", "report_download", "run_download"]
+__all__ = [
+    "BUILTIN",
+    "plan",
+    "generate",
+    "download_dataset",
+    "report_download",
+    "run_download",
+    "DownloadSteps",
+    "download_in_steps",
+    "argument_problem",
+]
 
 
 def _write_shapes(layout: str, folder: str | os.PathLike, options: Mapping[str, int]) -> None:
@@ -103,3 +116,61 @@ def run_download(dataset: str, source: str | Sequence[str] | None, store_root: s
     report_download(dataset, result.url, result.key, manifest, result.cached)
     return StageOutput(stage=datasets.STAGE, key=result.key, url=result.url, cached=result.cached,
                        facts={"counts": manifest["counts"]})  # fmt: skip
+
+
+def argument_problem(dataset: str, sources: Sequence[str], splits: Sequence[str], shapes: Mapping[str, int]) -> str:
+    """What is wrong with a download's arguments, found before any work ("" if nothing)."""
+    spec = datasets.DATASETS[dataset]
+    if not splits or not set(splits) <= set(datasets.SPLITS):
+        return f"--splits must be a subset of {','.join(datasets.SPLITS)}, got {','.join(splits)}"
+    if spec.builtin and sources:
+        return f"--dataset {dataset} is built in and takes no --source"
+    if not spec.builtin and not sources and not spec.default_source:
+        return f"--dataset {dataset} needs --source" + (f": {spec.missing}" if spec.missing else "")
+    if shapes and not spec.builtin:
+        return "--shapes applies to the built-in datasets only"
+    return ""
+
+
+def transfer_all(archives: Sequence[datasets.SourceFile], cache_dir: str | None) -> dict[str, str]:
+    """Local paths of the archives (resumable copies of remote ones), by role."""
+    return {f.role: datasets.transfer(f, cache_dir) for f in archives}
+
+
+def extract(the_plan: datasets.DownloadPlan, store_root: str, local: dict[str, str]) -> dict[str, Any]:
+    """Verify, extract and publish; the manifest as a dict."""
+    return datasets.build_download(the_plan, store_root, local).to_dict()
+
+
+@dataclass(frozen=True)
+class DownloadSteps:
+    """How each step of `download_in_steps` runs: plain calls here; the Prefect flow passes its tasks."""
+
+    plan: Callable[..., datasets.DownloadPlan] = plan
+    generate: Callable[[datasets.DownloadPlan, str], datasets.DownloadPlan] = generate
+    transfer_all: Callable[[Sequence[datasets.SourceFile], str | None], dict[str, str]] = transfer_all
+    extract: Callable[[datasets.DownloadPlan, str, dict[str, str]], dict[str, Any]] = extract
+
+
+def download_in_steps(dataset: str, source: str | Sequence[str] | None, store_root: str, *,
+                      splits: Sequence[str] = datasets.SPLITS, cache_dir: str | None = None,
+                      shapes: Mapping[str, int] | None = None, steps: DownloadSteps = DownloadSteps(),
+                      ) -> dict[str, Any]:  # fmt: skip
+    """The download stage step by step (plan, generate, transfer, extract), reported; url, key, manifest, cached."""
+    if not store_root:
+        raise ValueError("store_root is required")
+    sources = [source] if isinstance(source, str) else list(source or [])
+    the_plan = steps.plan(dataset, sources or None, splits=list(splits), shapes=dict(shapes or {}) or None)
+    store = datasets.ArtifactStore(store_root)
+    url, cached = store.url_for(datasets.STAGE, the_plan.key), store.exists(datasets.STAGE, the_plan.key)
+    if cached:
+        manifest = store.manifest(datasets.STAGE, the_plan.key).to_dict()
+    else:
+        with contextlib.ExitStack() as stack:
+            if the_plan.spec.builtin:
+                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"uvit-{dataset}-"))
+                the_plan = steps.generate(the_plan, folder)
+            local = steps.transfer_all([f for f in the_plan.files if f.kind == "archive"], cache_dir)
+            manifest = steps.extract(the_plan, store_root, local)
+    report_download(dataset, url, the_plan.key, manifest, cached)
+    return {"url": url, "key": the_plan.key, "manifest": manifest, "cached": cached}

@@ -1,7 +1,7 @@
 """What a stage shows while it runs, behind one small interface the caller chooses.
 
 Stages call `reporter()`; by default that logs to the `uvit` logger and drops tables, images and
-links. The Prefect flows install their own reporter (flows/_common.py) for the duration of a run
+links. The Prefect flows install their own reporter (flows/_publish.py) for the duration of a run
 with `reporting(...)`, so the same stage code fills the dashboard without importing Prefect.
 """
 

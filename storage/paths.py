@@ -32,6 +32,9 @@ __all__ = [
     "filesystem",
     "redact_url",
     "redact",
+    "redact_text",
+    "has_credentials",
+    "urls_in",
     "write_bytes_atomic",
     "write_json_atomic",
     "read_json",
@@ -79,7 +82,7 @@ def normalize_url(url: str | os.PathLike) -> str:
     rest = rest.rstrip("/")
     if not rest:
         raise ValueError(f"storage URL {redact_url(text)!r} has no bucket or path")
-    if scheme.lower() in _NO_URL_SECRETS and ("@" in rest.split("/", 1)[0] or "?" in rest):
+    if scheme.lower() in _NO_URL_SECRETS and ("@" in rest.split("/", 1)[0] or "?" in rest or has_credentials(text)):
         # fsspec would take `key:secret@bucket` as the bucket name and `?token=...` as part of the
         # object names: the secret would end up in error messages, logs and every object's key.
         raise ValueError(
@@ -108,15 +111,49 @@ def filesystem(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def _slashed_userinfo(url: str) -> bool:
+    # `s3://KEY:SE/CRET@bucket`: a secret with a slash ends the netloc early; its "port" is not a number.
+    netloc = urlsplit(url).netloc
+    port = netloc.rsplit(":", 1)[1] if ":" in netloc and "@" not in netloc else ""
+    return bool(port) and not port.isdigit() and "]" not in port and "@" in url.split("?", 1)[0]
+
+
 def redact_url(url: str) -> str:
     """The URL without `user:password@` and without secret-looking query parameters."""
     if "://" not in url:
         return url
+    if _slashed_userinfo(url):
+        scheme, rest = url.split("://", 1)
+        head, sep, query = rest.partition("?")
+        url = f"{scheme}://{head.rsplit('@', 1)[1]}{sep}{query}"
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     query = urlencode([(k, v) for k, v in pairs if not _SECRET_QUERY.search(k)])
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def has_credentials(url: str) -> bool:
+    """Whether a URL carries `user[:password]@` or a secret-looking query parameter."""
+    if "://" not in url:
+        return False
+    parts = urlsplit(url)
+    if "@" in parts.netloc or _slashed_userinfo(url):
+        return True
+    return any(_SECRET_QUERY.search(k) for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
+
+
+def redact_text(text: str) -> str:
+    """A message with every URL in it passed through `redact_url`."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
+
+
+def urls_in(text: str) -> list[str]:
+    """The URLs written inside a longer text (an override, a JSON document)."""
+    return _URL_IN_TEXT.findall(text)
 
 
 def redact(value: Any) -> Any:

@@ -173,6 +173,9 @@ class Preset:
     official_config: str | None = None  # configs/<name>.py in baofff/U-ViT
     official_param_count: int | None = None
 
+    def __post_init__(self) -> None:
+        _check_bounds(self)
+
     def with_overrides(self, overrides: dict[str, Any] | list[str] | None) -> Preset:
         """A copy with dotted-key overrides applied, e.g. `{"train.lr": 1e-4}` or `["train.lr=1e-4"]`."""
         if not overrides:
@@ -206,6 +209,40 @@ class Preset:
         """(C, H, W) of what the network sees."""
         m = self.model
         return (m.in_chans, m.img_size, m.img_size)
+
+
+# Bounds checked whenever a preset is built (registry, overrides, JSON), so that a count, interval,
+# size or step number out of range fails naming its key before any work starts, not as a division by
+# zero in the middle of training. `None` (not set) is always allowed.
+_POSITIVE = {
+    "model": ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "clip_dim",
+              "num_clip_token"),
+    "diffusion": ("num_timesteps", "beta_start", "beta_end", "beta_min", "beta_max"),
+    "data": ("resolution", "latent_scale"),
+    "train": ("batch_size", "n_steps", "log_interval", "save_interval", "grad_accum", "keep_last"),
+    "sample": ("steps", "n_samples", "mini_batch_size"),
+    "eval": ("n_samples", "periodic_n_samples"),
+}  # fmt: skip
+# 0 is meaningful here: no classes, no warm-up, never (intervals), no clipping or decay, loading in-process.
+_NON_NEGATIVE = {
+    "diffusion": ("null_class",),
+    "data": ("num_classes",),
+    "train": ("lr", "weight_decay", "warmup_steps", "grad_clip", "seed", "eval_interval", "sample_interval",
+              "num_workers"),
+    "sample": ("seed",),
+}  # fmt: skip
+_FRACTIONS = {"diffusion": ("p_uncond",), "train": ("ema_rate",)}  # in [0, 1]
+
+
+def _check_bounds(preset: Preset) -> None:
+    """Raise `ConfigError` naming the first setting outside its range."""
+    for rules, ok, wanted in ((_POSITIVE, lambda v: v > 0, "> 0"), (_NON_NEGATIVE, lambda v: v >= 0, ">= 0"),
+                              (_FRACTIONS, lambda v: 0 <= v <= 1, "in [0, 1]")):  # fmt: skip
+        for section, names in rules.items():
+            for name in names:
+                value = getattr(getattr(preset, section), name)
+                if value is not None and not ok(value):
+                    raise ConfigError(f"{section}.{name} must be {wanted}, got {value!r}")
 
 
 def _from_dict(cls: type, data: Any, where: str) -> Any:

@@ -72,6 +72,118 @@ def test_store_url_with_credentials_is_refused_without_echoing_them(store: str) 
 
 
 # ------------------------------------------------------------------------------------------------
+# Credentials never reach Prefect: flow parameters are stored on its server in plain text
+
+
+def _prefect_files_holding(*secrets: str) -> list[str]:
+    """Files under PREFECT_HOME (the SQLite database and its journal, results, logs) holding a secret."""
+    home = Path(os.environ["PREFECT_HOME"])
+    return [str(p) for p in home.rglob("*") if p.is_file() and _holds(p.read_bytes(), secrets)]
+
+
+def _holds(data: bytes, secrets: tuple[str, ...]) -> bool:
+    return any(s.encode() in data or base64.b64encode(s.encode()) in data for s in secrets)
+
+
+CLI_CASES = [
+    ("download", ["--dataset", "shapes", "--store", f"s3://{KEY_ID}:{SECRET}@uvit-drill/x"]),
+    ("download", ["--dataset", "coco2014", "--source", f"http://{HTTP_USER}:{HTTP_PASSWORD}@127.0.0.1:9/",
+                  "--store", "STORE"]),
+    ("encode_latents", ["--dataset", "shapes", "--store", f"s3://uvit-drill/x?X-Amz-Signature={SECRET}"]),
+    ("train", ["--latents", f"s3://{KEY_ID}:{SECRET}@uvit-drill/latents", "--store", "STORE"]),
+    ("train", ["--latents", "STORE", "--store", "STORE", "--override", f"data.autoencoder=s3://{KEY_ID}:{SECRET}@b/v"]),
+    ("sample", ["--train-run", f"gs://{KEY_ID}:{SECRET}@bucket/train/x", "--store", "STORE"]),
+    ("evaluate", ["--samples", "STORE", "--reference", f"https://{HTTP_USER}:{HTTP_PASSWORD}@127.0.0.1:9/r.npz",
+                  "--store", "STORE"]),
+    ("pipeline", ["--store", "STORE", "--source", f"http://{HTTP_USER}:{HTTP_PASSWORD}@127.0.0.1:9/"]),
+]  # fmt: skip
+
+
+def test_clis_refuse_credentials_before_a_flow_run_exists(tmp_path: Path) -> None:
+    # One interpreter runs every CLI in Prefect mode (no --no-prefect): each must refuse before calling its flow.
+    cases = [(cli, [a.replace("STORE", str(tmp_path)) for a in argv]) for cli, argv in CLI_CASES]
+    code = ("import contextlib, importlib, io, json, sys\n"
+            "results = []\n"
+            f"for cli, argv in {cases!r}:\n"
+            "    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err):\n"
+            "        rc = importlib.import_module('flows.' + cli).main(argv)\n"
+            "    results.append([cli, rc, err.getvalue()])\n"
+            "print(json.dumps(results))\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=child_env(),
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    for cli, rc, err in results:
+        assert rc == 1 and len(err.strip().splitlines()) == 1, (cli, err)
+        assert "holds a URL with credentials" in err and "environment" in err and "fsspec" in err, (cli, err)
+    assert _leaks(out.stdout + out.stderr) == []
+    assert _prefect_files_holding(*SECRETS) == []
+
+
+DEPLOY_KEY, DEPLOY_SECRET = "AKIADEPLOYDRILL", "deploy-param-Drill-c0de"  # stored with the runs below, on purpose
+DEPLOY_URL = f"s3://{DEPLOY_KEY}:{DEPLOY_SECRET}@uvit-drill/x"
+
+
+def _flow_cases() -> list[tuple[str, Any, dict[str, Any]]]:
+    import flows.download
+    import flows.encode_latents
+    import flows.evaluate
+    import flows.periodic_eval
+    import flows.sample
+    import flows.train
+    from flows.uvit_flow import uvit
+
+    return [
+        ("download", flows.download.download, {"dataset": "shapes", "store_root": DEPLOY_URL}),
+        ("encode", flows.encode_latents._flow(), {"source": f"http://u:{DEPLOY_SECRET}@127.0.0.1:9/"}),
+        ("train", flows.train._flow(), {"latents_url": f"s3://uvit-drill/l?X-Amz-Signature={DEPLOY_SECRET}"}),
+        ("sample", flows.sample._flow(), {"checkpoint": DEPLOY_URL}),
+        ("evaluate", flows.evaluate._flow(), {"samples_url": "/tmp/x", "reference": DEPLOY_URL}),
+        ("uvit", uvit, {"overrides": [f"data.autoencoder={DEPLOY_URL}"]}),
+        ("periodic-eval", flows.periodic_eval.periodic_eval,
+         {"preset_json": "{}", "store_root": "/tmp/x", "checkpoint": "/tmp/w", "dataset_url": DEPLOY_URL}),
+    ]  # fmt: skip
+
+
+def test_flows_refuse_credentials_stored_with_a_deployment_run(tmp_path: Path) -> None:
+    """As `prefect deployment run -p store_root=s3://K:S@b/x`: the run exists with its parameters stored;
+    the flow must fail at once with one line that names the parameter, and log no secret."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    records: list[logging.LogRecord] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        records.append(record)
+        return True
+
+    states = {}
+    for name, flow, params in _flow_cases():
+        logging.getLogger("prefect.flow_runs").addFilter(keep)
+        try:
+            states[name] = flow(**params, return_state=True)
+        finally:
+            logging.getLogger("prefect.flow_runs").removeFilter(keep)
+    for name, state in states.items():
+        assert state.is_failed() and "holds a URL with credentials" in state.message, (name, state.message)
+        assert "environment" in state.message and DEPLOY_SECRET not in state.message
+    APILogWorker.drain_all(timeout=30)
+    ids = [state.state_details.flow_run_id for state in states.values()]
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
+    assert [log.message for log in logs if "holds a URL with credentials" in log.message]
+    assert not any(DEPLOY_SECRET in log.message or DEPLOY_KEY in log.message for log in logs)
+    messages = [r.getMessage() + str(r.exc_info or "") for r in records]
+    assert not any(DEPLOY_SECRET in m or DEPLOY_KEY in m for m in messages)
+    assert not any("Traceback" in m or r.exc_info for m, r in zip(messages, records) if r.levelno > logging.DEBUG)
+    # The control: the parameters themselves were stored (what the CLIs' refusal prevents), and the
+    # search over PREFECT_HOME finds them.
+    assert _prefect_files_holding(DEPLOY_SECRET)
+
+
+# ------------------------------------------------------------------------------------------------
 # Stages on S3 with an HTTP source carrying credentials
 
 
@@ -169,7 +281,7 @@ def test_stages_never_write_or_log_credentials(
     import prefect
     import prefect.artifacts
 
-    import flows._common
+    import flows._publish
     from stages.download import run_download
     from stages.encode import run_encode
     from stages.report import reporting
@@ -182,7 +294,7 @@ def test_stages_never_write_or_log_credentials(
     for name in ("markdown", "table", "link", "image", "progress"):
         monkeypatch.setattr(prefect.artifacts, f"create_{name}_artifact", recorder(name))
     monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", recorder("progress-update"))
-    monkeypatch.setattr(flows._common, "in_prefect_run", lambda: True)
+    monkeypatch.setattr(flows._publish, "in_prefect_run", lambda: True)
     run_log = logging.getLogger("uvit-drill-run")
     run_log.setLevel(logging.INFO)
     records: list[str] = []
@@ -199,7 +311,7 @@ def test_stages_never_write_or_log_credentials(
     logging.getLogger().setLevel(logging.INFO)
 
     # The flows point the stages at Prefect through this reporter; the same here.
-    with reporting(flows._common.PrefectReporter()):
+    with reporting(flows._publish.PrefectReporter()):
         outputs = []
         coco = run_download("coco2014", http_source, s3_store, checksums={})  # the zips reuse official names
         outputs.append(coco.to_dict())

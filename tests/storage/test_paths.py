@@ -30,6 +30,24 @@ def test_redact_url_strips_userinfo_and_secret_query() -> None:
     assert "hunter2" not in json.dumps(nested) and nested["a"][1] == "plain" and nested["b"] == 1
 
 
+@pytest.mark.parametrize(
+    "url, secret",
+    [("s3://KEY:SECRET@bucket/x", True), ("s3://KEY:SE/CRET@bucket/x", True), ("http://u:p@host/a", True),
+     ("s3://b/x?X-Amz-Signature=1", True), ("memory://x?token=2", True), ("s3://bucket/x", False),
+     ("http://host:8080/a@b", False), ("/local/a@b", False), ("gs://b/x?generation=3", False)],
+)  # fmt: skip
+def test_has_credentials(url: str, secret: bool) -> None:
+    assert paths.has_credentials(url) is secret
+    assert not paths.has_credentials(paths.redact_url(url))
+    assert "SE" not in paths.redact_url("s3://KEY:SE/CRET@bucket/x")
+
+
+def test_redact_text_redacts_every_url_in_a_message() -> None:
+    text = 'Could not connect to "http://u:pw@127.0.0.1:9/b/k" or s3://K:S@b/x; /local stays'
+    assert paths.redact_text(text) == 'Could not connect to "http://127.0.0.1:9/b/k" or s3://b/x; /local stays'
+    assert paths.urls_in("data.autoencoder=s3://K:S@b/v x") == ["s3://K:S@b/v"]
+
+
 def test_atomic_and_exclusive_writes(any_root: str) -> None:
     url = paths.join(any_root, "sub", "obj.json")
     paths.write_json_atomic(url, {"u": "s3://k:secret@b/p", "n": 1})

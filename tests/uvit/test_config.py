@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -78,6 +79,32 @@ def test_overrides_apply_and_coerce():
 def test_bad_overrides_fail_clearly(override, message):
     with pytest.raises(ConfigError, match=message):
         get_preset("tiny", override)
+
+
+@pytest.mark.parametrize(
+    "key, value, wanted",
+    [("train.save_interval", 0, "> 0"), ("train.n_steps", -5, "> 0"), ("train.batch_size", 0, "> 0"),
+     ("train.log_interval", 0, "> 0"), ("train.grad_accum", 0, "> 0"), ("train.keep_last", 0, "> 0"),
+     ("train.warmup_steps", -1, ">= 0"), ("train.eval_interval", -1, ">= 0"), ("train.sample_interval", -1, ">= 0"),
+     ("train.num_workers", -1, ">= 0"), ("train.ema_rate", 1.5, "in [0, 1]"), ("sample.mini_batch_size", 0, "> 0"),
+     ("sample.steps", 0, "> 0"), ("sample.n_samples", 0, "> 0"), ("eval.n_samples", 0, "> 0"),
+     ("eval.periodic_n_samples", 0, "> 0"), ("diffusion.num_timesteps", 0, "> 0"), ("diffusion.p_uncond", -0.1,
+     "in [0, 1]"), ("data.resolution", 0, "> 0"), ("model.patch_size", 0, "> 0"), ("model.depth", 0, "> 0")],
+)  # fmt: skip
+def test_counts_intervals_and_sizes_out_of_range_fail_naming_the_key(key, value, wanted):
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)} must be {re.escape(wanted)}, got {value}"):
+        get_preset("tiny", {key: value})
+    with pytest.raises(ConfigError, match=re.escape(key)):  # a preset's JSON is checked the same way
+        section, name = key.split(".")
+        data = json.loads(get_preset("tiny").to_json())
+        data[section][name] = value
+        Preset.from_json(json.dumps(data))
+
+
+def test_zero_means_never_where_it_is_meaningful():
+    preset = get_preset("tiny", {"train.eval_interval": 0, "train.sample_interval": 0, "train.warmup_steps": 0,
+                                 "train.grad_clip": 0, "train.num_workers": 0})  # fmt: skip
+    assert preset.train.eval_interval == 0 and preset.train.sample_interval == 0
 
 
 def test_override_strings_parse_json_or_string():
