@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-samples", type=positive_int, default=None, help="samples to draw (default: the preset's)")
     parser.add_argument("--dataset", default=None, metavar="NAME",
                         help="train on this download, not the preset's (e.g. folder, with --source DIR)")  # fmt: skip
+    parser.add_argument("--reference", default=None, metavar="URL",
+                        help="FID statistics file (ADM reference batch or U-ViT fid_stats .npz)")  # fmt: skip
+    parser.add_argument("--official-assets", default=None, metavar="DIR",
+                        help="an official U-ViT assets/ folder: its autoencoder and fid_stats")  # fmt: skip
     args = parser.parse_args(argv)
     apply_prefect_defaults()
 
@@ -35,11 +39,13 @@ def main(argv: list[str] | None = None) -> int:
             from stages.pipeline import run_pipeline
 
             return run_pipeline(args.preset, args.override, args.store, args.source, args.processes, args.n_samples,
-                                dataset=args.dataset)  # fmt: skip
+                                dataset=args.dataset, reference=args.reference,
+                                assets=args.official_assets)  # fmt: skip
         from flows.uvit_flow import uvit
 
         return run_flow(uvit, preset=args.preset, overrides=args.override, store_root=args.store, source=args.source,
-                        num_processes=args.processes, n_samples=args.n_samples, dataset=args.dataset)  # fmt: skip
+                        num_processes=args.processes, n_samples=args.n_samples, dataset=args.dataset,
+                        reference=args.reference, official_assets=args.official_assets)  # fmt: skip
 
     return run_cli(body)
 

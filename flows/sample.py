@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--class", dest="class_name", default=None,
                         help="sample one class: an index, a wnid or a class name")  # fmt: skip
     parser.add_argument("--prompt", default=None, help="sample one caption (text-to-image presets)")
+    parser.add_argument("--prompts", default=None, metavar="FILE",
+                        help="one sample per line of FILE, also written as prompts/<index>-<prompt>.png")  # fmt: skip
     parser.add_argument("--dataset-run", default=None, help="download artifact URL (to look class names up)")
     parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--world-size", type=positive_int, default=int(os.environ.get("WORLD_SIZE", 1)))
@@ -69,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
 
         preset = get_preset(args.preset, args.override)
         class_label = stage.resolve_class(preset, args.class_name, args.dataset_run) if args.class_name else None
-        if args.no_prefect or class_label is not None or args.prompt or args.world_size > 1:
+        prompts = stage.read_prompts(args.prompts) if args.prompts else None
+        if args.no_prefect or class_label is not None or args.prompt or prompts or args.world_size > 1:
             return stage.run_sample(preset, args.store, train_run_url=args.train_run, checkpoint=args.checkpoint,
                               latents_url=args.latents, n=args.n, class_label=class_label, prompt=args.prompt,
-                              rank=args.rank, world_size=args.world_size).to_dict()  # fmt: skip
+                              prompts=prompts, rank=args.rank, world_size=args.world_size).to_dict()  # fmt: skip
         return run_flow(_flow(), preset=args.preset, overrides=args.override, store_root=args.store,
                         train_run_url=args.train_run, checkpoint=args.checkpoint, latents_url=args.latents,
                         n=args.n)  # fmt: skip

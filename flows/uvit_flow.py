@@ -30,14 +30,20 @@ def uvit(
     n_samples: int | None = None,
     eval_deployment: str | None = None,
     dataset: str | None = None,
+    reference: str | None = None,
+    official_assets: str | None = None,
 ) -> dict:
     """Download, encode, train, sample and evaluate one preset; every stage is content-cached.
 
     `eval_deployment` (e.g. "periodic-eval/periodic-eval") evaluates training checkpoints every
     `train.eval_interval` steps as separate flow runs that never block training. `dataset` trains on
     another download than the preset's (e.g. "folder", with `source` a folder of class folders).
+    `reference` is the FID statistics file (ADM reference batch or U-ViT fid_stats, any fsspec URL;
+    default `$UVIT_REFERENCE_<fid_reference>` on the worker, else computed from the dataset);
+    `official_assets` an official U-ViT `assets/` folder (its autoencoder and fid_stats).
     """
     trigger = functools.partial(eval_trigger, eval_deployment) if eval_deployment else None
     # The pipeline's own tables (stages, summary) go to this flow run.
     return reported(run_pipeline)(preset, overrides, store_root, source, num_processes, n_samples,
-                                  prefect_stage_runner(), eval_trigger=trigger, dataset=dataset)  # fmt: skip
+                                  prefect_stage_runner(), eval_trigger=trigger, dataset=dataset,
+                                  reference=reference or None, assets=official_assets or None)  # fmt: skip

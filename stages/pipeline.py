@@ -7,6 +7,7 @@ evaluate only. The `uvit` Prefect flow (flows/uvit_flow.py) runs this with each 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,34 @@ from stages.evaluate import run_evaluate
 from stages.report import reporter
 from stages.sample import run_sample
 from stages.train import run_train
+
+REFERENCE_ENV = "UVIT_REFERENCE_{}"  # per reference name, e.g. UVIT_REFERENCE_IMAGENET256_GUIDED_DIFFUSION
+# The official assets/ folder of baofff/U-ViT: its statistics per reference name and its two autoencoders.
+OFFICIAL_STATS = "fid_stats/fid_stats_{}.npz"
+OFFICIAL_VAE = {"stabilityai/sd-vae-ft-ema": "stable-diffusion/autoencoder_kl_ema.pth"}
+OFFICIAL_VAE_DEFAULT = "stable-diffusion/autoencoder_kl.pth"
+
+
+def reference_env(preset) -> str | None:
+    """The environment variable naming the preset's official FID statistics file (None without one)."""
+    name = preset.eval.fid_reference
+    return REFERENCE_ENV.format(name.upper()) if name else None
+
+
+def official_assets(preset, assets: str) -> tuple[list[str], str | None]:
+    """(overrides, reference) that use an official `assets/` folder: its autoencoder and fid_stats file."""
+    from storage import paths
+
+    overrides = []
+    if preset.data.space == "latent" and not preset.data.autoencoder.startswith("builtin:"):
+        vae = paths.join(assets, OFFICIAL_VAE.get(preset.data.autoencoder, OFFICIAL_VAE_DEFAULT))
+        if not paths.exists(vae):
+            raise FileNotFoundError(f"{paths.redact_url(vae)} is missing from the official assets folder")
+        overrides.append(f"data.autoencoder={vae}")
+    name = preset.eval.fid_reference
+    stats = paths.join(assets, OFFICIAL_STATS.format(name)) if name else None
+    return overrides, stats if stats and paths.exists(stats) else None
+
 
 # Where each preset's raw data comes from when the caller does not say (built-in sets need nothing).
 DATASET_OF = {"shapes": "shapes", "shapes-coco": "shapes-coco", "imagenet": "imagenet", "coco": "coco2014",
@@ -34,13 +63,16 @@ def run_pipeline(
     eval_trigger: Callable[..., Callable[[int, str], Any]] | None = None,
     dataset: str | None = None,
     reference: str | None = None,
+    assets: str | None = None,
 ) -> dict[str, Any]:
     """Run the five stages in order; `stage_runner(name, fn, *args)` wraps each (Prefect tasks or plain).
 
     `dataset` is the download to train on (default: the preset's, `DATASET_OF`), e.g. `folder` for a
     folder of class folders given as `source`. `reference` (any fsspec URL) is the FID reference
-    statistics file (an ADM reference batch or an official `fid_stats/*.npz`); without it the
-    evaluate stage computes statistics from the dataset.
+    statistics file (an ADM reference batch or an official `fid_stats/*.npz`); without it, the file
+    `$UVIT_REFERENCE_<fid_reference>` names, else the evaluate stage computes statistics from the
+    dataset. `assets` is an official `assets/` folder: its autoencoder (the file the official config
+    uses) and its `fid_stats/fid_stats_<fid_reference>.npz`.
 
     `eval_trigger(preset, store_root, latents_url, dataset_url, dataset_key)` returns the train
     stage's `(step, weights_url)` callback for periodic evaluation (the flows start a deployment).
@@ -48,6 +80,12 @@ def run_pipeline(
     from uvit.config import get_preset
 
     preset = get_preset(preset_name, overrides or [])
+    if assets:
+        extra, stats = official_assets(preset, assets)
+        preset = get_preset(preset_name, [*(overrides or []), *extra])
+        reference = reference or stats
+    env = reference_env(preset)
+    reference = reference or (os.environ.get(env) if env else None) or None
     run = stage_runner or (lambda name, fn, *a, **k: fn(*a, **k))
     timings: dict[str, float] = {}
     outputs: dict[str, Any] = {}

@@ -73,6 +73,20 @@ def resolve_class(preset, name: str, dataset_run: str | None = None) -> int:
     raise ValueError(f"unknown class {name!r}; classes: {known}")
 
 
+def read_prompts(url: str) -> list[str]:
+    """The prompts of a prompts file (any fsspec URL): one per line, as `sample_t2i_discrete.py` reads them."""
+    from storage import paths
+
+    fs, path = paths.filesystem(url)
+    try:
+        text = fs.cat_file(path).decode("utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"prompts file {paths.redact_url(url)} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompts file {paths.redact_url(url)} is not UTF-8 text ({e})") from None
+    return text.strip().split("\n")
+
+
 def caption_draw(num_images: int, caption_counts, n: int, seed: int):
     """(image, caption slot) of each of n samples, as the official `eval_t2i_discrete.py` draws them.
 

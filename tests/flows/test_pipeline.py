@@ -318,3 +318,46 @@ def test_train_key_covers_what_changes_the_weights_and_nothing_else():
     for override in ("train.log_interval=7", "train.save_interval=9", "train.sample_interval=3"):
         assert train_key(get_preset("tiny", [override]), "latents-key") == base, override
     assert train_key(get_preset("tiny"), "other-latents") != base
+
+
+def test_official_assets_and_the_reference_variable(tmp_path, monkeypatch):
+    """An official assets/ folder gives the preset's autoencoder file and its fid_stats; or an env variable."""
+    from stages.pipeline import official_assets, reference_env
+    from uvit.config import get_preset
+
+    assets = tmp_path / "assets"
+    (assets / "stable-diffusion").mkdir(parents=True)
+    (assets / "fid_stats").mkdir()
+    for name in ("autoencoder_kl.pth", "autoencoder_kl_ema.pth"):
+        (assets / "stable-diffusion" / name).write_bytes(b"x")
+    (assets / "fid_stats" / "fid_stats_imagenet256_guided_diffusion.npz").write_bytes(b"x")
+    h2, l2, coco = (get_preset(n) for n in ("imagenet256-h2", "imagenet256-l2", "coco256-s2"))
+    overrides, reference = official_assets(h2, str(assets))
+    assert overrides == [f"data.autoencoder={assets / 'stable-diffusion' / 'autoencoder_kl_ema.pth'}"]
+    assert reference == str(assets / "fid_stats" / "fid_stats_imagenet256_guided_diffusion.npz")
+    assert official_assets(l2, str(assets))[0][0].endswith("autoencoder_kl.pth")  # as the official configs
+    assert official_assets(coco, str(assets)) == (
+        [f"data.autoencoder={assets / 'stable-diffusion' / 'autoencoder_kl.pth'}"],
+        None,
+    )
+    assert official_assets(get_preset("tiny"), str(assets)) == ([], None)
+    (assets / "stable-diffusion" / "autoencoder_kl_ema.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="autoencoder_kl_ema.pth is missing"):
+        official_assets(h2, str(assets))
+    assert (
+        reference_env(h2) == "UVIT_REFERENCE_IMAGENET256_GUIDED_DIFFUSION" and reference_env(get_preset("tiny")) is None
+    )
+
+
+def test_reference_flag_reaches_the_evaluate_stage(first_run, tmp_path):
+    """`--reference` through the CLI (no Prefect): the report names the file."""
+    store, _ = first_run
+    (computed,) = Path(store, "reference").glob("*/reference.npz")
+    with np.load(computed) as data:
+        np.savez(tmp_path / "cli_reference.npz", mu=data["mu"] + 1e-3, sigma=data["sigma"])  # other statistics
+    args = ["--no-prefect", "--store", store, "--reference", str(tmp_path / "cli_reference.npz")]
+    args += [a for o in FAST for a in ("--override", o)]
+    out = subprocess.run([sys.executable, "-m", "flows.pipeline", *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (report,) = [p for p in Path(store, "evaluate").glob("*/report.md") if "cli_reference.npz" in p.read_text()]
+    assert "a statistics file named by the user" in report.read_text()

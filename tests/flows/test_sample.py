@@ -88,3 +88,15 @@ def test_prompts_draw_one_sample_per_prompt_and_name_a_png_after_each(tmp_path) 
         run_sample(preset, str(tmp_path / "store"), checkpoint=weights, prompts=["a", "b"], n=3)
     with pytest.raises(ValueError, match="holds no prompt"):
         run_sample(preset, str(tmp_path / "store"), checkpoint=weights, prompts=["", " "])
+
+
+def test_prompts_file_is_read_as_the_official_script_reads_it(tmp_path) -> None:
+    from stages.sample import read_prompts
+
+    (tmp_path / "prompts.txt").write_text("A red circle.\nA blue square.\n\n")
+    assert read_prompts(str(tmp_path / "prompts.txt")) == ["A red circle.", "A blue square."]
+    with pytest.raises(ValueError, match="does not exist"):
+        read_prompts(str(tmp_path / "missing.txt"))
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        read_prompts(str(tmp_path / "bad.txt"))
