@@ -14,17 +14,16 @@ import os
 from stages.report import StageOutput, code_version, reporter
 
 STAGE = "sample"
-SHARD_DONE = ".npz"
 
 
 def weights_for(train_run_url: str | None, checkpoint: str | None) -> str:
     """The weights file to sample from: an explicit checkpoint, or the training run's EMA weights."""
-    from storage import paths
+    from storage import outputs, paths
 
     if checkpoint:
         return checkpoint
     if train_run_url:
-        return paths.join(train_run_url, "nnet_ema.safetensors")
+        return paths.join(train_run_url, outputs.EMA_WEIGHTS)
     raise ValueError("pass --train-run (a training artifact) or --checkpoint (a weights file)")
 
 
@@ -207,10 +206,10 @@ def run_sample(
 
     def draw_shards(url: str, shard_rank: int, shard_world: int) -> None:
         """Draw this process's unfinished shards into the artifact folder (atomic, disjoint files)."""
-        shards_url = paths.join(url, "shards")
-        done = {name for name in paths.list_names(shards_url) if name.endswith(SHARD_DONE)}
+        shards_url = paths.join(url, outputs.SAMPLE_SHARDS)
+        done = set(paths.list_names(shards_url))
         mine = [s for s in range(num_shards) if s % shard_world == shard_rank]
-        todo = [s for s in mine if f"shard_{s:06d}{SHARD_DONE}" not in done]
+        todo = [s for s in mine if outputs.sample_shard_name(s) not in done]
         log.info("sample: %d shards, %d done, %d to draw here", num_shards, len(mine) - len(todo), len(todo))
         if not todo:
             return
@@ -225,12 +224,12 @@ def run_sample(
             sde = torch.Generator(device=device).manual_seed(preset.sample.seed * 1_000_003 + shard + 2**40)
             images = generate_images(preset, model, noise, conditions.slice(start, stop), vae=vae, generator=sde)
             for j, image in enumerate(images):
-                write_png(paths.join(url, "images", f"{start + j:06d}.png"), image)
+                write_png(paths.join(url, outputs.SAMPLE_IMAGES, f"{start + j:06d}.png"), image)
                 if prompts is not None:
                     name = outputs.prompt_image_name(start + j, prompts[start + j])
                     write_png(paths.join(url, outputs.PROMPT_IMAGES, name), image)
             extra = {} if conditions.labels is None else {"labels": conditions.labels[start:stop].numpy()}
-            write_npz(paths.join(shards_url, f"shard_{shard:06d}{SHARD_DONE}"), images, **extra)
+            write_npz(paths.join(shards_url, outputs.sample_shard_name(shard)), images, **extra)
             progress((i + 1) / len(todo))
 
     if world_size > 1 and not cached:
@@ -243,14 +242,14 @@ def run_sample(
         nonlocal cached
         cached = False  # built (or rebuilt after a failed check), whatever exists() said before
         draw_shards(writer.url, 0, 1)
-        shards_url = writer.path("shards")
-        arrays = [read_npz_images(paths.join(shards_url, f"shard_{s:06d}{SHARD_DONE}")) for s in range(num_shards)]
+        shards_url = writer.path(outputs.SAMPLE_SHARDS)
+        arrays = [read_npz_images(paths.join(shards_url, outputs.sample_shard_name(s))) for s in range(num_shards)]
         samples = np.concatenate(arrays)  # (n, H, W, 3)
         labels = {} if conditions.labels is None else {"labels": conditions.labels.numpy()}
-        write_npz(writer.path("samples.npz"), samples, **labels)
+        write_npz(writer.path(outputs.SAMPLES_NPZ), samples, **labels)
         from uvit.generation import image_grid
 
-        write_png(writer.path("grid.png"), image_grid(samples[: min(64, n)]))
+        write_png(writer.path(outputs.GRID_PNG), image_grid(samples[: min(64, n)]))
         s = preset.sample
         return Manifest(
             kind="uvit-samples",
@@ -273,8 +272,9 @@ def run_sample(
 
     manifest = store.ensure(STAGE, key, build, rebuild=rebuild)
     url = store.url_for(STAGE, key)
-    reporter().png(f"{preset.name}-samples", paths.join(url, "grid.png"), f"{n} samples, {preset.sample.steps} steps")
+    grid = paths.join(url, outputs.GRID_PNG)
+    reporter().png(f"{preset.name}-samples", grid, f"{n} samples, {preset.sample.steps} steps")
     reporter().link(f"{preset.name}-sample-artifact", url, "samples (PNG, samples.npz)")
-    facts = {"samples_npz": paths.join(url, "samples.npz"), "grid": paths.join(url, "grid.png"),
+    facts = {"samples_npz": paths.join(url, outputs.SAMPLES_NPZ), "grid": paths.join(url, outputs.GRID_PNG),
              "n": manifest.counts["samples"]}  # fmt: skip
     return StageOutput(stage=STAGE, key=key, url=url, cached=cached, facts=facts)

@@ -97,7 +97,7 @@ def run_train(
     the EMA weights at that step. `rebuild=True` discards the artifact (checkpoints too) and trains again.
     """
     from stages.training import launch
-    from storage import paths
+    from storage import outputs, paths
     from storage.artifacts import ArtifactStore, Manifest
     from storage.checkpoints import CheckpointStore
     from uvit import __version__
@@ -114,9 +114,9 @@ def run_train(
     def build(writer) -> Manifest:
         nonlocal cached
         cached = False  # built (or rebuilt after a failed check), whatever exists() said before
-        ckpt_url = writer.path("checkpoints")
-        previews = writer.path("previews")
-        logdir = writer.path("tensorboard") if paths.is_local(writer.url) else None
+        ckpt_url = writer.path(outputs.CHECKPOINTS)
+        previews = writer.path(outputs.PREVIEWS)
+        logdir = writer.path(outputs.TENSORBOARD) if paths.is_local(writer.url) else None
         progress = reporter().progress(f"training {preset.name} for {preset.train.n_steps} steps")
         rows: list[dict[str, Any]] = []
 
@@ -134,7 +134,7 @@ def run_train(
             # Evaluate an exported copy: the checkpoint itself may be pruned before the run starts.
             from storage.checkpoints import CheckpointStore
 
-            weights = writer.path("evals", f"step_{step:09d}", "nnet_ema.safetensors")
+            weights = writer.path(*outputs.eval_weights(step))
             save_safetensors(CheckpointStore(ckpt_url).load(step).ema, weights, metadata={"step": str(step)})
             eval_trigger(step, weights)
 
@@ -142,12 +142,12 @@ def run_train(
                          previews_url=previews, on_log=on_log, on_preview=on_preview, on_checkpoint=on_checkpoint,
                          log_line=lambda line: log.info(line))  # fmt: skip
         ckpt = CheckpointStore(ckpt_url).load()
-        save_official_pth(ckpt.ema, writer.path("nnet_ema.pth"))
-        save_safetensors(ckpt.ema, writer.path("nnet_ema.safetensors"), metadata={"preset": preset.name})
-        save_official_pth(ckpt.model, writer.path("nnet.pth"))
+        save_official_pth(ckpt.ema, writer.path(outputs.OFFICIAL_EMA_WEIGHTS))
+        save_safetensors(ckpt.ema, writer.path(outputs.EMA_WEIGHTS), metadata={"preset": preset.name})
+        save_official_pth(ckpt.model, writer.path(outputs.OFFICIAL_WEIGHTS))
         losses = [tuple(x) for x in summary["losses"]]
-        paths.write_bytes_atomic(writer.path("loss.png"), plot_losses(losses, f"{preset.name} training loss"))
-        reporter().png(f"{preset.name}-loss-curve", writer.path("loss.png"), "training loss")
+        paths.write_bytes_atomic(writer.path(outputs.LOSS_CURVE), plot_losses(losses, f"{preset.name} training loss"))
+        reporter().png(f"{preset.name}-loss-curve", writer.path(outputs.LOSS_CURVE), "training loss")
         if rows:
             reporter().table(f"{preset.name}-training-log", rows[-50:], "loss and learning rate")
         return Manifest(
@@ -163,23 +163,23 @@ def run_train(
                 "losses": losses,
                 "resumed_from": summary["resumed_from"],
                 "num_processes": num_processes,
-                "ema_weights": "nnet_ema.safetensors",
-                "official_ema_weights": "nnet_ema.pth",
+                "ema_weights": outputs.EMA_WEIGHTS,
+                "official_ema_weights": outputs.OFFICIAL_EMA_WEIGHTS,
             },
         )
 
     manifest = store.ensure(STAGE, key, build, rebuild=rebuild)
     url = store.url_for(STAGE, key)
     facts = {
-        "ema_weights": paths.join(url, "nnet_ema.safetensors"),
-        "official_ema_weights": paths.join(url, "nnet_ema.pth"),
-        "loss_curve": paths.join(url, "loss.png"),
+        "ema_weights": paths.join(url, outputs.EMA_WEIGHTS),
+        "official_ema_weights": paths.join(url, outputs.OFFICIAL_EMA_WEIGHTS),
+        "loss_curve": paths.join(url, outputs.LOSS_CURVE),
         "final_loss": manifest.extra.get("final_loss"),
         "steps": manifest.counts.get("steps"),
     }
-    previews = sorted(n for n in paths.list_names(paths.join(url, "previews")) if n.endswith(".png"))
+    previews = sorted(n for n in paths.list_names(paths.join(url, outputs.PREVIEWS)) if n.endswith(".png"))
     if previews:
-        facts["last_preview"] = paths.join(url, "previews", previews[-1])
+        facts["last_preview"] = paths.join(url, outputs.PREVIEWS, previews[-1])
     reporter().link(f"{preset.name}-train-artifact", url, "training run artifact (checkpoints, EMA weights)")
     if cached:
         log.info("train: cache hit %s", paths.redact_url(url))
