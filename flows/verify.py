@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from flows._common import OneLineErrorParser, run_cli
+from flows._cli import OneLineErrorParser, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
