@@ -19,6 +19,7 @@ BENCHMARKS = [
     "sampling",
     "sampling_official",
     "sample_stage",
+    "sample_memory",
     "latent_reader",
     "integrity",
     "pixel_reader",

@@ -178,7 +178,7 @@ def run_sample(
 
     from storage import outputs, paths
     from storage.artifacts import ArtifactStore, Manifest
-    from storage.images import read_npz_images, write_npz, write_png
+    from storage.images import read_npz_images, write_npz, write_npz_stream, write_png
     from storage.integrity import verify_file
     from uvit.checkpoint import load_model
     from uvit.generation import generate_images
@@ -243,17 +243,24 @@ def run_sample(
         cached = False  # built (or rebuilt after a failed check), whatever exists() said before
         draw_shards(writer.url, 0, 1)
         shards_url = writer.path(outputs.SAMPLE_SHARDS)
-        arrays = [read_npz_images(paths.join(shards_url, outputs.sample_shard_name(s))) for s in range(num_shards)]
-        samples = np.concatenate(arrays)  # (n, H, W, 3)
+        first: list[np.ndarray] = []  # the first 64 images, for the grid
+
+        def shards():  # one shard in memory at a time: samples.npz streams (peak memory flat in n)
+            for s in range(num_shards):
+                images = read_npz_images(paths.join(shards_url, outputs.sample_shard_name(s)))  # (b, H, W, 3)
+                if sum(map(len, first)) < 64:
+                    first.append(images[: 64 - sum(map(len, first))])
+                yield images
+
         labels = {} if conditions.labels is None else {"labels": conditions.labels.numpy()}
-        write_npz(writer.path(outputs.SAMPLES_NPZ), samples, **labels)
+        shape = write_npz_stream(writer.path(outputs.SAMPLES_NPZ), shards(), n, **labels)
         from uvit.generation import image_grid
 
-        write_png(writer.path(outputs.GRID_PNG), image_grid(samples[: min(64, n)]))
+        write_png(writer.path(outputs.GRID_PNG), image_grid(np.concatenate(first)))
         s = preset.sample
         return Manifest(
             kind="uvit-samples",
-            shapes={"samples": list(samples.shape)},
+            shapes={"samples": list(shape)},
             dtypes={"samples": "uint8"},
             counts={"samples": int(n), "shards": num_shards},
             extra={

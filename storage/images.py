@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import itertools
+from collections.abc import Iterable
 
 import numpy as np
 
 from storage import paths
 
-__all__ = ["png_bytes", "write_png", "read_png", "write_npz", "read_npz_images"]
+__all__ = ["png_bytes", "write_png", "read_png", "write_npz", "write_npz_stream", "read_npz_images"]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -45,6 +47,40 @@ def write_npz(url: str, images: np.ndarray, **extra: np.ndarray) -> str:
     np.savez(buffer, arr_0=images, **extra)
     paths.write_bytes_atomic(url, buffer.getvalue())
     return url
+
+
+def write_npz_stream(url: str, batches: Iterable[np.ndarray], n: int, **extra: np.ndarray) -> tuple[int, ...]:
+    """Write `n` uint8 NHWC images, given batch by batch, as an ADM-style `.npz` (`arr_0`, stored).
+
+    The same file `np.savez` writes (a zip of `.npy` members, no compression), built member by member,
+    so memory holds one batch, not the whole set. Atomic: the file exists only once complete.
+    Returns the shape of `arr_0`.
+    """
+    import zipfile
+
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None or first.dtype != np.uint8 or first.ndim != 4 or first.shape[-1] != 3:
+        what = "no batch" if first is None else f"{first.dtype} {first.shape}"
+        raise ValueError(f"expected uint8 (B, H, W, 3) batches, got {what}")
+    shape = (n, *first.shape[1:])
+    written = 0
+    with paths.open_atomic(url) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": shape})
+            for batch in itertools.chain([first], batches):
+                if batch.dtype != np.uint8 or batch.shape[1:] != shape[1:]:
+                    raise ValueError(f"batch {batch.dtype} {batch.shape} does not match {shape[1:]}")
+                written += len(batch)
+                if written > n:
+                    raise ValueError(f"more than the {n} images announced")
+                member.write(np.ascontiguousarray(batch).tobytes())
+        if written != n:
+            raise ValueError(f"{written} images written, {n} announced")
+        for name, value in extra.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+    return shape
 
 
 def read_npz_images(url: str) -> np.ndarray:

@@ -14,11 +14,12 @@ import fcntl
 import json
 import os
 import re
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import fsspec
@@ -188,6 +189,36 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
                 os.remove(tmp)
     else:
         fs.pipe_file(path, data)
+
+
+@contextlib.contextmanager
+def open_atomic(url: str) -> Iterator[BinaryIO]:
+    """A binary file to write a whole object through, published only if the block ends without error.
+
+    Local files are written under a unique temporary name (`is_atomic_tmp`) and renamed over the
+    target; other filesystems get a local temporary file uploaded in one PUT at the end. For objects
+    too large to build in memory (`write_bytes_atomic` takes bytes).
+    """
+    fs, path = filesystem(url)
+    local = isinstance(fs, LocalFileSystem)
+    if local:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    else:
+        handle, tmp = tempfile.mkstemp(prefix="uvit-upload-")
+        os.close(handle)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if local:
+            os.replace(tmp, path)
+        else:
+            fs.put_file(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 _ATOMIC_TMP = re.compile(r"\.tmp-[0-9a-f]{32}$")

@@ -27,3 +27,33 @@ def test_problems_is_reserved_and_names_are_fixed(tmp_path) -> None:
     assert outputs.part_name(12) == "part_000012.npz" and outputs.sample_shard_name(5) == "shard_000005.npz"
     assert outputs.eval_weights(40) == ("evals", "step_000000040", "nnet_ema.safetensors")
     assert outputs.STORE_FOLDER == {"moments": "latents", "pixels": "pixels"}
+
+
+@pytest.mark.parametrize("root", ["local", "memory"])
+def test_streamed_npz_is_what_np_savez_writes(tmp_path, root) -> None:
+    """samples.npz built batch by batch: np.load reads the same arr_0 and labels as a whole-array savez."""
+    import io
+
+    from storage.images import write_npz_stream
+
+    base = str(tmp_path) if root == "local" else "memory://npz-stream"
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 4, 5, 3), dtype=np.uint8)
+    labels = np.arange(10)
+    url = f"{base}/samples.npz"
+    shape = write_npz_stream(url, (images[i : i + 3] for i in range(0, 10, 3)), 10, labels=labels)
+    assert shape == (10, 4, 5, 3)
+    from storage import paths
+
+    fs, path = paths.filesystem(url)
+    with np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) as data:
+        assert sorted(data.files) == ["arr_0", "labels"]
+        np.testing.assert_array_equal(data["arr_0"], images)
+        np.testing.assert_array_equal(data["labels"], labels)
+    with pytest.raises(ValueError, match="9 images written, 10 announced"):
+        write_npz_stream(f"{base}/short.npz", iter([images[:9]]), 10)
+    with pytest.raises(ValueError, match="does not match"):
+        write_npz_stream(f"{base}/mixed.npz", iter([images[:2], images[:2, :3]]), 4)
+    assert not fs.exists(paths.filesystem(f"{base}/short.npz")[1])  # nothing published from a failed write
+    if root == "local":
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.npz"]  # no temporary file left
