@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineErrorParser(prog="python -m flows.sample", description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--train-run", default=None, help="URL of a training artifact (uses its EMA weights)")
-    parser.add_argument("--checkpoint", default=None, help="weights file: official .pth or .safetensors")
+    parser.add_argument("--checkpoint", default=None,
+                        help="weights file (.pth/.safetensors), official <step>.ckpt/ folder or ours")  # fmt: skip
+    parser.add_argument("--no-ema", action="store_true", help="the raw weights (nnet.pth), not the EMA ones")
     parser.add_argument("--latents", default=None, help="latent store (captions for text-to-image presets)")
     parser.add_argument("--n", type=positive_int, default=None, help="number of samples (default: the preset's)")
     parser.add_argument("--class", dest="class_name", default=None,
@@ -72,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         preset = get_preset(args.preset, args.override)
         class_label = stage.resolve_class(preset, args.class_name, args.dataset_run) if args.class_name else None
         prompts = stage.read_prompts(args.prompts) if args.prompts else None
-        if args.no_prefect or class_label is not None or args.prompt or prompts or args.world_size > 1:
+        plain = class_label is not None or args.prompt or prompts or args.no_ema or args.world_size > 1
+        if args.no_prefect or plain:
             return stage.run_sample(preset, args.store, train_run_url=args.train_run, checkpoint=args.checkpoint,
                               latents_url=args.latents, n=args.n, class_label=class_label, prompt=args.prompt,
-                              prompts=prompts, rank=args.rank, world_size=args.world_size).to_dict()  # fmt: skip
+                              prompts=prompts, ema=not args.no_ema, rank=args.rank,
+                              world_size=args.world_size).to_dict()  # fmt: skip
         return run_flow(_flow(), preset=args.preset, overrides=args.override, store_root=args.store,
                         train_run_url=args.train_run, checkpoint=args.checkpoint, latents_url=args.latents,
                         n=args.n)  # fmt: skip

@@ -16,14 +16,15 @@ from stages.report import StageOutput, code_version, reporter
 STAGE = "sample"
 
 
-def weights_for(train_run_url: str | None, checkpoint: str | None) -> str:
-    """The weights file to sample from: an explicit checkpoint, or the training run's EMA weights."""
+def weights_for(train_run_url: str | None, checkpoint: str | None, ema: bool = True) -> str:
+    """The weights file to sample from: a checkpoint (a file, an official `<step>.ckpt/` folder, one of
+    ours), or the training run's EMA weights (`ema=False`: its raw weights)."""
     from storage import outputs, paths
 
     if checkpoint:
-        return checkpoint
+        return outputs.resolve_weights(checkpoint, ema)
     if train_run_url:
-        return paths.join(train_run_url, outputs.EMA_WEIGHTS)
+        return paths.join(train_run_url, outputs.EMA_WEIGHTS if ema else outputs.OFFICIAL_WEIGHTS)
     raise ValueError("pass --train-run (a training artifact) or --checkpoint (a weights file)")
 
 
@@ -161,6 +162,7 @@ def run_sample(
     class_label: int | None = None,
     prompt: str | None = None,
     prompts: list[str] | None = None,
+    ema: bool = True,
     rank: int = 0,
     world_size: int = 1,
     device: str | None = None,
@@ -193,7 +195,7 @@ def run_sample(
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    weights = weights_for(train_run_url, checkpoint)
+    weights = weights_for(train_run_url, checkpoint, ema)
     weights_hash = verify_file(weights)  # sha256, checked against the training artifact's manifest
     conditions, conditions_id = conditions_for(preset, n, latents_url, class_label, preset.sample.seed, prompt,
                                                  prompts)  # fmt: skip

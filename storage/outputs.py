@@ -42,6 +42,7 @@ __all__ = [
     "STORE_FOLDER",
     "STORE_KIND",
     "eval_weights",
+    "resolve_weights",
     "sample_shard_name",
     "prompt_image_name",
     "part_name",
@@ -70,6 +71,33 @@ PROMPT_IMAGES = "prompts"  # one PNG per prompt of a prompts file, named after i
 PARTS = "parts"
 STORE_FOLDER = {"moments": "latents", "pixels": "pixels"}  # by the store's content
 STORE_KIND = {"moments": "uvit-latents", "pixels": "uvit-pixels"}  # the manifest's kind
+
+
+# Weights files a folder given as a checkpoint may hold, (EMA, raw) per layout, in the order tried.
+WEIGHTS_IN_FOLDER = (
+    ("nnet_ema.pth", "nnet.pth"),  # an official <step>.ckpt/ folder (train_ldm_discrete.py), or a train artifact
+    (EMA_WEIGHTS, OFFICIAL_WEIGHTS),  # a train artifact's safetensors export
+    ("ema.safetensors", "model.safetensors"),  # one of our checkpoints (checkpoints/step_*/)
+)
+
+
+def resolve_weights(url: str, ema: bool = True) -> str:
+    """The weights file a `--checkpoint` names: the file itself, or the EMA (or raw) weights in a folder.
+
+    Folders: an official `<step>.ckpt/` (`nnet_ema.pth` / `nnet.pth`), a train artifact, or one of
+    our checkpoints (`ema.safetensors` / `model.safetensors`). A folder with none of them is an error
+    that lists what was looked for.
+    """
+    fs, path = paths.filesystem(url)
+    if not fs.isdir(path):
+        return url
+    names = set(paths.list_names(url))
+    wanted = [pair[0 if ema else 1] for pair in WEIGHTS_IN_FOLDER]
+    for name in wanted:
+        if name in names:
+            return paths.join(url, name)
+    which = "EMA" if ema else "raw (--no-ema)"
+    raise FileNotFoundError(f"{paths.redact_url(url)} holds no {which} weights: looked for {', '.join(wanted)}")
 
 
 def eval_weights(step: int) -> tuple[str, str, str]:

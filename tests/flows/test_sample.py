@@ -100,3 +100,19 @@ def test_prompts_file_is_read_as_the_official_script_reads_it(tmp_path) -> None:
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ValueError, match="not UTF-8"):
         read_prompts(str(tmp_path / "bad.txt"))
+
+
+def test_an_official_checkpoint_folder_samples_its_ema_or_raw_weights(tmp_path, no_vae) -> None:
+    preset = get_preset("tiny-pixel", QUICK + ["sample.steps=2"])
+    folder = tmp_path / "500000.ckpt"
+    folder.mkdir()
+    _weights(preset, folder / "nnet_ema.pth")
+    torch.manual_seed(1)
+    save_official_pth(build_model(preset).state_dict(), folder / "nnet.pth")
+    ema = run_sample(preset, str(tmp_path / "store"), checkpoint=str(folder), n=2)
+    raw = run_sample(preset, str(tmp_path / "store"), checkpoint=str(folder), n=2, ema=False)
+    assert ema.key != raw.key
+    assert not (np.load(ema.facts["samples_npz"])["arr_0"] == np.load(raw.facts["samples_npz"])["arr_0"]).all()
+    (folder / "nnet_ema.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="looked for nnet_ema.pth"):
+        run_sample(preset, str(tmp_path / "store"), checkpoint=str(folder), n=2)

@@ -57,3 +57,23 @@ def test_streamed_npz_is_what_np_savez_writes(tmp_path, root) -> None:
     assert not fs.exists(paths.filesystem(f"{base}/short.npz")[1])  # nothing published from a failed write
     if root == "local":
         assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.npz"]  # no temporary file left
+
+
+def test_a_checkpoint_folder_resolves_to_its_weights(tmp_path) -> None:
+    official = tmp_path / "500000.ckpt"  # what the official train_ldm_discrete.py writes
+    official.mkdir()
+    for name in ("nnet.pth", "nnet_ema.pth", "optimizer.pth", "step.pth"):
+        (official / name).write_bytes(b"x")
+    assert outputs.resolve_weights(str(official)).endswith("500000.ckpt/nnet_ema.pth")
+    assert outputs.resolve_weights(str(official), ema=False).endswith("500000.ckpt/nnet.pth")
+    ours = tmp_path / "step_000000050"
+    ours.mkdir()
+    (ours / "ema.safetensors").write_bytes(b"x")
+    (ours / "model.safetensors").write_bytes(b"x")
+    assert outputs.resolve_weights(str(ours)).endswith("step_000000050/ema.safetensors")
+    assert outputs.resolve_weights(str(ours), ema=False).endswith("model.safetensors")
+    assert outputs.resolve_weights(str(official / "nnet.pth")) == str(official / "nnet.pth")  # a file is itself
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no EMA weights: looked for nnet_ema.pth, nnet_ema.safetensors"):
+        outputs.resolve_weights(str(empty))
