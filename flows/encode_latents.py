@@ -71,12 +71,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="image resolution (default: the preset's)")  # fmt: skip
     parser.add_argument("--dask-workers", type=positive_int, default=1, help="local Dask workers (one per GPU)")
     parser.add_argument("--dask-address", default=None, help="address of an existing Dask scheduler")
+    parser.set_defaults(preset=None)  # default: the dataset's usual preset (coco256-s2 for COCO, ...)
     args = parser.parse_args(argv)
     apply_prefect_defaults()
     dataset = "coco2014" if args.dataset == "coco" else args.dataset
     overrides = list(args.override) + ([f"data.resolution={args.resolution}"] if args.resolution else [])
 
     def body():
+        from stages.download import argument_problem
+        from stages.pipeline import preset_for_dataset
+
+        args.preset = preset_for_dataset(dataset, args.preset)  # a preset for other data fails before any download
+        problem = argument_problem(dataset, [args.source] if args.source else [], ["train", "val"], {})
+        if problem:  # before Prefect starts (e.g. no --source for COCO: where to get it)
+            raise ValueError(problem)
         if args.no_prefect:
             from stages.download import run_download
             from uvit.config import get_preset

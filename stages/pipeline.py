@@ -50,6 +50,29 @@ def official_assets(preset, assets: str) -> tuple[list[str], str | None]:
 # Where each preset's raw data comes from when the caller does not say (built-in sets need nothing).
 DATASET_OF = {"shapes": "shapes", "shapes-coco": "shapes-coco", "imagenet": "imagenet", "coco": "coco2014",
               "cifar10": "cifar10", "celeba": "celeba"}  # fmt: skip
+# The downloads each preset dataset accepts (a generic folder fits any preset), and a dataset's usual preset.
+DOWNLOADS_OF = {"coco": ("coco2014", "coco2017")}
+PRESET_FOR = {"imagenet": "imagenet256-h2", "coco2014": "coco256-s2", "coco2017": "coco256-s2",
+              "cifar10": "cifar10-s2", "celeba": "celeba64-s4", "shapes": "tiny", "shapes-coco": "tiny-text",
+              "folder": "tiny"}  # fmt: skip
+
+
+def preset_for_dataset(dataset: str, preset_name: str | None) -> str:
+    """The preset to encode or train `dataset` with: the given one if it fits, else the dataset's usual one.
+
+    A preset made for another dataset is a one-line error before any download (e.g. `tiny` with COCO).
+    """
+    from uvit.config import PRESETS
+
+    if preset_name is None:
+        return PRESET_FOR.get(dataset, "tiny")
+    own = PRESETS[preset_name].data.dataset
+    accepted = DOWNLOADS_OF.get(own, (DATASET_OF.get(own, own),))
+    if dataset != "folder" and dataset not in accepted:
+        usual = PRESET_FOR.get(dataset)
+        hint = f"; use --preset {usual}" if usual else ""
+        raise ValueError(f"preset {preset_name!r} is made for {own} data, not {dataset}{hint} (or omit --preset)")
+    return preset_name
 
 
 def run_pipeline(

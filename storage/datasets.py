@@ -69,6 +69,18 @@ CODE_VERSION = "1"
 SPLITS = ("train", "val")
 
 
+COCO_MISSING = (
+    "MS-COCO {year}: download train{year}.zip and val{year}.zip from http://images.cocodataset.org/zips/ and "
+    "annotations_trainval{year}.zip from http://images.cocodataset.org/annotations/, then pass their folder "
+    "(or the extracted train{year}/, val{year}/, annotations/) as the source, e.g. --source /data/coco"
+)
+IMAGENET_MISSING = (
+    "ImageNet (ILSVRC2012): download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (with "
+    "LOC_val_solution.csv, or the devkit) from https://image-net.org after signing in, or give an extracted "
+    "train/<wnid>/ tree, as the source, e.g. --source /data/imagenet"
+)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A dataset name: its source format (`imagenet`, `coco`, `cifar10`, `celeba`), COCO year, built in or not.
@@ -87,9 +99,9 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "imagenet": DatasetSpec("imagenet", "imagenet"),
-    "coco2014": DatasetSpec("coco2014", "coco", "2014"),
-    "coco2017": DatasetSpec("coco2017", "coco", "2017"),
+    "imagenet": DatasetSpec("imagenet", "imagenet", missing=IMAGENET_MISSING),
+    "coco2014": DatasetSpec("coco2014", "coco", "2014", missing=COCO_MISSING.format(year="2014")),
+    "coco2017": DatasetSpec("coco2017", "coco", "2017", missing=COCO_MISSING.format(year="2017")),
     "shapes": DatasetSpec("shapes", "imagenet", builtin=True),
     "shapes-coco": DatasetSpec("shapes-coco", "coco", "2014", builtin=True),
     "cifar10": DatasetSpec("cifar10", "cifar10", default_source=cifar10.URL),

@@ -132,3 +132,33 @@ def test_class_conditional_pixel_store_keeps_labels(tmp_path):
     out = enc.run_encode(preset, ds.url, ds.key, str(tmp_path), dataset_name="shapes")
     store = open_latent_store(out.facts["latents_url"], num_classes=4, content="pixels")
     assert sorted(store.labels[...].tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+
+
+def test_the_literal_coco_command_says_where_coco_comes_from_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "flows.encode_latents", "--dataset", "coco", "--store", str(tmp_path)]
+    out = subprocess.run(base, capture_output=True, text=True, timeout=120)  # Prefect mode: fails before Prefect
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    for needle in ("coco2014 needs --source", "http://images.cocodataset.org/zips/", "train2014.zip"):
+        assert needle in out.stderr
+    assert not (tmp_path / "download").exists()
+    out = subprocess.run([*base, "--preset", "tiny"], capture_output=True, text=True, timeout=120)
+    assert (
+        out.returncode == 1
+        and "preset 'tiny' is made for shapes data, not coco2014; use --preset coco256-s2" in out.stderr
+    )
+
+
+def test_the_dataset_picks_its_preset_or_refuses_another_datasets():
+    from stages.pipeline import preset_for_dataset
+
+    assert (
+        preset_for_dataset("coco2017", None) == "coco256-s2"
+        and preset_for_dataset("imagenet", None) == "imagenet256-h2"
+    )
+    assert preset_for_dataset("coco2017", "coco256-s2-deep") == "coco256-s2-deep"  # either COCO year fits
+    assert preset_for_dataset("folder", "imagenet256-l2") == "imagenet256-l2"  # a folder fits any preset
+    with pytest.raises(ValueError, match="made for imagenet data, not cifar10; use --preset cifar10-s2"):
+        preset_for_dataset("cifar10", "imagenet256-h2")
