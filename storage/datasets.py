@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storage import celeba, cifar10, layouts, paths
+from storage import celeba, cifar10, imagenet_devkit, layouts, paths
 from storage.archives import ArchiveError, DatasetError, check_no_link, list_tree
 from storage.artifacts import ArtifactStore, ArtifactWriter, Manifest, artifact_key
 from storage.caption_files import CAPTION_FILES
@@ -234,7 +234,7 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
     if spec.layout == "imagenet":
         names = [f"ILSVRC2012_img_{s}.tar" for s in SPLITS]
         extra = ["LOC_val_solution.csv", "LOC_synset_mapping.txt", "classes.txt"]
-        locate = _Locator(sources, names + extra + ["ILSVRC2012_validation_ground_truth.txt"])
+        locate = _Locator(sources, names + extra + [imagenet_devkit.ARCHIVE])
         found = []
         for split in splits:
             archive = locate.file(f"ILSVRC2012_img_{split}.tar")
@@ -247,18 +247,17 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
             found.append((split, "archive", archive) if archive else (split, "tree", tree))
             if split == "val" and (archive or _has_loose_files(tree)):  # type: ignore[arg-type]
                 labels = locate.file("LOC_val_solution.csv")
-                if labels is None:
-                    hint = (
-                        " (ILSVRC2012_validation_ground_truth.txt needs the devkit's meta.mat order and is"
-                        " not supported)"
-                        if locate.file("ILSVRC2012_validation_ground_truth.txt")
-                        else ""
-                    )
+                devkit = locate.file(imagenet_devkit.ARCHIVE) or locate.folder(imagenet_devkit.FOLDER)
+                if labels is not None:
+                    found.append(("val_labels", "file", labels))
+                elif devkit is not None:
+                    found.append(("val_devkit", "archive" if devkit.endswith(".tar.gz") else "tree", devkit))
+                else:
                     raise DatasetError(
-                        f"{spec.name}: val images without class folders need LOC_val_solution.csv in"
-                        f" {locate.describe()}{hint}; or give a val/<wnid>/ tree"
+                        f"{spec.name}: val images without class folders need LOC_val_solution.csv or the devkit"
+                        f" ({imagenet_devkit.ARCHIVE} or its extracted {imagenet_devkit.FOLDER}/) in"
+                        f" {locate.describe()}; or give a val/<wnid>/ tree"
                     )
-                found.append(("val_labels", "file", labels))
         synsets = locate.file("LOC_synset_mapping.txt") or locate.file("classes.txt")
         if synsets:
             found.append(("synsets", "file", synsets))

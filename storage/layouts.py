@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from storage import caption_files, celeba, cifar10, paths
+from storage import caption_files, celeba, cifar10, imagenet_devkit, paths
 from storage.archives import (
     DatasetError,
     Member,
@@ -282,6 +282,11 @@ class _Build:
         source = self.plan.file("val")
         assert source is not None
         labels: dict[str, str] = {}
+        devkit = self.plan.file("val_devkit")
+        if devkit is not None:
+            local = self.local.get("val_devkit", devkit.url) if devkit.kind == "archive" else devkit.url
+            labels = imagenet_devkit.val_labels(devkit.kind, paths.filesystem(local)[1] if devkit.kind == "archive"
+                                                else local)  # fmt: skip
         if self.plan.file("val_labels"):
             lines = self._read_text("val_labels").splitlines()
             if not lines or not lines[0].startswith("ImageId"):
@@ -303,7 +308,7 @@ class _Build:
             if labels:
                 wnid = labels.get(base.rsplit(".", 1)[0])
                 if wnid is None:
-                    return None, "no label in LOC_val_solution.csv"
+                    return None, "no label in LOC_val_solution.csv" if devkit is None else "no label in the devkit"
             elif len(parts) >= 2 and _SAFE_COMPONENT.match(parts[-2]):
                 wnid = parts[-2]
             else:

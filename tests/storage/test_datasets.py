@@ -293,3 +293,67 @@ def test_bad_cached_copy_is_removed_and_fetched_again(http_server: HttpServer, t
     assert [path for path, _ in http_server.requests] == ["/coco/val2014.zip"]  # only it is fetched again
     source = next(s for s in result.manifest.extra["sources"] if s["role"] == "val")
     assert source["verified"] == "md5 matches the published checksum"
+
+
+def _devkit(root: Path, val_labels: dict[str, str], wnids: list[str]) -> bytes:
+    """ILSVRC2012_devkit_t12.tar.gz as the official one is laid out: meta.mat (synsets) and the ground truth."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from scipy.io import savemat
+
+    ids = {wnid: i + 1 for i, wnid in enumerate(reversed(wnids))}  # ILSVRC2012_IDs not in wnid order
+    synsets = np.zeros(len(wnids) + 1, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+    for wnid, i in ids.items():
+        synsets[i - 1] = (i, wnid, 0)
+    synsets[-1] = (len(wnids) + 1, "n99999999", 2)  # an inner node of the hierarchy: not a class
+    meta = io.BytesIO()
+    savemat(meta, {"synsets": synsets})
+    truth = "".join(f"{ids[val_labels[f'ILSVRC2012_val_{i:08d}']]}\n" for i in range(1, len(val_labels) + 1))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        data_dir = "ILSVRC2012_devkit_t12/data"
+        for name, data in ((f"{data_dir}/meta.mat", meta.getvalue()),
+                           (f"{data_dir}/ILSVRC2012_validation_ground_truth.txt", truth.encode())):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("form", ["archive", "folder"])
+def test_imagenet_val_labels_from_the_devkit(tmp_path: Path, form: str) -> None:
+    """The devkit (meta.mat + ground truth) labels val images as LOC_val_solution.csv does."""
+    import tarfile
+
+    archives = make_imagenet_archives(tmp_path, n_train_per_class=1, n_val=6)
+    with_csv = download_dataset("imagenet", str(archives), str(tmp_path / "a"), checksums=NO_CHECKSUMS)
+    lines = (archives / "LOC_val_solution.csv").read_text().splitlines()[1:]
+    labels = {line.split(",")[0]: line.split(",")[1].split()[0] for line in lines}
+    devkit = _devkit(tmp_path, labels, list(shapes.WNIDS))
+    (archives / "LOC_val_solution.csv").unlink()
+    (archives / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(devkit)
+    if form == "folder":
+        with tarfile.open(archives / "ILSVRC2012_devkit_t12.tar.gz") as tar:
+            tar.extractall(archives, filter="data")
+        (archives / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+    with_devkit = download_dataset("imagenet", str(archives), str(tmp_path / "b"), checksums=NO_CHECKSUMS)
+
+    def val(result):
+        return sorted(
+            str(p.relative_to(Path(result.url))) for p in (Path(result.url) / "images" / "val").rglob("*.JPEG")
+        )
+
+    assert val(with_devkit) == val(with_csv) and len(val(with_devkit)) == 6
+
+
+def test_a_broken_devkit_is_a_clear_error(tmp_path: Path) -> None:
+    archives = make_imagenet_archives(tmp_path, n_train_per_class=1, n_val=2)
+    (archives / "LOC_val_solution.csv").unlink()
+    (archives / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(b"not a tar")
+    with pytest.raises(DatasetError, match="ILSVRC2012_devkit_t12.tar.gz: not a readable tar.gz"):
+        download_dataset("imagenet", str(archives), str(tmp_path / "s"), checksums=NO_CHECKSUMS)
+    (archives / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+    with pytest.raises(DatasetError, match="LOC_val_solution.csv or the devkit"):
+        download_dataset("imagenet", str(archives), str(tmp_path / "s"), checksums=NO_CHECKSUMS)
