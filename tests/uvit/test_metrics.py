@@ -328,7 +328,7 @@ def test_compute_metrics_with_statistics_reference_says_what_is_missing(
     only_is = M.compute_metrics(samples, None, extractor)
     assert set(only_is["skipped"]) == {"fid", "kid", "pr"} and "is_mean" in only_is
     with pytest.raises(ValueError, match="unknown metrics"):
-        M.compute_metrics(samples, None, extractor, metrics=("fid", "sfid"))
+        M.compute_metrics(samples, None, extractor, metrics=("fid", "fvd"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,8 +388,9 @@ def test_compute_metrics_end_to_end_from_folder_and_arr0_npz(extractor: M.Incept
     assert -1e-2 < out["kid_mean"] <= 0  # the unbiased estimate on one set drops K(x, x): slightly negative
     assert any("KID subset size clamped from 1000 to 6" in note for note in out["notes"])
     assert any("IS splits reduced from 10 to 6" in note for note in out["notes"])
+    assert abs(out["sfid"]) < 1e-3  # both sides hold spatial features: sFID joins the default metrics
     rows = M.report_rows(out, "tiny")
-    assert [r["metric"] for r in rows] == ["FID", "IS", "KID", "precision", "recall"]
+    assert [r["metric"] for r in rows] == ["FID", "IS", "KID", "precision", "recall", "sFID"]
     assert all(r["comparable"] == "no" for r in rows)
 
 
@@ -496,3 +497,80 @@ def test_running_statistics_equal_the_batch_computation_whatever_the_batches() -
         RunningStatistics(64).statistics()
     with pytest.raises(ValueError, match=r"\(B, 64\)"):
         RunningStatistics(64).update(pool[:, :3])
+
+
+# ---------------------------------------------------------------------------------------------
+# sFID: ADM's spatial features
+
+
+_LAYERS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+           "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d")  # fmt: skip
+
+
+def _inception_up_to(model: torch.nn.Module, images: np.ndarray, last: str) -> torch.Tensor:
+    """torch-fidelity's Inception-v3 layers run by hand (its forward's preprocessing) up to and with `last`."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    x = (interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False) - 128) / 128
+    for name in _LAYERS[: _LAYERS.index(last) + 1]:
+        x = getattr(model, name)(x)
+    return x
+
+
+def test_spatial_features_are_adms_mixed_6_conv_and_leave_pool_features_untouched(
+    extractor: M.InceptionExtractor, shifted_features: dict[int, M.InceptionFeatures]
+) -> None:
+    """ADM: `mixed_6/conv:0` (torch-fidelity's converter: Mixed_6d.branch1x1), [..., :7], NHWC-flattened."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    base = shifted_features[0]
+    assert base.spatial is not None and base.spatial.shape == (N_BASE, M.SPATIAL_DIM) == (N_BASE, 7 * 17 * 17)
+    # an independent torch-fidelity network with the same weights, run layer by layer in its own memory format
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(extractor.model.state_dict(), buffer)
+    buffer.seek(0)
+    reference_net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=buffer)
+    images = _shapes(N_BASE, seed=0)[:3]
+    with torch.inference_mode():
+        block = _inception_up_to(reference_net, images, "Mixed_6d")  # (3, 768, 17, 17), TF mixed_6's output
+        expected = block[:, :7].permute(0, 2, 3, 1).reshape(3, -1).numpy()  # TF's NHWC order
+        branch = reference_net.Mixed_6d.branch1x1(_inception_up_to(reference_net, images, "Mixed_6c"))
+    np.testing.assert_allclose(base.spatial[:3], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(block[:, :192].numpy(), branch.numpy())  # mixed_6/conv = the block's channels 0..191
+    # the hook only reads: pool features and logits are those of a forward without it, bit for bit
+    batch = torch.from_numpy(_shapes(N_BASE, seed=0)).permute(0, 3, 1, 2).contiguous()
+    with torch.inference_mode():
+        pool, logits = extractor.model(batch)
+    np.testing.assert_array_equal(base.pool, pool.numpy())
+    np.testing.assert_array_equal(base.logits, logits.numpy())
+
+
+def test_sfid_is_the_frechet_distance_of_spatial_statistics_from_adm_style_files(
+    extractor: M.InceptionExtractor, shifted_features: dict[int, M.InceptionFeatures], tmp_path: Path
+) -> None:
+    base, shifted = shifted_features[0], shifted_features[40]
+    expected = M.fid_from_statistics(M.feature_statistics(shifted.spatial), M.feature_statistics(base.spatial))
+    assert expected > 1e-3
+    out = M.compute_metrics(shifted, base, extractor, metrics=("fid", "sfid"))
+    assert out["sfid"] == pytest.approx(expected, rel=1e-9) and out["skipped"] == {}
+    assert out["sfid"] == pytest.approx(M.fid_from_features(shifted.spatial, base.spatial), rel=1e-6)
+    # an ADM reference batch: mu/sigma and mu_s/sigma_s
+    M.save_statistics(M.feature_statistics(base), tmp_path / "adm.npz", spatial=M.feature_statistics(base.spatial))
+    with np.load(tmp_path / "adm.npz") as data:
+        assert set(data.files) == {"mu", "sigma", "mu_s", "sigma_s"}
+    from_file = M.compute_metrics(shifted, tmp_path / "adm.npz", extractor, metrics=("fid", "sfid"))
+    assert from_file["sfid"] == pytest.approx(expected, rel=1e-9)
+    # U-ViT's fid_stats (mu/sigma only): sFID skipped with its reason, FID unchanged
+    M.save_statistics(M.feature_statistics(base), tmp_path / "fid_stats.npz")
+    only = M.compute_metrics(shifted, tmp_path / "fid_stats.npz", extractor, metrics=("fid", "sfid"))
+    assert only["skipped"] == {"sfid": "the reference holds no sFID statistics"}
+    assert only["fid"] == from_file["fid"]
+    (row,) = [r for r in M.report_rows(only, "tiny") if r["metric"] == "sFID"]
+    assert row["value"] is None and "no sFID statistics" in row["reason"]
+    np.savez(tmp_path / "bad.npz", mu=base.pool.mean(0), sigma=np.eye(M.FEATURE_DIM), mu_s=np.zeros(5),
+             sigma_s=np.eye(5))  # fmt: skip
+    with pytest.raises(ValueError, match="5-d"):
+        M.load_reference(tmp_path / "bad.npz")
