@@ -137,6 +137,23 @@ def conditions_for(preset, n: int, latents_url: str | None, class_label: int | N
     return Conditions(), "none"
 
 
+def recorded_captions(preset, conditions, n: int, latents_url: str | None, seed: int) -> dict:
+    """Arrays for samples.npz saying what each sample was drawn with, for the CLIP score: its caption
+    (`captions`), or for captions drawn from a latent store, which keeps only their CLIP embeddings,
+    the store image and caption slot (`caption_images`, `caption_slots`)."""
+    import numpy as np
+
+    if conditions.captions is not None:
+        return {"captions": np.asarray(conditions.captions, dtype=str)}
+    if preset.data.conditioning == "text" and latents_url:
+        from storage.latents import open_latent_store
+
+        store = open_latent_store(latents_url)
+        images, slots = caption_draw(len(store), store.caption_counts[...], n, seed)  # the draw conditions_for made
+        return {"caption_images": images, "caption_slots": slots}
+    return {}
+
+
 def run_sample(
     preset,
     store_root: str,
@@ -227,7 +244,8 @@ def run_sample(
         arrays = [read_npz_images(paths.join(shards_url, f"shard_{s:06d}{SHARD_DONE}")) for s in range(num_shards)]
         samples = np.concatenate(arrays)  # (n, H, W, 3)
         labels = {} if conditions.labels is None else {"labels": conditions.labels.numpy()}
-        write_npz(writer.path("samples.npz"), samples, **labels)
+        captions = recorded_captions(preset, conditions, n, latents_url, preset.sample.seed)
+        write_npz(writer.path("samples.npz"), samples, **labels, **captions)
         from uvit.generation import image_grid
 
         write_png(writer.path("grid.png"), image_grid(samples[: min(64, n)]))
