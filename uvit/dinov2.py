@@ -223,6 +223,9 @@ def load_dinov2(
         with torch.random.fork_rng(devices=[]):  # seeded weights without touching the global RNG
             torch.manual_seed(seed)
             model = _build(arch)
+        for name, param in model.named_parameters():
+            if name.endswith(("ls1.gamma", "ls2.gamma")):  # DINOv2's 1e-5 init nearly zeroes every block:
+                param.data.fill_(1.0)  # images would barely move the CLS feature
         identity = f"dinov2 {arch} random-seeded-{seed} (NOT comparable)"
         note = f"random DINOv2 weights ({arch}, seed {seed}) for an offline smoke run"
         return DinoV2Extractor(model.eval().requires_grad_(False), arch, identity, None, False, note)
