@@ -63,6 +63,7 @@ __all__ = [
     "load_reference",
     "fid_from_statistics",
     "fid_from_features",
+    "fid_from_features_and_statistics",
     "inception_score",
     "kernel_inception_distance",
     "precision_recall",
@@ -341,6 +342,24 @@ def _as_features(
     return extractor.extract(source, batch_size=batch_size, device=device, progress=progress)
 
 
+def fid_from_features_and_statistics(x: np.ndarray, reference: FeatureStats) -> float:
+    """Frechet distance of a feature set (N, D) against statistics; with N <= D via an N x N eigenproblem.
+
+    S1 = Xc^T Xc / (N-1) has rank < N, and the nonzero eigenvalues of S1 S2 are those of
+    Xc S2 Xc^T / (N-1), so tr sqrt(S1 S2) needs no D x D decomposition (exact, not an approximation).
+    """
+    if len(x) > x.shape[1]:
+        return fid_from_statistics(feature_statistics(x), reference)
+    features = torch.from_numpy(np.asarray(x)).double()  # (N, D)
+    sigma2 = torch.from_numpy(reference.sigma)
+    mu1 = features.mean(0)
+    xc = features - mu1
+    middle = xc @ sigma2 @ xc.T / (len(x) - 1)  # (N, N), symmetric PSD
+    tr_covmean = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    diff = mu1 - torch.from_numpy(reference.mu)
+    return float(diff @ diff + (xc * xc).sum() / (len(x) - 1) + sigma2.trace() - 2 * tr_covmean)
+
+
 def frechet_distance_or_reason(samples: np.ndarray | None, reference: FeatureStats | None, what: str) -> float | str:
     """Frechet distance of sample features against reference statistics, or why it cannot be computed."""
     if samples is None:
@@ -351,7 +370,7 @@ def frechet_distance_or_reason(samples: np.ndarray | None, reference: FeatureSta
         return f"{what} needs at least 2 samples, got {len(samples)}"
     if reference.mu.shape[0] != samples.shape[1]:
         return f"the reference's {what} statistics are {reference.mu.shape[0]}-d, the samples' {samples.shape[1]}-d"
-    return fid_from_statistics(feature_statistics(samples), reference)
+    return fid_from_features_and_statistics(samples, reference)
 
 
 def compute_metrics(

@@ -228,6 +228,17 @@ def test_fid_from_statistics_matches_torch_fidelity() -> None:
     assert abs(M.fid_from_statistics(a, a)) < 1e-9
 
 
+def test_fid_from_features_and_statistics_equals_statistics_path() -> None:
+    """The N x N route (sFID, FD-DINOv2 with fewer samples than dimensions) is exact."""
+    rng = np.random.default_rng(2)
+    reference = M.feature_statistics(rng.standard_normal((90, 64)) * 1.3 + 0.1)
+    for n in (10, 63, 200):  # fewer, about as many and more samples than dimensions
+        x = rng.standard_normal((n, 64)).astype(np.float32)
+        expected = M.fid_from_statistics(M.feature_statistics(x), reference)
+        # the D x D route sums square roots of the rank-deficient product's ~0 eigenvalues: ~1e-8 off
+        assert M.fid_from_features_and_statistics(x, reference) == pytest.approx(expected, rel=1e-6)
+
+
 def test_fid_from_features_equals_statistics_path() -> None:
     rng = np.random.default_rng(1)
     for n, m in ((20, 30), (80, 60)):  # fewer and more images than dimensions
@@ -555,14 +566,14 @@ def test_sfid_is_the_frechet_distance_of_spatial_statistics_from_adm_style_files
     expected = M.fid_from_statistics(M.feature_statistics(shifted.spatial), M.feature_statistics(base.spatial))
     assert expected > 1e-3
     out = M.compute_metrics(shifted, base, extractor, metrics=("fid", "sfid"))
-    assert out["sfid"] == pytest.approx(expected, rel=1e-9) and out["skipped"] == {}
+    assert out["sfid"] == pytest.approx(expected, rel=1e-6) and out["skipped"] == {}
     assert out["sfid"] == pytest.approx(M.fid_from_features(shifted.spatial, base.spatial), rel=1e-6)
     # an ADM reference batch: mu/sigma and mu_s/sigma_s
     M.save_statistics(M.feature_statistics(base), tmp_path / "adm.npz", spatial=M.feature_statistics(base.spatial))
     with np.load(tmp_path / "adm.npz") as data:
         assert set(data.files) == {"mu", "sigma", "mu_s", "sigma_s"}
     from_file = M.compute_metrics(shifted, tmp_path / "adm.npz", extractor, metrics=("fid", "sfid"))
-    assert from_file["sfid"] == pytest.approx(expected, rel=1e-9)
+    assert from_file["sfid"] == pytest.approx(expected, rel=1e-6)
     # U-ViT's fid_stats (mu/sigma only): sFID skipped with its reason, FID unchanged
     M.save_statistics(M.feature_statistics(base), tmp_path / "fid_stats.npz")
     only = M.compute_metrics(shifted, tmp_path / "fid_stats.npz", extractor, metrics=("fid", "sfid"))
@@ -665,7 +676,7 @@ def test_dinov2_features_are_torch_fidelitys_and_fd_is_the_frechet_distance(
     reference = _shift(_shapes(6, seed=6), 30)
     ref_features = dinov2.extract(reference)
     out = M.compute_metrics(images, reference, extractor, metrics=("fid", "fd_dinov2"), dinov2=dinov2)
-    expected_fd = M.fid_from_statistics(M.feature_statistics(features), M.feature_statistics(ref_features))
+    expected_fd = M.fid_from_features(features, ref_features)  # exact (N < D), like the N x N route used
     assert out["fd_dinov2"] == pytest.approx(expected_fd, rel=1e-6) and expected_fd > 0
     assert out["dinov2_extractor"] == dinov2.identity and out["dinov2_comparable"] is False
     # a statistics file: DINOv2 statistics of the same network, none, or another network's
