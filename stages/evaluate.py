@@ -1,9 +1,11 @@
-"""Stage evaluate: FID, Inception Score, KID and precision/recall of a sample set, with an honest report.
+"""Stage evaluate: FID, Inception Score, KID, precision/recall, sFID, FD-DINOv2 and the CLIP score of a
+sample set, with an honest report.
 
 Reference statistics come from an ADM-style `.npz` (guided-diffusion reference batches, official
 U-ViT `fid_stats`), or are computed from a downloaded dataset split and cached as their own
-artifact (stage `reference`). Presets marked offline smoke runs (`tiny`) use seeded random
-Inception weights and every number is labelled as not comparable to published FIDs.
+artifact (stage `reference`: Inception, sFID and DINOv2 statistics in one pass over the images).
+Presets marked offline smoke runs (`tiny`) use seeded random Inception (DINOv2 ViT-S/14, tiny CLIP)
+weights and every number is labelled as not comparable. `eval.metrics` picks the metrics.
 """
 
 from __future__ import annotations
@@ -39,19 +41,21 @@ def _reference_split(preset) -> str:
     return "val" if preset.data.conditioning == "text" else "train"
 
 
-def reference_key(preset, dataset_key: str, inception_id: str) -> str:
-    """Content key of reference statistics: dataset, split, resolution, crop rule, count, Inception, code."""
+def reference_key(preset, dataset_key: str, inception_id: str, dinov2_id: str | None = None) -> str:
+    """Content key of reference statistics: dataset, split, resolution, crop, count, Inception (and DINOv2), code."""
     from storage.artifacts import artifact_key
     from uvit import metrics
     from uvit.spaces import space_of
 
     config = {"resolution": preset.data.resolution, "n": preset.eval.reference_n, "split": _reference_split(preset),
               "crop": space_of(preset).crop.name, "seed": REFERENCE_SEED, "features": REFERENCE_FEATURES}  # fmt: skip
-    return artifact_key(REFERENCE_STAGE, config, inputs={"dataset": dataset_key}, models={"inception": inception_id},
+    models = {"inception": inception_id} | ({"dinov2": dinov2_id} if dinov2_id else {})
+    return artifact_key(REFERENCE_STAGE, config, inputs={"dataset": dataset_key}, models=models,
                         code_version=code_version(metrics))  # fmt: skip
 
 
-def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str, reference_kind: str = "file") -> str:
+def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str, reference_kind: str = "file",
+                 models: dict[str, str] | None = None) -> str:  # fmt: skip
     """Content key of an evaluation: samples, reference, Inception, code, and the preset's report settings.
 
     The report compares against `eval.published_fid` / `eval.fid_reference` and the protocol's
@@ -62,12 +66,13 @@ def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str
 
     e = preset.eval
     config = {
-        "metrics": list(metrics.METRICS),
+        "metrics": list(e.metrics),
         "report": {"published_fid": e.published_fid, "fid_reference": e.fid_reference, "n_samples": e.n_samples},
         "reference_kind": reference_kind,  # the verdict says whether the reference is a named file or computed
     }
     return artifact_key(STAGE, config, inputs={"samples": samples_key, "reference": reference_sha},
-                        models={"inception": inception_id}, code_version=code_version(metrics))  # fmt: skip
+                        models={"inception": inception_id, **(models or {})},
+                        code_version=code_version(metrics))  # fmt: skip
 
 
 def reference_items(items: list, n: int | None, seed: int = REFERENCE_SEED) -> list:
@@ -82,13 +87,17 @@ def reference_items(items: list, n: int | None, seed: int = REFERENCE_SEED) -> l
     return [items[i] for i in chosen]
 
 
-def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_root: str, extractor) -> tuple[str, str]:
+def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_root: str, extractor,
+                           dinov2=None) -> tuple[str, str]:  # fmt: skip
     """Statistics and features of the dataset's images at the preset's resolution, cached; (npz URL, key).
 
     The images are the whole split, or with `eval.reference_n` a seeded uniform sample of it (never
     the first n: items are sorted by class). They stream: decoded by a thread pool, fed to Inception
-    in batches, mean and covariance accumulated in float64 (`metrics.RunningStatistics`); only a
-    seeded subset of at most `REFERENCE_FEATURES` per-image features is kept (for KID and PR).
+    (and to `dinov2`, when given) in batches, mean and covariance accumulated in float64
+    (`metrics.RunningStatistics`) for the pool features (`mu`/`sigma`), the sFID spatial features
+    (`mu_s`/`sigma_s`, ADM's names) and the DINOv2 features (`mu_dinov2`/`sigma_dinov2`), all in the
+    same pass; only a seeded subset of at most `REFERENCE_FEATURES` per-image pool features and
+    logits is kept (for KID and PR).
     Images are cropped as the preset's training images are (`space.crop`: the dataset's pixel rule,
     or the ADM center crop of latent presets).
     """
@@ -104,7 +113,7 @@ def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_roo
 
     split = _reference_split(preset)
     crop = space_of(preset).crop.crop
-    key = reference_key(preset, dataset_key, extractor.identity)
+    key = reference_key(preset, dataset_key, extractor.identity, dinov2.identity if dinov2 is not None else None)
     store = ArtifactStore(store_root)
     log = reporter().logger()
 
@@ -115,7 +124,7 @@ def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_roo
         log.info("reference: %d of %d %s images%s", len(items), len(every), split,
                  "" if len(items) == len(every) else f" (seeded sample, seed {REFERENCE_SEED})")  # fmt: skip
         progress = reporter().progress(f"reference statistics of {len(items)} images")
-        running = metrics.RunningStatistics()
+        running, running_spatial, running_dinov2 = (metrics.RunningStatistics() for _ in range(3))
         kept_pool, kept_logits, skipped = [], [], 0
         batch, positions = [], []
 
@@ -123,8 +132,12 @@ def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_roo
             if not batch:
                 return
             images = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
-            (pool, logits), = extractor.stream([images])  # fmt: skip
+            (pool, logits, spatial), = extractor.stream([images])  # fmt: skip
             running.update(pool)
+            running_spatial.update(spatial)
+            if dinov2 is not None:
+                (features,) = dinov2.stream([images])
+                running_dinov2.update(features)
             rows = [j for j, position in enumerate(positions) if position in keep]
             kept_pool.append(pool[rows])
             kept_logits.append(logits[rows])
@@ -143,9 +156,13 @@ def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_roo
         flush()
         if running.n < 2:
             raise ValueError(f"fewer than 2 readable images in {paths.redact_url(dataset_url)} split {split}")
-        stats = running.statistics()
+        arrays = metrics.statistics_arrays(
+            running.statistics(), spatial=running_spatial.statistics(),
+            dinov2=running_dinov2.statistics() if dinov2 is not None else None,
+            dinov2_extractor=dinov2.identity if dinov2 is not None else None,
+        )  # fmt: skip
         buffer = io.BytesIO()
-        np.savez(buffer, mu=stats.mu, sigma=stats.sigma, pool_features=np.concatenate(kept_pool),
+        np.savez(buffer, **arrays, pool_features=np.concatenate(kept_pool),
                  logits=np.concatenate(kept_logits), extractor=np.asarray(extractor.identity),
                  n_images=np.asarray(running.n), whole_split=np.asarray(len(items) == len(every)))  # fmt: skip
         paths.write_bytes_atomic(writer.path("reference.npz"), buffer.getvalue())
@@ -153,7 +170,8 @@ def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_roo
                         counts={"images": running.n, "split_images": len(every), "skipped": skipped,
                                 "features_kept": int(sum(len(p) for p in kept_pool))},
                         extra={"extractor": extractor.identity, "split": split, "whole_split": len(items) == len(every),
-                               "seed": REFERENCE_SEED})  # fmt: skip
+                               "seed": REFERENCE_SEED,
+                               "dinov2": dinov2.identity if dinov2 is not None else None})  # fmt: skip
 
     store.ensure(REFERENCE_STAGE, key, build)
     return paths.join(store.url_for(REFERENCE_STAGE, key), "reference.npz"), key
@@ -184,6 +202,8 @@ def report_markdown(preset, results: dict[str, Any], rows: list[dict], samples_m
         f"- weights: `{extra.get('weights')}` (sha256 {str(extra.get('weights_sha256'))[:16]}...), "
         f"EMA: {extra.get('ema')}",
         f"- Inception: {results.get('extractor')}",
+        *([f"- DINOv2: {results['dinov2_extractor']}"] if "dinov2_extractor" in results else []),
+        *([f"- CLIP: {results['clip_model']}"] if "clip_model" in results else []),
         f"- seed: {extra.get('seed')}",
     ]
     for note in results.get("notes", []):
@@ -207,6 +227,53 @@ def samples_sampler(samples_manifest) -> dict[str, Any] | None:
     return {"sampler": extra["sampler"], "steps": extra.get("steps"), "cfg_scale": extra.get("cfg_scale_official_s")}
 
 
+def _load_dinov2(preset, weights: str | None, arch: str | None, unavailable: dict[str, str]):
+    """The DINOv2 network for FD-DINOv2, or None with the reason in `unavailable`.
+
+    Random weights (offline smoke presets without a weights file) default to the small ViT-S/14: their
+    numbers mean nothing either way and L/14 costs ~15x more on a CPU."""
+    from uvit import dinov2 as d
+
+    random = preset.eval.offline_smoke and weights is None and not os.environ.get(d.DINOV2_WEIGHTS_ENV)
+    arch = arch or (d.DINOV2_SMALL_ARCH if random else d.DINOV2_ARCH)
+    try:
+        return d.load_dinov2(weights, arch=arch, allow_random=preset.eval.offline_smoke)
+    except d.DinoV2WeightsError as e:
+        reporter().logger().warning("evaluate: FD-DINOv2 skipped: %s", e)
+        unavailable["fd_dinov2"] = str(e)
+        return None
+
+
+def _load_clip(preset, weights: str | None, unavailable: dict[str, str]):
+    """The CLIP model for the CLIP score (text-to-image presets), or None with the reason in `unavailable`."""
+    from uvit import clip_score
+
+    if preset.data.conditioning != "text":
+        unavailable["clip_score"] = (f"the CLIP score needs text-to-image samples; {preset.name!r} is "
+                                     f"{preset.data.conditioning}-conditioned")  # fmt: skip
+        return None
+    try:
+        return clip_score.load_clip_scorer(weights, allow_random=preset.eval.offline_smoke)
+    except clip_score.ClipWeightsError as e:
+        reporter().logger().warning("evaluate: CLIP score skipped: %s", e)
+        unavailable["clip_score"] = str(e)
+        return None
+
+
+def sample_captions(samples_path: str) -> tuple[list[str] | None, str]:
+    """The caption each sample was drawn with (from samples.npz), or None and why they are unknown."""
+    import numpy as np
+
+    with np.load(samples_path, allow_pickle=False) as data:
+        if "captions" in data.files:
+            return [str(c) for c in data["captions"]], ""
+        if "caption_images" in data.files:
+            return None, ("the samples were drawn with captions of the latent store, which keeps only their CLIP "
+                          "embeddings (samples.npz records each sample's store image and caption slot); sample "
+                          "with a prompts file to get a CLIP score")  # fmt: skip
+    return None, "the sample artifact does not record the captions its samples were drawn with"
+
+
 def run_evaluate(
     preset,
     samples_url: str,
@@ -217,11 +284,17 @@ def run_evaluate(
     reference_dataset_key: str | None = None,
     inception_weights: str | None = None,
     samples_key: str | None = None,
+    dinov2_weights: str | None = None,
+    dinov2_arch: str | None = None,
+    clip_weights: str | None = None,
 ) -> StageOutput:
     """Evaluate a sample artifact against a reference; plain Python.
 
     `samples_key` is the sample stage's `StageOutput.key` (the pipeline passes it); a sample artifact
-    given only by URL (the CLI) is identified by its manifest's key.
+    given only by URL (the CLI) is identified by its manifest's key. `eval.metrics` picks the metrics;
+    the DINOv2 and CLIP weights come from the arguments or `$UVIT_DINOV2_WEIGHTS` /
+    `$UVIT_CLIP_SCORE_WEIGHTS` (random ones for offline smoke presets); a metric whose weights are
+    missing is reported as skipped with the way to get them.
     """
     import json
 
@@ -231,13 +304,20 @@ def run_evaluate(
     from uvit import metrics
 
     log = reporter().logger()
+    chosen = list(preset.eval.metrics)
+    unknown = [m for m in chosen if m not in metrics.METRICS]
+    if unknown or not chosen:
+        raise ValueError(f"eval.metrics: unknown metrics {unknown}; choose from {list(metrics.METRICS)}")
     extractor = metrics.load_inception(inception_weights, allow_random=preset.eval.offline_smoke)
+    unavailable: dict[str, str] = {}
+    dinov2 = _load_dinov2(preset, dinov2_weights, dinov2_arch, unavailable) if "fd_dinov2" in chosen else None
+    clip = _load_clip(preset, clip_weights, unavailable) if "clip_score" in chosen else None
     store = ArtifactStore(store_root)
     if reference is None:
         if reference_dataset_url is None or reference_dataset_key is None:
             raise ValueError("pass --reference (an ADM-style .npz) or a dataset run to compute one from")
         reference, ref_key = reference_from_dataset(preset, reference_dataset_url, reference_dataset_key,
-                                                    store_root, extractor)  # fmt: skip
+                                                    store_root, extractor, dinov2)  # fmt: skip
         ref = store.manifest(REFERENCE_STAGE, ref_key)
         whole = ref.extra.get("whole_split", False)
         origin = metrics.ReferenceOrigin("split" if whole else "subset", f"{ref.extra.get('split')} split",
@@ -247,7 +327,8 @@ def run_evaluate(
     reference_sha = verify_file(reference)
     samples_manifest = Manifest.from_dict(paths.read_json(paths.join(samples_url, "_MANIFEST.json")))
     samples_key = samples_key or samples_manifest.key
-    key = evaluate_key(preset, samples_key, reference_sha, extractor.identity, origin.kind)
+    models = {name: net.identity for name, net in (("dinov2", dinov2), ("clip", clip)) if net is not None}
+    key = evaluate_key(preset, samples_key, reference_sha, extractor.identity, origin.kind, models)
     cached = store.exists(STAGE, key)
 
     def build(writer) -> Manifest:
@@ -256,7 +337,12 @@ def run_evaluate(
         ref = metrics.load_reference(_local_copy(reference), extractor, need_features=True)
         n = samples_manifest.counts.get("samples", 0)
         n_reference = len(ref.features) if ref.features is not None else n
-        results = metrics.compute_metrics(samples_path, ref, extractor, kid_subset_size=min(1000, n, n_reference))
+        captions, no_captions = sample_captions(samples_path) if clip is not None else (None, "")
+        results = metrics.compute_metrics(samples_path, ref, extractor, metrics=chosen, dinov2=dinov2, clip=clip,
+                                          captions=captions, kid_subset_size=min(1000, n, n_reference))  # fmt: skip
+        results["skipped"].update(unavailable)
+        if no_captions:
+            results["skipped"]["clip_score"] = no_captions
         rows = metrics.report_rows(results, preset, reference=origin, sampler=samples_sampler(samples_manifest))
         report = report_markdown(preset, results, rows, samples_manifest, paths.redact_url(reference), reference_sha,
                                  origin)  # fmt: skip

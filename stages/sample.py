@@ -151,6 +151,23 @@ def conditions_for(preset, n: int, latents_url: str | None, class_label: int | N
     return Conditions(), "none"
 
 
+def recorded_captions(preset, conditions, n: int, latents_url: str | None, seed: int) -> dict:
+    """Arrays for samples.npz saying what each sample was drawn with, for the CLIP score: its caption
+    (`captions`), or for captions drawn from a latent store, which keeps only their CLIP embeddings,
+    the store image and caption slot (`caption_images`, `caption_slots`)."""
+    import numpy as np
+
+    if conditions.captions is not None:
+        return {"captions": np.asarray(conditions.captions, dtype=str)}
+    if preset.data.conditioning == "text" and latents_url:
+        from storage.latents import open_latent_store
+
+        store = open_latent_store(latents_url)
+        images, slots = caption_draw(len(store), store.caption_counts[...], n, seed)  # the draw conditions_for made
+        return {"caption_images": images, "caption_slots": slots}
+    return {}
+
+
 def run_sample(
     preset,
     store_root: str,
@@ -255,7 +272,8 @@ def run_sample(
                 yield images
 
         labels = {} if conditions.labels is None else {"labels": conditions.labels.numpy()}
-        shape = write_npz_stream(writer.path(outputs.SAMPLES_NPZ), shards(), n, **labels)
+        captions = recorded_captions(preset, conditions, n, latents_url, preset.sample.seed)
+        shape = write_npz_stream(writer.path(outputs.SAMPLES_NPZ), shards(), n, **labels, **captions)
         from uvit.generation import image_grid
 
         write_png(writer.path(outputs.GRID_PNG), image_grid(np.concatenate(first)))

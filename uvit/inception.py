@@ -1,8 +1,15 @@
 """torch-fidelity's Inception-v3 feature extractor, its weights, and the image sources it reads.
 
 - `load_inception` resolves the feature extractor (`inception-v3-compat`: 2048-d pool features for
-  FID/KID/PR, unbiased logits for IS) from a local weights file, torch-fidelity's download, or, for
-  offline smoke presets only, seeded random Kaiming weights whose numbers are NOT comparable.
+  FID/KID/PR, unbiased logits for IS, 2023-d spatial features for sFID) from a local weights file,
+  torch-fidelity's download, or, for offline smoke presets only, seeded random Kaiming weights whose
+  numbers are NOT comparable.
+- sFID's spatial features are the ADM evaluator's `mixed_6/conv:0` tensor of the TF graph: the ReLU
+  output of the 1x1 branch of the 5th 17x17 block (`Mixed_6d.branch1x1` here; torch-fidelity's weight
+  converter maps `mixed_6/conv/*` to it), (B, 192, 17, 17), of which ADM keeps the first 7 channels,
+  flattened in TF's NHWC order: 17 * 17 * 7 = 2023 values. They are the first 7 channels of the
+  `Mixed_6d` block output too (the 1x1 branch comes first in its concatenation). A forward hook takes
+  them in the same pass as the pool features.
 - `InceptionExtractor.extract` turns uint8 images (NHWC numpy, NCHW torch, a folder of PNGs, an
   ADM-style `.npz` with `arr_0`) into features, in batches, streaming `.npz` files from disk
   (`image_batches`).
@@ -32,11 +39,13 @@ __all__ = [
     "INCEPTION_WEIGHTS_URL",
     "EXTRACTOR_NAME",
     "FEATURE_DIM",
+    "SPATIAL_DIM",
     "InceptionWeightsError",
     "InceptionFeatures",
     "InceptionExtractor",
     "load_inception",
     "image_batches",
+    "spatial_features",
 ]
 
 INCEPTION_WEIGHTS_ENV = "UVIT_INCEPTION_WEIGHTS"
@@ -47,6 +56,8 @@ INCEPTION_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/downl
 INCEPTION_SHA256_PREFIX = "6726825d"
 EXTRACTOR_NAME = "inception-v3-compat"
 FEATURE_DIM = 2048
+SPATIAL_CHANNELS = 7  # ADM's evaluator: spatial[..., :7] of mixed_6/conv
+SPATIAL_DIM = SPATIAL_CHANNELS * 17 * 17  # 2023
 DOWNLOAD_TIMEOUT_S = 60.0
 
 ImageSource = np.ndarray | torch.Tensor | str | os.PathLike
@@ -64,6 +75,7 @@ class InceptionFeatures:
     pool: np.ndarray  # (N, 2048) float32, FID/KID/PR
     logits: np.ndarray  # (N, 1008) float32, IS (torch-fidelity's `logits_unbiased`)
     extractor: str  # identity of the extractor that produced them
+    spatial: np.ndarray | None = None  # (N, 2023) float32, sFID (ADM's mixed_6/conv[..., :7]); None if not kept
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -178,27 +190,43 @@ class InceptionExtractor:
         total, batches = image_batches(images, batch_size)
         if total == 0:
             raise ValueError(f"no images in {_describe(images)}")
-        pools, logits, done = [], [], 0
-        for pool, logit in self.stream(batches, device=device):
+        pools, logits, spatials, done = [], [], [], 0
+        for pool, logit, spatial in self.stream(batches, device=device):
             pools.append(pool)
             logits.append(logit)
+            spatials.append(spatial)
             done += len(pool)
             if progress is not None:
                 progress(done, total)
-        return InceptionFeatures(np.concatenate(pools), np.concatenate(logits), self.identity)
+        return InceptionFeatures(np.concatenate(pools), np.concatenate(logits), self.identity, np.concatenate(spatials))
 
     def stream(
         self, batches: Iterable[torch.Tensor], *, device: str | torch.device = "cpu"
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(pool (B, 2048), logits (B, 1008)) float32 of each uint8 batch (B, 3, H, W), one batch at a time."""
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(pool (B, 2048), logits (B, 1008), spatial (B, 2023)) float32 of each uint8 batch (B, 3, H, W)."""
         device = torch.device(device)
         # oneDNN runs Inception ~1.4x faster in channels-last on CPU (features agree to ~1e-6)
         memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
         self.model.to(device, memory_format=memory_format)
-        with torch.inference_mode():
-            for batch in batches:  # (B, 3, H, W) uint8
-                pool, logit = self.model(batch.to(device))  # (B, 2048), (B, 1008)
-                yield pool.float().cpu().numpy(), logit.float().cpu().numpy()
+        taken: list[torch.Tensor] = []
+        # the hook only reads the block's output: pool features and logits are computed exactly as before
+        hook = self.model.Mixed_6d.branch1x1.register_forward_hook(lambda module, args, out: taken.append(out))
+        try:
+            with torch.inference_mode():
+                for batch in batches:  # (B, 3, H, W) uint8
+                    taken.clear()
+                    pool, logit = self.model(batch.to(device))  # (B, 2048), (B, 1008)
+                    yield pool.float().cpu().numpy(), logit.float().cpu().numpy(), spatial_features(taken[0])
+        finally:
+            hook.remove()
+
+
+def spatial_features(mixed_6_conv: torch.Tensor) -> np.ndarray:
+    """ADM's sFID features from `mixed_6/conv` (B, 192, 17, 17): channels [:7] in NHWC order, (B, 2023)."""
+    if mixed_6_conv.ndim != 4 or mixed_6_conv.shape[1] < SPATIAL_CHANNELS:
+        raise ValueError(f"expected mixed_6/conv activations (B, 192, 17, 17), got {tuple(mixed_6_conv.shape)}")
+    x = mixed_6_conv[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1)  # (B, 17, 17, 7), TF's layout
+    return x.reshape(len(x), -1).float().cpu().numpy()  # (B, 2023)
 
 
 def load_inception(

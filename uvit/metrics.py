@@ -1,8 +1,11 @@
-"""Sample-quality metrics on Inception features: FID, Inception Score, KID, precision/recall.
+"""Sample-quality metrics: FID, Inception Score, KID, precision/recall, sFID, FD-DINOv2, CLIP score.
 
-- Features come from `uvit.inception` (torch-fidelity's `inception-v3-compat`; `load_inception`).
+- Features come from `uvit.inception` (torch-fidelity's `inception-v3-compat`; `load_inception`):
+  pool features, logits and ADM's spatial features (sFID) in one pass; `uvit.dinov2` (FD-DINOv2)
+  and `uvit.clip_score` (CLIP score of text-to-image samples) bring their own networks.
 - `feature_statistics` / `save_statistics` / `load_reference` handle (mu, sigma) in the `.npz`
-  layout of the guided-diffusion (ADM) reference batches and the official U-ViT `fid_stats`.
+  layout of the guided-diffusion (ADM) reference batches (`mu`/`sigma`, sFID's `mu_s`/`sigma_s`) and
+  the official U-ViT `fid_stats`; computed references add `mu_dinov2`/`sigma_dinov2`.
 - `compute_metrics` is the one entry point; `report_rows` compares the result with the paper.
 
 Callers pass paths or file objects in; this module never decides where anything lives.
@@ -25,6 +28,7 @@ from uvit.inception import (  # re-exported: the metrics API takes and returns t
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILE,
     INCEPTION_WEIGHTS_URL,
+    SPATIAL_DIM,
     ImageSource,
     InceptionExtractor,
     InceptionFeatures,
@@ -35,10 +39,14 @@ from uvit.inception import (  # re-exported: the metrics API takes and returns t
 )
 
 if TYPE_CHECKING:
+    from uvit.clip_score import ClipScorer
     from uvit.config import Preset
+    from uvit.dinov2 import DinoV2Extractor
 
 __all__ = [
     "METRICS",
+    "CORE_METRICS",
+    "SPATIAL_DIM",
     "INCEPTION_WEIGHTS_ENV",
     "INCEPTION_WEIGHTS_FILE",
     "INCEPTION_WEIGHTS_URL",
@@ -55,6 +63,7 @@ __all__ = [
     "load_reference",
     "fid_from_statistics",
     "fid_from_features",
+    "fid_from_features_and_statistics",
     "inception_score",
     "kernel_inception_distance",
     "precision_recall",
@@ -64,7 +73,8 @@ __all__ = [
     "ReferenceOrigin",
 ]
 
-METRICS = ("fid", "is", "kid", "pr")
+CORE_METRICS = ("fid", "is", "kid", "pr")  # on Inception pool features and logits
+METRICS = (*CORE_METRICS, "sfid", "fd_dinov2", "clip_score")
 
 
 @dataclass(frozen=True)
@@ -86,12 +96,16 @@ class FeatureStats:
 
 @dataclass(frozen=True)
 class Reference:
-    """What a reference provides: statistics always, per-image features when available."""
+    """What a reference provides: statistics always, per-image features when available, sFID/DINOv2 statistics
+    when the file holds them."""
 
     stats: FeatureStats
     features: InceptionFeatures | None
     source: str
     notes: tuple[str, ...] = ()
+    spatial_stats: FeatureStats | None = None  # sFID: ADM's mu_s / sigma_s (2023-d)
+    dinov2_stats: FeatureStats | None = None  # FD-DINOv2: mu_dinov2 / sigma_dinov2
+    dinov2_extractor: str | None = None  # identity of the DINOv2 network behind dinov2_stats, when recorded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,13 +166,39 @@ class RunningStatistics:
         return FeatureStats(self.mean.numpy().copy(), (self.comoment / (self.n - 1)).numpy(), n=self.n)
 
 
-def save_statistics(
-    stats: FeatureStats, file: str | os.PathLike | BinaryIO, *, features: InceptionFeatures | None = None
-) -> None:
-    """Write `mu`/`sigma` (ADM / U-ViT `fid_stats` layout), plus per-image features if given."""
+def statistics_arrays(
+    stats: FeatureStats,
+    *,
+    spatial: FeatureStats | None = None,
+    dinov2: FeatureStats | None = None,
+    dinov2_extractor: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Reference statistics as `.npz` arrays: `mu`/`sigma`, ADM's sFID `mu_s`/`sigma_s`, `mu_dinov2`/`sigma_dinov2`."""
     arrays: dict[str, np.ndarray] = {"mu": stats.mu, "sigma": stats.sigma}
+    if spatial is not None:
+        arrays.update(mu_s=spatial.mu, sigma_s=spatial.sigma)
+    if dinov2 is not None:
+        arrays.update(mu_dinov2=dinov2.mu, sigma_dinov2=dinov2.sigma)
+        if dinov2_extractor is not None:
+            arrays["dinov2_extractor"] = np.array(dinov2_extractor)
+    return arrays
+
+
+def save_statistics(
+    stats: FeatureStats,
+    file: str | os.PathLike | BinaryIO,
+    *,
+    features: InceptionFeatures | None = None,
+    spatial: FeatureStats | None = None,
+    dinov2: FeatureStats | None = None,
+    dinov2_extractor: str | None = None,
+) -> None:
+    """Write `mu`/`sigma` (ADM / U-ViT `fid_stats` layout), sFID/DINOv2 statistics and per-image features if given."""
+    arrays = statistics_arrays(stats, spatial=spatial, dinov2=dinov2, dinov2_extractor=dinov2_extractor)
     if features is not None:
         arrays.update(pool_features=features.pool, logits=features.logits, extractor=np.array(features.extractor))
+        if features.spatial is not None:
+            arrays["spatial_features"] = features.spatial
     if isinstance(file, (str, os.PathLike)):
         with open(file, "wb") as f:  # a path is used as given (np.savez would append .npz)
             np.savez(f, **arrays)
@@ -180,10 +220,15 @@ def load_reference(
     with np.load(file, allow_pickle=False) as data:
         keys = set(data.files)
         stats = FeatureStats(data["mu"], data["sigma"]) if {"mu", "sigma"} <= keys else None
+        spatial_stats = FeatureStats(data["mu_s"], data["sigma_s"]) if {"mu_s", "sigma_s"} <= keys else None
+        has_dinov2 = {"mu_dinov2", "sigma_dinov2"} <= keys
+        dinov2_stats = FeatureStats(data["mu_dinov2"], data["sigma_dinov2"]) if has_dinov2 else None
+        dinov2_extractor = str(data["dinov2_extractor"]) if "dinov2_extractor" in keys else None
         features = None
         if {"pool_features", "logits"} <= keys:
             name = str(data["extractor"]) if "extractor" in keys else "unknown extractor"
-            features = InceptionFeatures(data["pool_features"], data["logits"], name)
+            spatial = data["spatial_features"] if "spatial_features" in keys else None
+            features = InceptionFeatures(data["pool_features"], data["logits"], name, spatial)
     notes: list[str] = []
     has_images = "arr_0" in keys
     if features is None and has_images and (stats is None or need_features):
@@ -202,7 +247,11 @@ def load_reference(
         raise ValueError(f"{source}: statistics are {stats.mu.shape[0]}-d, Inception pool features are {FEATURE_DIM}-d")
     if features is not None and stats.n is None:
         stats = FeatureStats(stats.mu, stats.sigma, n=len(features))
-    return Reference(stats, features, source, tuple(notes))
+    if spatial_stats is None and features is not None and features.spatial is not None and len(features) >= 2:
+        spatial_stats = feature_statistics(features.spatial)
+    if spatial_stats is not None and spatial_stats.mu.shape[0] != SPATIAL_DIM:
+        raise ValueError(f"{source}: sFID statistics are {spatial_stats.mu.shape[0]}-d, ADM's are {SPATIAL_DIM}-d")
+    return Reference(stats, features, source, tuple(notes), spatial_stats, dinov2_stats, dinov2_extractor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,12 +342,43 @@ def _as_features(
     return extractor.extract(source, batch_size=batch_size, device=device, progress=progress)
 
 
+def fid_from_features_and_statistics(x: np.ndarray, reference: FeatureStats) -> float:
+    """Frechet distance of a feature set (N, D) against statistics; with N <= D via an N x N eigenproblem.
+
+    S1 = Xc^T Xc / (N-1) has rank < N, and the nonzero eigenvalues of S1 S2 are those of
+    Xc S2 Xc^T / (N-1), so tr sqrt(S1 S2) needs no D x D decomposition (exact, not an approximation).
+    """
+    if len(x) > x.shape[1]:
+        return fid_from_statistics(feature_statistics(x), reference)
+    features = torch.from_numpy(np.asarray(x)).double()  # (N, D)
+    sigma2 = torch.from_numpy(reference.sigma)
+    mu1 = features.mean(0)
+    xc = features - mu1
+    middle = xc @ sigma2 @ xc.T / (len(x) - 1)  # (N, N), symmetric PSD
+    tr_covmean = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    diff = mu1 - torch.from_numpy(reference.mu)
+    return float(diff @ diff + (xc * xc).sum() / (len(x) - 1) + sigma2.trace() - 2 * tr_covmean)
+
+
+def frechet_distance_or_reason(samples: np.ndarray | None, reference: FeatureStats | None, what: str) -> float | str:
+    """Frechet distance of sample features against reference statistics, or why it cannot be computed."""
+    if samples is None:
+        return f"no {what} features of the samples"
+    if reference is None:
+        return f"the reference holds no {what} statistics"
+    if len(samples) < 2:
+        return f"{what} needs at least 2 samples, got {len(samples)}"
+    if reference.mu.shape[0] != samples.shape[1]:
+        return f"the reference's {what} statistics are {reference.mu.shape[0]}-d, the samples' {samples.shape[1]}-d"
+    return fid_from_features_and_statistics(samples, reference)
+
+
 def compute_metrics(
     samples: ImageSource | InceptionFeatures,
     reference: ImageSource | InceptionFeatures | FeatureStats | Reference | None,
     extractor: InceptionExtractor,
     *,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] | None = None,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
@@ -307,18 +387,29 @@ def compute_metrics(
     kid_subsets: int = 100,
     pr_k: int = 3,
     seed: int = 2020,
+    dinov2: DinoV2Extractor | None = None,
+    clip: ClipScorer | None = None,
+    captions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """FID / IS / KID / PR of `samples` against `reference`; says which metrics could not be computed and why.
+    """FID / IS / KID / PR / sFID / FD-DINOv2 / CLIP score of `samples` against `reference`; says which
+    metrics could not be computed and why.
 
     `reference` may be statistics (FID only), features, images, a `Reference`, a path to a reference
-    `.npz` (mu/sigma and/or arr_0), or None (IS only). Returns a JSON-ready dict with the values
-    (`fid`, `is_mean`, `is_std`, `kid_mean`, `kid_std`, `precision`, `recall`), `n_samples`,
-    `n_reference`, `extractor`, `extractor_comparable`, `skipped` {metric: reason} and `notes`.
+    `.npz` (mu/sigma and/or arr_0), or None (IS only). `metrics` None: FID, IS, KID, PR, plus sFID when
+    both sides have spatial features or statistics, FD-DINOv2 when `dinov2` is given and the CLIP score
+    when `clip` and `captions` (one per sample) are; a metric named in `metrics` that cannot be
+    computed is in `skipped` with its reason. Returns a JSON-ready dict with the values (`fid`,
+    `is_mean`, `is_std`, `kid_mean`, `kid_std`, `precision`, `recall`, `sfid`, `fd_dinov2`,
+    `clip_score`), `n_samples`, `n_reference`, `extractor`, `extractor_comparable` (and
+    `dinov2_extractor`/`dinov2_comparable`, `clip_model`/`clip_comparable` when used), `skipped`
+    {metric: reason} and `notes`.
     """
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
+    requested = list(metrics) if metrics is not None else None
+    unknown = [m for m in (requested or []) if m not in METRICS]
+    if unknown or requested == []:
         raise ValueError(f"unknown metrics {unknown}; choose from {list(METRICS)}")
-    need_ref_features = any(m in metrics for m in ("kid", "pr"))
+    chosen = requested if requested is not None else list(CORE_METRICS)
+    need_ref_features = any(m in chosen for m in ("kid", "pr"))
     notes: list[str] = []
     if extractor.note:
         notes.append(extractor.note)
@@ -326,23 +417,32 @@ def compute_metrics(
     sample_features = _as_features(samples, extractor, batch_size, device, progress)
     ref_stats: FeatureStats | None = None
     ref_features: InceptionFeatures | None = None
+    loaded: Reference | None = None
     if isinstance(reference, FeatureStats):
         ref_stats = reference
     elif isinstance(reference, Reference):
-        ref_stats, ref_features = reference.stats, reference.features
-        notes += reference.notes
+        loaded = reference
     elif isinstance(reference, (str, os.PathLike)) and Path(reference).suffix == ".npz":
         loaded = load_reference(
             reference, extractor, need_features=need_ref_features, batch_size=batch_size, device=device,
             progress=progress,
         )  # fmt: skip
-        ref_stats, ref_features = loaded.stats, loaded.features
-        notes += loaded.notes
     elif reference is not None:
         ref_features = _as_features(reference, extractor, batch_size, device, progress)
+    if loaded is not None:
+        ref_stats, ref_features = loaded.stats, loaded.features
+        notes += loaded.notes
     for feats, what in ((sample_features, "samples"), (ref_features, "reference")):
         if feats is not None and feats.extractor != extractor.identity:
             notes.append(f"{what} features come from {feats.extractor!r}, not {extractor.identity!r}")
+
+    ref_spatial = loaded.spatial_stats if loaded is not None else None
+    if ref_spatial is None and ref_features is not None and ref_features.spatial is not None and len(ref_features) > 1:
+        ref_spatial = feature_statistics(ref_features.spatial)
+    if requested is None:  # the extras whose inputs are there
+        chosen += ["sfid"] if sample_features.spatial is not None and ref_spatial is not None else []
+        chosen += ["fd_dinov2"] if dinov2 is not None else []
+        chosen += ["clip_score"] if clip is not None and captions is not None else []
 
     n, m = len(sample_features), (len(ref_features) if ref_features is not None else None)
     out: dict[str, Any] = {
@@ -355,7 +455,7 @@ def compute_metrics(
     no_reference = "no reference was given"
     only_stats = "the reference holds only mu/sigma; {} needs per-image reference features (images or features)"
 
-    if "fid" in metrics:
+    if "fid" in chosen:
         if ref_features is None and ref_stats is None:
             skipped["fid"] = no_reference
         elif n < 2:
@@ -365,12 +465,12 @@ def compute_metrics(
         else:
             ref = ref_stats if ref_stats is not None else feature_statistics(ref_features)
             out["fid"] = fid_from_statistics(feature_statistics(sample_features), ref)
-    if "is" in metrics:
+    if "is" in chosen:
         splits = min(is_splits, n)
         if splits < is_splits:
             notes.append(f"IS splits reduced from {is_splits} to {splits} (only {n} samples)")
         out["is_mean"], out["is_std"] = inception_score(sample_features.logits, splits, seed)
-    if "kid" in metrics:
+    if "kid" in chosen:
         if ref_features is None:
             skipped["kid"] = no_reference if ref_stats is None else only_stats.format("KID")
         elif min(n, m) < 2:
@@ -382,7 +482,7 @@ def compute_metrics(
             out["kid_mean"], out["kid_std"] = kernel_inception_distance(
                 sample_features.pool, ref_features.pool, subset_size=size, subsets=kid_subsets, seed=seed
             )
-    if "pr" in metrics:
+    if "pr" in chosen:
         if ref_features is None:
             skipped["pr"] = no_reference if ref_stats is None else only_stats.format("precision/recall")
         elif min(n, m) <= pr_k:
@@ -391,16 +491,76 @@ def compute_metrics(
             out["precision"], out["recall"] = precision_recall(
                 sample_features.pool, ref_features.pool, k=pr_k, device=device
             )
+    if "sfid" in chosen:
+        if reference is None:
+            skipped["sfid"] = no_reference
+        else:
+            value = frechet_distance_or_reason(sample_features.spatial, ref_spatial, "sFID")
+            if isinstance(value, str):
+                skipped["sfid"] = value
+            else:
+                out["sfid"] = value
+    if "fd_dinov2" in chosen:
+        reason = _fd_dinov2(out, samples, reference, loaded, dinov2, batch_size, device, notes)
+        if reason:
+            skipped["fd_dinov2"] = reason
+    if "clip_score" in chosen:
+        if clip is None:
+            skipped["clip_score"] = "no CLIP model was given"
+        elif captions is None:
+            skipped["clip_score"] = "the samples' captions are unknown"
+        elif isinstance(samples, InceptionFeatures):
+            skipped["clip_score"] = "the CLIP score needs the sample images, not their Inception features"
+        else:
+            scores = clip.scores(samples, captions, batch_size=batch_size, device=device)
+            out["clip_score"], out["clip_score_std"] = float(scores.mean()), float(scores.std())
+            out["clip_model"], out["clip_comparable"] = clip.identity, clip.comparable
+            if clip.note:
+                notes.append(clip.note)
     out["skipped"] = skipped
     out["notes"] = notes
     return out
+
+
+def _fd_dinov2(
+    out: dict[str, Any], samples: Any, reference: Any, loaded: Reference | None, dinov2: DinoV2Extractor | None,
+    batch_size: int, device: Any, notes: list[str],
+) -> str:  # fmt: skip
+    """Put FD-DINOv2 (and the network's identity) into `out`; the reason it cannot be computed, else ''."""
+    if dinov2 is None:
+        return "no DINOv2 network was given"
+    if isinstance(samples, InceptionFeatures):
+        return "FD-DINOv2 needs the sample images, not their Inception features"
+    if reference is None:
+        return "no reference was given"
+    if loaded is not None:
+        ref_stats = loaded.dinov2_stats
+        if ref_stats is None:
+            return "the reference holds no DINOv2 statistics"
+        if loaded.dinov2_extractor is not None and loaded.dinov2_extractor != dinov2.identity:
+            return f"the reference's DINOv2 statistics come from {loaded.dinov2_extractor!r}, not {dinov2.identity!r}"
+        if loaded.dinov2_extractor is None:
+            notes.append("the reference's DINOv2 statistics do not say which network computed them")
+    elif isinstance(reference, (FeatureStats, InceptionFeatures)):
+        return "the reference holds no DINOv2 statistics (Inception statistics or features only)"
+    else:  # images
+        ref_stats = feature_statistics(dinov2.extract(reference, batch_size=batch_size, device=device))
+    value = frechet_distance_or_reason(dinov2.extract(samples, batch_size=batch_size, device=device), ref_stats,
+                                       "DINOv2")  # fmt: skip
+    if isinstance(value, str):
+        return value
+    out["fd_dinov2"], out["dinov2_extractor"], out["dinov2_comparable"] = value, dinov2.identity, dinov2.comparable
+    if dinov2.note:
+        notes.append(dinov2.note)
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------
 # Reporting against the paper
 
 _ROWS = (("fid", "FID", "fid"), ("is", "IS", "is_mean"), ("kid", "KID", "kid_mean"),
-         ("pr", "precision", "precision"), ("pr", "recall", "recall"))  # fmt: skip
+         ("pr", "precision", "precision"), ("pr", "recall", "recall"), ("sfid", "sFID", "sfid"),
+         ("fd_dinov2", "FD-DINOv2", "fd_dinov2"), ("clip_score", "CLIP score", "clip_score"))  # fmt: skip
 
 
 def _preset(preset: str | Preset) -> Preset:
@@ -447,15 +607,8 @@ def _fid_reasons(
         reasons.append(f"extractor {results.get('extractor')!r} is not the official Inception weights")
     if preset.eval.published_fid is None:
         reasons.append(f"the paper reports no FID for preset {preset.name!r}")
-    if reference is None:
-        reasons.append("the reference's origin is unknown")
-    elif reference.kind == "subset":
-        reasons.append(f"the reference is a seeded sample of {reference.images:,} of the {reference.split_images:,} "
-                       f"images of {reference.name}, not the whole split")  # fmt: skip
+    reasons += _reference_reasons(reference) + _count_reasons(results, preset, "FID is biased upward at small N")
     registered = _registered(preset)
-    n, protocol = results.get("n_samples") or 0, registered.eval.n_samples
-    if n < protocol:
-        reasons.append(f"{n:,} samples; the protocol uses {protocol:,} (FID is biased upward at small N)")
     s = registered.sample
     paper = {"sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale}
     if sampler is None:
@@ -466,9 +619,58 @@ def _fid_reasons(
     return reasons
 
 
+def _reference_reasons(reference: ReferenceOrigin | None) -> list[str]:
+    if reference is None:
+        return ["the reference's origin is unknown"]
+    if reference.kind == "subset":
+        return [f"the reference is a seeded sample of {reference.images:,} of the {reference.split_images:,} "
+                f"images of {reference.name}, not the whole split"]  # fmt: skip
+    return []
+
+
+def _count_reasons(results: dict[str, Any], preset: Preset, why: str) -> list[str]:
+    n, protocol = results.get("n_samples") or 0, _registered(preset).eval.n_samples
+    return [f"{n:,} samples; the protocol uses {protocol:,} ({why})"] if n < protocol else []
+
+
+def _extra_row(key: str, label: str, results: dict[str, Any], preset: Preset,
+               reference: ReferenceOrigin | None) -> dict[str, Any]:  # fmt: skip
+    """sFID, FD-DINOv2 or CLIP score: comparable with other papers' numbers under the metric's own protocol
+    (the U-ViT paper reports none of them), each condition checked on its own."""
+    reasons = []
+    if key == "sfid":
+        if not results.get("extractor_comparable", False):
+            reasons.append(f"extractor {results.get('extractor')!r} is not the official Inception weights")
+        reasons += _reference_reasons(reference) + _count_reasons(results, preset, "sFID is biased upward at small N")
+        basis = "ADM's sFID (Inception mixed_6/conv, 7 x 17 x 17), official Inception"
+    elif key == "fd_dinov2":
+        if not results.get("dinov2_comparable", False):
+            reasons.append(f"DINOv2 {results.get('dinov2_extractor')!r} is not the official ViT-L/14 weights")
+        reasons += _reference_reasons(reference) + _count_reasons(results, preset, "FD is biased upward at small N")
+        sha = str(results.get("dinov2_extractor", "")).rpartition("sha256=")[2]
+        basis = (f"DINOv2 ViT-L/14 CLS features at 224 px, weights sha256={sha} (no official hash is published: "
+                 "check it is dinov2_vitl14_pretrain.pth)")  # fmt: skip
+    else:
+        if not results.get("clip_comparable", False):
+            reasons.append(f"CLIP {results.get('clip_model')!r} is not OpenAI's ViT-L/14 (ViT-L-14.pt by sha256)")
+        reasons += _count_reasons(results, preset, "the protocol's captions")
+        basis = "100 x cosine of OpenAI CLIP ViT-L/14 image and caption embeddings, clamped at 0 (torchmetrics)"
+    if reasons:
+        reason = "; ".join(reasons)
+    else:
+        against = "" if key == "clip_score" else f" against {_reference_phrase(reference)}"
+        reason = f"{results['n_samples']:,} samples{against}; {basis}; the paper reports no {label}"
+    return dict(metric=label, value=results[key], published=None, comparable="no" if reasons else "yes",
+                reason=reason)  # fmt: skip
+
+
+def _reference_phrase(reference: ReferenceOrigin) -> str:
+    return f"statistics file {reference.name!r}" if reference.kind == "file" else f"the whole {reference.name}"
+
+
 def _fid_basis(results: dict[str, Any], preset: Preset, reference: ReferenceOrigin) -> str:
-    what = f"statistics file {reference.name!r}" if reference.kind == "file" else f"the whole {reference.name}"
-    return f"{results['n_samples']:,} samples against {what}, official Inception, the paper's sampler"
+    against = _reference_phrase(reference)
+    return f"{results['n_samples']:,} samples against {against}, official Inception, the paper's sampler"
 
 
 def report_rows(
@@ -480,6 +682,10 @@ def report_rows(
 ) -> list[dict[str, Any]]:
     """Rows {metric, value, published, comparable ("yes"/"no"), reason} for a `compute_metrics` result.
 
+    sFID, FD-DINOv2 and the CLIP score, which the paper does not report, are "comparable" with other
+    work's numbers when their network is the official one (Inception by hash; DINOv2 ViT-L/14 in its
+    own file layout, hash stated; OpenAI's CLIP ViT-L/14 by hash), the sample count reaches the
+    protocol's and (sFID, FD-DINOv2) the reference is a named file or the whole split.
     FID is "comparable" only when the Inception weights are the official ones (by hash), the paper
     reports a FID for the preset, the reference is a statistics file the user named or the whole
     split, the sample count reaches the protocol's and the sampler (`sampler`, `steps`,
@@ -493,6 +699,8 @@ def report_rows(
             rows.append(dict(metric=label, value=None, published=None, comparable="no", reason=skipped[key]))
         elif value_key not in results:
             continue  # not requested
+        elif key in ("sfid", "fd_dinov2", "clip_score"):
+            rows.append(_extra_row(key, label, results, preset, reference))
         elif key == "fid":
             reasons = _fid_reasons(results, preset, reference, sampler)
             reason = "; ".join(reasons) or _fid_basis(results, preset, reference)

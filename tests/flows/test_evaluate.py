@@ -28,7 +28,7 @@ class ImagesAsFeatures:
             images = batch.permute(0, 2, 3, 1).numpy()
             self.seen.append(images)
             flat = images.reshape(len(images), -1).astype(np.float32)
-            yield flat, flat[:, :8]
+            yield flat, flat[:, :8], flat[:, :6]  # pool, logits, spatial
 
 
 def test_pixel_reference_uses_the_preset_crop_rule_and_resolution(tmp_path, monkeypatch):

@@ -32,7 +32,8 @@ def test_every_stage_runs_and_publishes(first_run):
     assert read_png(summary["loss_curve"]).shape[2] == 3
     report = open(summary["metrics_report"]).read()
     assert "Not comparable to published FIDs" in report and "random-seeded" in report
-    assert set(summary["metrics"]) >= {"FID", "IS", "KID", "precision", "recall"}
+    assert set(summary["metrics"]) >= {"FID", "IS", "KID", "precision", "recall", "sFID"}
+    assert summary["metrics"]["sFID"] > 0 and "| sFID |" in report and "FD-DINOv2" not in report  # off for tiny
     samples = np.load(summary["stages"][3]["artifact"] + "/samples.npz")
     assert samples["arr_0"].shape == (16, 32, 32, 3) and samples["arr_0"].dtype == np.uint8
 
@@ -160,7 +161,8 @@ def test_text_to_image_pipeline_and_prompt_sampling(tmp_path):
     from storage.latents import open_latent_store
 
     store = str(tmp_path)
-    summary = run_pipeline("tiny-text", FAST, store)
+    every_metric = FAST + ['eval.metrics=["fid","is","kid","pr","sfid","fd_dinov2","clip_score"]']
+    summary = run_pipeline("tiny-text", every_metric, store)
     assert [r["stage"] for r in summary["stages"]] == ["download", "encode", "encode_val", "train", "sample",
                                                        "evaluate"]  # fmt: skip
     latents = open_latent_store(summary["stages"][1]["artifact"] + "/latents")
@@ -169,10 +171,25 @@ def test_text_to_image_pipeline_and_prompt_sampling(tmp_path):
     assert len(prompts) == contexts.shape[0] >= 4
     from uvit.config import get_preset
 
-    preset = get_preset("tiny-text", FAST)
+    report = open(summary["metrics_report"]).read()
+    assert {"sFID", "FD-DINOv2", "CLIP score"} <= set(summary["metrics"]) and summary["metrics"]["FD-DINOv2"] > 0
+    assert summary["metrics"]["CLIP score"] is None and "keeps only their CLIP embeddings" in report
+    assert "vit_small_patch14_dinov2 random-seeded-0" in report and "random-seeded" in report
+    drawn = np.load(summary["stages"][4]["artifact"] + "/samples.npz")
+    assert drawn["caption_images"].shape == drawn["caption_slots"].shape == (16,)
+    preset = get_preset("tiny-text", every_metric)
     one = run_sample(preset, store, train_run_url=summary["stages"][3]["artifact"], n=4,
                      prompt="A red circle in the middle.")  # fmt: skip
     assert np.load(one.facts["samples_npz"])["arr_0"].shape == (4, 32, 32, 3)
+    assert list(np.load(one.facts["samples_npz"])["captions"]) == ["A red circle in the middle."] * 4
+    from stages.evaluate import run_evaluate
+
+    (reference,) = Path(store, "reference").glob("*/reference.npz")
+    with np.load(reference) as data:
+        assert data["mu_s"].shape == (2023,) and data["mu_dinov2"].shape == (384,)
+    scored = run_evaluate(preset, one.url, store, reference=str(reference), samples_key=one.key)
+    clip_score = scored.facts["metrics"]["CLIP score"]
+    assert clip_score is not None and clip_score >= 0 and scored.facts["metrics"]["FD-DINOv2"] > 0
 
 
 def test_class_names_resolve_and_unknown_names_fail():

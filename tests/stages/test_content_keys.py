@@ -107,8 +107,10 @@ def REFERENCE_DEPENDS(p) -> dict:
 
 
 def EVALUATE_DEPENDS(p) -> dict:
-    """The report compares with the published FID and its reference and states the protocol's N."""
-    return {"published": p.eval.published_fid, "reference": p.eval.fid_reference, "n": p.eval.n_samples}
+    """The report compares with the published FID and its reference, states the protocol's N and holds the
+    chosen metrics."""
+    return {"published": p.eval.published_fid, "reference": p.eval.fid_reference, "n": p.eval.n_samples,
+            "metrics": p.eval.metrics}  # fmt: skip
 
 
 class _FakeEncoder:
@@ -165,6 +167,10 @@ def _values(hint: typing.Any, old: typing.Any, field_name: str) -> st.SearchStra
     args = typing.get_args(hint)
     if field_name == "dataset":  # a name with a crop rule (the stages look it up)
         return st.sampled_from(sorted(PIXEL_CROPS))
+    if field_name == "metrics":  # a non-empty selection of the known metrics
+        from uvit.metrics import METRICS
+
+        return st.lists(st.sampled_from(METRICS), min_size=1, unique=True).map(tuple)
     if origin is typing.Literal:
         return st.sampled_from(args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):

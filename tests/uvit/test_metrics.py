@@ -228,6 +228,17 @@ def test_fid_from_statistics_matches_torch_fidelity() -> None:
     assert abs(M.fid_from_statistics(a, a)) < 1e-9
 
 
+def test_fid_from_features_and_statistics_equals_statistics_path() -> None:
+    """The N x N route (sFID, FD-DINOv2 with fewer samples than dimensions) is exact."""
+    rng = np.random.default_rng(2)
+    reference = M.feature_statistics(rng.standard_normal((90, 64)) * 1.3 + 0.1)
+    for n in (10, 63, 200):  # fewer, about as many and more samples than dimensions
+        x = rng.standard_normal((n, 64)).astype(np.float32)
+        expected = M.fid_from_statistics(M.feature_statistics(x), reference)
+        # the D x D route sums square roots of the rank-deficient product's ~0 eigenvalues: ~1e-8 off
+        assert M.fid_from_features_and_statistics(x, reference) == pytest.approx(expected, rel=1e-6)
+
+
 def test_fid_from_features_equals_statistics_path() -> None:
     rng = np.random.default_rng(1)
     for n, m in ((20, 30), (80, 60)):  # fewer and more images than dimensions
@@ -328,7 +339,7 @@ def test_compute_metrics_with_statistics_reference_says_what_is_missing(
     only_is = M.compute_metrics(samples, None, extractor)
     assert set(only_is["skipped"]) == {"fid", "kid", "pr"} and "is_mean" in only_is
     with pytest.raises(ValueError, match="unknown metrics"):
-        M.compute_metrics(samples, None, extractor, metrics=("fid", "sfid"))
+        M.compute_metrics(samples, None, extractor, metrics=("fid", "fvd"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,8 +399,9 @@ def test_compute_metrics_end_to_end_from_folder_and_arr0_npz(extractor: M.Incept
     assert -1e-2 < out["kid_mean"] <= 0  # the unbiased estimate on one set drops K(x, x): slightly negative
     assert any("KID subset size clamped from 1000 to 6" in note for note in out["notes"])
     assert any("IS splits reduced from 10 to 6" in note for note in out["notes"])
+    assert abs(out["sfid"]) < 1e-3  # both sides hold spatial features: sFID joins the default metrics
     rows = M.report_rows(out, "tiny")
-    assert [r["metric"] for r in rows] == ["FID", "IS", "KID", "precision", "recall"]
+    assert [r["metric"] for r in rows] == ["FID", "IS", "KID", "precision", "recall", "sFID"]
     assert all(r["comparable"] == "no" for r in rows)
 
 
@@ -496,3 +508,268 @@ def test_running_statistics_equal_the_batch_computation_whatever_the_batches() -
         RunningStatistics(64).statistics()
     with pytest.raises(ValueError, match=r"\(B, 64\)"):
         RunningStatistics(64).update(pool[:, :3])
+
+
+# ---------------------------------------------------------------------------------------------
+# sFID: ADM's spatial features
+
+
+_LAYERS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+           "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d")  # fmt: skip
+
+
+def _inception_up_to(model: torch.nn.Module, images: np.ndarray, last: str) -> torch.Tensor:
+    """torch-fidelity's Inception-v3 layers run by hand (its forward's preprocessing) up to and with `last`."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    x = (interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False) - 128) / 128
+    for name in _LAYERS[: _LAYERS.index(last) + 1]:
+        x = getattr(model, name)(x)
+    return x
+
+
+def test_spatial_features_are_adms_mixed_6_conv_and_leave_pool_features_untouched(
+    extractor: M.InceptionExtractor, shifted_features: dict[int, M.InceptionFeatures]
+) -> None:
+    """ADM: `mixed_6/conv:0` (torch-fidelity's converter: Mixed_6d.branch1x1), [..., :7], NHWC-flattened."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    base = shifted_features[0]
+    assert base.spatial is not None and base.spatial.shape == (N_BASE, M.SPATIAL_DIM) == (N_BASE, 7 * 17 * 17)
+    # an independent torch-fidelity network with the same weights, run layer by layer in its own memory format
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(extractor.model.state_dict(), buffer)
+    buffer.seek(0)
+    reference_net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=buffer)
+    images = _shapes(N_BASE, seed=0)[:3]
+    with torch.inference_mode():
+        block = _inception_up_to(reference_net, images, "Mixed_6d")  # (3, 768, 17, 17), TF mixed_6's output
+        expected = block[:, :7].permute(0, 2, 3, 1).reshape(3, -1).numpy()  # TF's NHWC order
+        branch = reference_net.Mixed_6d.branch1x1(_inception_up_to(reference_net, images, "Mixed_6c"))
+    np.testing.assert_allclose(base.spatial[:3], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(block[:, :192].numpy(), branch.numpy())  # mixed_6/conv = the block's channels 0..191
+    # the hook only reads: pool features and logits are those of a forward without it, bit for bit
+    batch = torch.from_numpy(_shapes(N_BASE, seed=0)).permute(0, 3, 1, 2).contiguous()
+    with torch.inference_mode():
+        pool, logits = extractor.model(batch)
+    np.testing.assert_array_equal(base.pool, pool.numpy())
+    np.testing.assert_array_equal(base.logits, logits.numpy())
+
+
+def test_sfid_is_the_frechet_distance_of_spatial_statistics_from_adm_style_files(
+    extractor: M.InceptionExtractor, shifted_features: dict[int, M.InceptionFeatures], tmp_path: Path
+) -> None:
+    base, shifted = shifted_features[0], shifted_features[40]
+    expected = M.fid_from_statistics(M.feature_statistics(shifted.spatial), M.feature_statistics(base.spatial))
+    assert expected > 1e-3
+    out = M.compute_metrics(shifted, base, extractor, metrics=("fid", "sfid"))
+    assert out["sfid"] == pytest.approx(expected, rel=1e-6) and out["skipped"] == {}
+    assert out["sfid"] == pytest.approx(M.fid_from_features(shifted.spatial, base.spatial), rel=1e-6)
+    # an ADM reference batch: mu/sigma and mu_s/sigma_s
+    M.save_statistics(M.feature_statistics(base), tmp_path / "adm.npz", spatial=M.feature_statistics(base.spatial))
+    with np.load(tmp_path / "adm.npz") as data:
+        assert set(data.files) == {"mu", "sigma", "mu_s", "sigma_s"}
+    from_file = M.compute_metrics(shifted, tmp_path / "adm.npz", extractor, metrics=("fid", "sfid"))
+    assert from_file["sfid"] == pytest.approx(expected, rel=1e-6)
+    # U-ViT's fid_stats (mu/sigma only): sFID skipped with its reason, FID unchanged
+    M.save_statistics(M.feature_statistics(base), tmp_path / "fid_stats.npz")
+    only = M.compute_metrics(shifted, tmp_path / "fid_stats.npz", extractor, metrics=("fid", "sfid"))
+    assert only["skipped"] == {"sfid": "the reference holds no sFID statistics"}
+    assert only["fid"] == from_file["fid"]
+    (row,) = [r for r in M.report_rows(only, "tiny") if r["metric"] == "sFID"]
+    assert row["value"] is None and "no sFID statistics" in row["reason"]
+    np.savez(tmp_path / "bad.npz", mu=base.pool.mean(0), sigma=np.eye(M.FEATURE_DIM), mu_s=np.zeros(5),
+             sigma_s=np.eye(5))  # fmt: skip
+    with pytest.raises(ValueError, match="5-d"):
+        M.load_reference(tmp_path / "bad.npz")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP score
+
+
+@pytest.fixture(scope="module")
+def clip_scorer():
+    from uvit.clip_score import load_clip_scorer
+
+    return load_clip_scorer(None, allow_random=True)
+
+
+def test_clip_score_equals_a_direct_open_clip_computation(clip_scorer, extractor: M.InceptionExtractor) -> None:
+    import open_clip
+
+    images = _shapes(5, seed=4)
+    captions = ["a red square", "a blue circle", "", "a green triangle on white", "two shapes"]
+    assert "random-seeded" in clip_scorer.identity and not clip_scorer.comparable and clip_scorer.sha256 is None
+    scores = clip_scorer.scores(images, captions, batch_size=2)
+    transform = open_clip.image_transform(224, is_train=False)  # OpenAI mean/std, bicubic, centre crop
+    pixels = torch.stack([transform(Image.fromarray(im)) for im in images])
+    with torch.inference_mode():
+        image, text, _ = clip_scorer.model(pixels, open_clip.tokenize(captions))  # CLIP.forward normalises both
+    cosine = (image.double() * text.double()).sum(-1)
+    np.testing.assert_allclose(scores, (100 * cosine).clamp(min=0).numpy(), rtol=1e-5, atol=1e-4)
+    assert (scores >= 0).all()
+    out = M.compute_metrics(images, None, extractor, metrics=("is", "clip_score"), clip=clip_scorer, captions=captions)
+    assert out["clip_score"] == pytest.approx(scores.mean(), rel=1e-5) and out["clip_comparable"] is False
+    assert any("random tiny CLIP" in note for note in out["notes"])
+    (row,) = [r for r in M.report_rows(out, "tiny-text") if r["metric"] == "CLIP score"]
+    assert row["comparable"] == "no" and "not OpenAI's ViT-L/14" in row["reason"]
+    missing = M.compute_metrics(images, None, extractor, metrics=("is", "clip_score"), clip=clip_scorer)
+    assert missing["skipped"] == {"clip_score": "the samples' captions are unknown"}
+    with pytest.raises(ValueError, match="one caption per image"):
+        clip_scorer.scores(images, captions[:2])
+
+
+def test_clip_weights_comparable_only_by_openais_hash(clip_scorer, monkeypatch, tmp_path: Path) -> None:
+    """A local OpenAI-layout checkpoint loads through open_clip; comparable only when its sha256 is OpenAI's."""
+    from uvit import clip_score
+
+    path = tmp_path / "ViT-tiny.pt"
+    torch.save(clip_scorer.model.state_dict(), path)
+    loaded = clip_score.load_clip_scorer(path)
+    assert not loaded.comparable and loaded.sha256 in loaded.identity and "not OpenAI's ViT-L-14.pt" in loaded.note
+    monkeypatch.setattr(clip_score, "CLIP_SCORE_SHA256", loaded.sha256)
+    assert clip_score.load_clip_scorer(path).comparable
+    monkeypatch.setenv(clip_score.CLIP_SCORE_WEIGHTS_ENV, str(path))
+    assert clip_score.load_clip_scorer(None, allow_random=True).sha256 == loaded.sha256  # a real file wins
+    with pytest.raises(clip_score.ClipWeightsError, match="does not exist"):
+        clip_score.load_clip_scorer(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# FD-DINOv2
+
+
+@pytest.fixture(scope="module")
+def dinov2():
+    from uvit.dinov2 import DINOV2_SMALL_ARCH, load_dinov2
+
+    return load_dinov2(None, arch=DINOV2_SMALL_ARCH, allow_random=True, seed=0)
+
+
+def _torch_fidelity_dinov2(model: torch.nn.Module) -> torch.nn.Module:
+    """torch-fidelity's FeatureExtractorDinoV2 around `model` (its constructor would torch.hub.load the network)."""
+    from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
+
+    wrapper = FeatureExtractorDinoV2.__new__(FeatureExtractorDinoV2)
+    torch.nn.Module.__init__(wrapper)
+    wrapper.features_list, wrapper.feature_extractor_internal_dtype, wrapper.model = ["dinov2"], torch.float32, model
+    return wrapper.eval()
+
+
+def test_dinov2_features_are_torch_fidelitys_and_fd_is_the_frechet_distance(
+    dinov2, extractor: M.InceptionExtractor
+) -> None:
+    assert "random-seeded-0" in dinov2.identity and not dinov2.comparable and dinov2.dim == 384
+    images = _shapes(6, seed=5)
+    features = dinov2.extract(images, batch_size=4)
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    with torch.inference_mode():
+        (expected,) = _torch_fidelity_dinov2(dinov2.model)(batch)  # its resize, normalisation and forward
+        tokens = dinov2.model.forward_features(dinov2.preprocess(batch))  # (B, 1 + 256, D) after the final norm
+    np.testing.assert_allclose(features, expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(features, tokens[:, 0].numpy(), rtol=1e-5, atol=1e-5)  # the CLS token
+    assert tokens.shape[1] == 1 + 16 * 16 and features.std(0).mean() > 1e-3
+    reference = _shift(_shapes(6, seed=6), 30)
+    ref_features = dinov2.extract(reference)
+    out = M.compute_metrics(images, reference, extractor, metrics=("fid", "fd_dinov2"), dinov2=dinov2)
+    expected_fd = M.fid_from_features(features, ref_features)  # exact (N < D), like the N x N route used
+    assert out["fd_dinov2"] == pytest.approx(expected_fd, rel=1e-6) and expected_fd > 0
+    assert out["dinov2_extractor"] == dinov2.identity and out["dinov2_comparable"] is False
+    # a statistics file: DINOv2 statistics of the same network, none, or another network's
+    stats = M.feature_statistics(extractor.extract(reference))
+    with_dinov2 = M.Reference(stats, None, "x", dinov2_stats=M.feature_statistics(ref_features),
+                              dinov2_extractor=dinov2.identity)  # fmt: skip
+    assert M.compute_metrics(images, with_dinov2, extractor, metrics=("fd_dinov2",), dinov2=dinov2)[
+        "fd_dinov2"] == pytest.approx(expected_fd, rel=1e-6)  # fmt: skip
+    none = M.compute_metrics(images, M.Reference(stats, None, "x"), extractor, metrics=("fd_dinov2",), dinov2=dinov2)
+    assert none["skipped"] == {"fd_dinov2": "the reference holds no DINOv2 statistics"}
+    other = M.Reference(stats, None, "x", dinov2_stats=with_dinov2.dinov2_stats, dinov2_extractor="dinov2 other")
+    mismatch = M.compute_metrics(images, other, extractor, metrics=("fd_dinov2",), dinov2=dinov2)
+    assert "come from 'dinov2 other'" in mismatch["skipped"]["fd_dinov2"]
+    assert "no DINOv2 network" in M.compute_metrics(images, reference, extractor, metrics=("fd_dinov2",))[
+        "skipped"]["fd_dinov2"]  # fmt: skip
+
+
+def test_official_dinov2_files_load_with_dinov2s_position_interpolation(dinov2, monkeypatch, tmp_path: Path) -> None:
+    """An official-layout state dict (518-px grid, mask_token) loads into the 224-px model; comparable only for
+    the official architecture in DINOv2's own layout; the download fails fast offline."""
+    import math
+
+    from uvit import dinov2 as d
+
+    official = {k: v.clone() for k, v in dinov2.model.state_dict().items()}
+    grid_518 = torch.randn(1, 1 + 37 * 37, 384, generator=torch.Generator().manual_seed(0))
+    official |= {"pos_embed": grid_518, "mask_token": torch.zeros(1, 384)}
+    torch.save(official, tmp_path / "dinov2_vits14_pretrain.pth")
+    loaded = d.load_dinov2(tmp_path / "dinov2_vits14_pretrain.pth", arch=d.DINOV2_SMALL_ARCH)
+    assert not loaded.comparable and "not the official ViT-L/14" in loaded.note and loaded.sha256 in loaded.identity
+    # DINOv2's interpolate_pos_encoding at 224 px, written out: bicubic, scale (16 + 0.1) / 37, no antialias
+    patches = torch.nn.functional.interpolate(
+        grid_518[:, 1:].reshape(1, 37, 37, 384).permute(0, 3, 1, 2),
+        scale_factor=(16.1 / math.sqrt(37 * 37),) * 2,
+        mode="bicubic",
+    )
+    expected = torch.cat([grid_518[:, :1], patches.permute(0, 2, 3, 1).reshape(1, 256, 384)], dim=1)
+    torch.testing.assert_close(loaded.model.pos_embed.detach(), expected, rtol=0, atol=0)
+    monkeypatch.setattr(d, "DINOV2_ARCH", d.DINOV2_SMALL_ARCH)  # the rule, without building a 300M-parameter ViT
+    assert d.load_dinov2(tmp_path / "dinov2_vits14_pretrain.pth", arch=d.DINOV2_SMALL_ARCH).comparable
+    del official["mask_token"]  # e.g. a timm export: not DINOv2's own file
+    torch.save(official, tmp_path / "timm.pth")
+    assert not d.load_dinov2(tmp_path / "timm.pth", arch=d.DINOV2_SMALL_ARCH).comparable
+    torch.save({"pos_embed": grid_518}, tmp_path / "wrong.pth")
+    with pytest.raises(d.DinoV2WeightsError, match="does not hold"):
+        d.load_dinov2(tmp_path / "wrong.pth", arch=d.DINOV2_SMALL_ARCH)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.delenv(d.DINOV2_WEIGHTS_ENV, raising=False)
+    calls = []
+
+    def offline(url: str, *args: object, **kwargs: object) -> None:
+        calls.append(url)
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(d.DinoV2WeightsError, match=d.DINOV2_WEIGHTS_ENV):
+        d.load_dinov2(None, arch=d.DINOV2_SMALL_ARCH)
+    assert calls == [d.DINOV2_ARCHS[d.DINOV2_SMALL_ARCH][1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The extra metrics' verdicts
+
+
+def _extra_row(metric: str, results=None, **kwargs) -> dict:
+    good = {"sfid": 5.1, "fd_dinov2": 80.0, "clip_score": 31.0, "n_samples": 50_000, "extractor": "official",
+            "extractor_comparable": True, "dinov2_extractor": "dinov2 vit_large_patch14_dinov2 f.pth sha256=abc123",
+            "dinov2_comparable": True, "clip_model": "clip ViT-L-14.pt", "clip_comparable": True,
+            "skipped": {}}  # fmt: skip
+    args = {"reference": M.ReferenceOrigin("split", "imagenet train", 1_281_167, 1_281_167), "sampler": PAPER_H2}
+    rows = M.report_rows({**good, **(results or {})}, "imagenet256-h2", **{**args, **kwargs})
+    return next(r for r in rows if r["metric"] == metric)
+
+
+def test_extra_metrics_have_their_own_verdicts() -> None:
+    for metric in ("sFID", "FD-DINOv2", "CLIP score"):
+        row = _extra_row(metric)
+        assert row["comparable"] == "yes" and row["published"] is None and f"paper reports no {metric}" in row["reason"]
+        assert _extra_row(metric, sampler=None)["comparable"] == "yes"  # no published figure: the sampler is free
+        assert "10,000 samples" in _extra_row(metric, {"n_samples": 10_000})["reason"]
+    assert "sha256=abc123" in _extra_row("FD-DINOv2")["reason"]  # the hash the reader checks
+    cases = {
+        "sFID": [({"extractor_comparable": False}, {}, "not the official Inception"),
+                 ({}, {"reference": None}, "origin is unknown"),
+                 ({}, {"reference": M.ReferenceOrigin("subset", "imagenet train", 5_000, 1_281_167)}, "seeded sample")],
+        "FD-DINOv2": [({"dinov2_comparable": False}, {}, "not the official ViT-L/14"),
+                      ({}, {"reference": None}, "origin is unknown")],
+        "CLIP score": [({"clip_comparable": False}, {}, "not OpenAI's ViT-L/14")],
+    }  # fmt: skip
+    for metric, checks in cases.items():
+        for results, kwargs, needle in checks:
+            row = _extra_row(metric, results, **kwargs)
+            assert row["comparable"] == "no" and needle in row["reason"], (metric, needle)
+    assert _extra_row("CLIP score", reference=None)["comparable"] == "yes"  # no reference statistics involved
+    skipped = _extra_row("FD-DINOv2", {"skipped": {"fd_dinov2": "the reference holds no DINOv2 statistics"}})
+    assert skipped["value"] is None and skipped["comparable"] == "no"
