@@ -62,7 +62,7 @@ def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str
     `eval.n_samples`: a change to them changes report.md and metrics.json, so they are in the key.
     """
     from storage.artifacts import artifact_key
-    from uvit import metrics
+    from uvit import metrics, verdicts
 
     e = preset.eval
     config = {
@@ -72,7 +72,7 @@ def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str
     }
     return artifact_key(STAGE, config, inputs={"samples": samples_key, "reference": reference_sha},
                         models={"inception": inception_id, **(models or {})},
-                        code_version=code_version(metrics))  # fmt: skip
+                        code_version=code_version(metrics, verdicts))  # fmt: skip
 
 
 def reference_items(items: list, n: int | None, seed: int = REFERENCE_SEED) -> list:
@@ -301,7 +301,7 @@ def run_evaluate(
     from storage import paths
     from storage.artifacts import ArtifactStore, Manifest
     from storage.integrity import verify_file
-    from uvit import metrics
+    from uvit import metrics, verdicts
 
     log = reporter().logger()
     chosen = list(preset.eval.metrics)
@@ -320,10 +320,10 @@ def run_evaluate(
                                                     store_root, extractor, dinov2)  # fmt: skip
         ref = store.manifest(REFERENCE_STAGE, ref_key)
         whole = ref.extra.get("whole_split", False)
-        origin = metrics.ReferenceOrigin("split" if whole else "subset", f"{ref.extra.get('split')} split",
+        origin = verdicts.ReferenceOrigin("split" if whole else "subset", f"{ref.extra.get('split')} split",
                                          ref.counts.get("images"), ref.counts.get("split_images"))  # fmt: skip
     else:
-        origin = metrics.ReferenceOrigin("file", paths.redact_url(reference))
+        origin = verdicts.ReferenceOrigin("file", paths.redact_url(reference))
     reference_sha = verify_file(reference)
     samples_manifest = Manifest.from_dict(paths.read_json(paths.join(samples_url, "_MANIFEST.json")))
     samples_key = samples_key or samples_manifest.key
@@ -343,7 +343,7 @@ def run_evaluate(
         results["skipped"].update(unavailable)
         if no_captions:
             results["skipped"]["clip_score"] = no_captions
-        rows = metrics.report_rows(results, preset, reference=origin, sampler=samples_sampler(samples_manifest))
+        rows = verdicts.report_rows(results, preset, reference=origin, sampler=samples_sampler(samples_manifest))
         report = report_markdown(preset, results, rows, samples_manifest, paths.redact_url(reference), reference_sha,
                                  origin)  # fmt: skip
         paths.write_bytes_atomic(writer.path("report.md"), report.encode())

@@ -17,6 +17,7 @@ from PIL import Image
 
 from uvit import inception
 from uvit import metrics as M
+from uvit import verdicts as V
 
 N_BASE = 12  # images per Inception-backed set
 
@@ -400,7 +401,7 @@ def test_compute_metrics_end_to_end_from_folder_and_arr0_npz(extractor: M.Incept
     assert any("KID subset size clamped from 1000 to 6" in note for note in out["notes"])
     assert any("IS splits reduced from 10 to 6" in note for note in out["notes"])
     assert abs(out["sfid"]) < 1e-3  # both sides hold spatial features: sFID joins the default metrics
-    rows = M.report_rows(out, "tiny")
+    rows = V.report_rows(out, "tiny")
     assert [r["metric"] for r in rows] == ["FID", "IS", "KID", "precision", "recall", "sFID"]
     assert all(r["comparable"] == "no" for r in rows)
 
@@ -415,43 +416,43 @@ PAPER_H2 = {"sampler": "dpm_solver", "steps": 50, "cfg_scale": 0.4}  # imagenet2
 def test_published_fid_and_report_rows() -> None:
     from uvit.config import get_preset
 
-    assert M.published_fid("imagenet256-h2") == 2.29
-    assert M.published_fid("cifar10-s2") == 3.11
-    assert M.published_fid("tiny") is None
+    assert V.published_fid("imagenet256-h2") == 2.29
+    assert V.published_fid("cifar10-s2") == 3.11
+    assert V.published_fid("tiny") is None
     s = get_preset("imagenet256-h2").sample
     assert PAPER_H2 == {"sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale}
-    official = M.ReferenceOrigin("file", "VIRTUAL_imagenet256_labeled.npz")
+    official = V.ReferenceOrigin("file", "VIRTUAL_imagenet256_labeled.npz")
     good = {"fid": 2.4, "n_samples": 50_000, "extractor": "official", "extractor_comparable": True,
             "skipped": {"kid": "the reference holds only mu/sigma"}}  # fmt: skip
-    rows = M.report_rows(good, "imagenet256-h2", reference=official, sampler=PAPER_H2)
+    rows = V.report_rows(good, "imagenet256-h2", reference=official, sampler=PAPER_H2)
     assert rows[0] == {**rows[0], "metric": "FID", "value": 2.4, "published": 2.29, "comparable": "yes"}
     assert "VIRTUAL_imagenet256_labeled.npz" in rows[0]["reason"]
     assert rows[1]["metric"] == "KID" and rows[1]["comparable"] == "no" and "mu/sigma" in rows[1]["reason"]
     bad = {**good, "n_samples": 1000, "extractor_comparable": False, "skipped": {}}
-    (row,) = M.report_rows(bad, "imagenet256-h2", reference=official, sampler=PAPER_H2)
+    (row,) = V.report_rows(bad, "imagenet256-h2", reference=official, sampler=PAPER_H2)
     assert row["comparable"] == "no"
     for needle in ("not the official Inception", "1,000 samples"):
         assert needle in row["reason"]
-    (row,) = M.report_rows({**good, "skipped": {}}, "tiny", reference=official, sampler=PAPER_H2)
+    (row,) = V.report_rows({**good, "skipped": {}}, "tiny", reference=official, sampler=PAPER_H2)
     assert row["comparable"] == "no" and "no FID" in row["reason"]
 
 
 def _fid_row(results=None, preset="imagenet256-h2", **kwargs) -> dict:
     good = {"fid": 2.4, "n_samples": 50_000, "extractor": "official", "extractor_comparable": True, "skipped": {}}
-    args = {"reference": M.ReferenceOrigin("split", "imagenet train", 1_281_167, 1_281_167), "sampler": PAPER_H2}
-    (row,) = M.report_rows({**good, **(results or {})}, preset, **{**args, **kwargs})
+    args = {"reference": V.ReferenceOrigin("split", "imagenet train", 1_281_167, 1_281_167), "sampler": PAPER_H2}
+    (row,) = V.report_rows({**good, **(results or {})}, preset, **{**args, **kwargs})
     return row
 
 
 def test_the_verdict_is_yes_only_when_every_condition_holds() -> None:
     """One "no" per broken condition, each naming its reason; the whole split or a named file is a yes."""
     assert _fid_row()["comparable"] == "yes" and "whole imagenet train" in _fid_row()["reason"]
-    named = _fid_row(reference=M.ReferenceOrigin("file", "fid_stats/imagenet256_guided_diffusion.npz"))
+    named = _fid_row(reference=V.ReferenceOrigin("file", "fid_stats/imagenet256_guided_diffusion.npz"))
     assert named["comparable"] == "yes"
     cases = {
         "random weights": (_fid_row({"extractor_comparable": False}), "not the official Inception"),
         "subset reference": (
-            _fid_row(reference=M.ReferenceOrigin("subset", "imagenet train", 50_000, 1_281_167)),
+            _fid_row(reference=V.ReferenceOrigin("subset", "imagenet train", 50_000, 1_281_167)),
             "seeded sample of 50,000 of the 1,281,167",
         ),
         "unknown reference": (_fid_row(reference=None), "origin is unknown"),
@@ -579,7 +580,7 @@ def test_sfid_is_the_frechet_distance_of_spatial_statistics_from_adm_style_files
     only = M.compute_metrics(shifted, tmp_path / "fid_stats.npz", extractor, metrics=("fid", "sfid"))
     assert only["skipped"] == {"sfid": "the reference holds no sFID statistics"}
     assert only["fid"] == from_file["fid"]
-    (row,) = [r for r in M.report_rows(only, "tiny") if r["metric"] == "sFID"]
+    (row,) = [r for r in V.report_rows(only, "tiny") if r["metric"] == "sFID"]
     assert row["value"] is None and "no sFID statistics" in row["reason"]
     np.savez(tmp_path / "bad.npz", mu=base.pool.mean(0), sigma=np.eye(M.FEATURE_DIM), mu_s=np.zeros(5),
              sigma_s=np.eye(5))  # fmt: skip
@@ -615,7 +616,7 @@ def test_clip_score_equals_a_direct_open_clip_computation(clip_scorer, extractor
     out = M.compute_metrics(images, None, extractor, metrics=("is", "clip_score"), clip=clip_scorer, captions=captions)
     assert out["clip_score"] == pytest.approx(scores.mean(), rel=1e-5) and out["clip_comparable"] is False
     assert any("random tiny CLIP" in note for note in out["notes"])
-    (row,) = [r for r in M.report_rows(out, "tiny-text") if r["metric"] == "CLIP score"]
+    (row,) = [r for r in V.report_rows(out, "tiny-text") if r["metric"] == "CLIP score"]
     assert row["comparable"] == "no" and "not OpenAI's ViT-L/14" in row["reason"]
     missing = M.compute_metrics(images, None, extractor, metrics=("is", "clip_score"), clip=clip_scorer)
     assert missing["skipped"] == {"clip_score": "the samples' captions are unknown"}
@@ -746,8 +747,8 @@ def _extra_row(metric: str, results=None, **kwargs) -> dict:
             "extractor_comparable": True, "dinov2_extractor": "dinov2 vit_large_patch14_dinov2 f.pth sha256=abc123",
             "dinov2_comparable": True, "clip_model": "clip ViT-L-14.pt", "clip_comparable": True,
             "skipped": {}}  # fmt: skip
-    args = {"reference": M.ReferenceOrigin("split", "imagenet train", 1_281_167, 1_281_167), "sampler": PAPER_H2}
-    rows = M.report_rows({**good, **(results or {})}, "imagenet256-h2", **{**args, **kwargs})
+    args = {"reference": V.ReferenceOrigin("split", "imagenet train", 1_281_167, 1_281_167), "sampler": PAPER_H2}
+    rows = V.report_rows({**good, **(results or {})}, "imagenet256-h2", **{**args, **kwargs})
     return next(r for r in rows if r["metric"] == metric)
 
 
@@ -761,7 +762,7 @@ def test_extra_metrics_have_their_own_verdicts() -> None:
     cases = {
         "sFID": [({"extractor_comparable": False}, {}, "not the official Inception"),
                  ({}, {"reference": None}, "origin is unknown"),
-                 ({}, {"reference": M.ReferenceOrigin("subset", "imagenet train", 5_000, 1_281_167)}, "seeded sample")],
+                 ({}, {"reference": V.ReferenceOrigin("subset", "imagenet train", 5_000, 1_281_167)}, "seeded sample")],
         "FD-DINOv2": [({"dinov2_comparable": False}, {}, "not the official ViT-L/14"),
                       ({}, {"reference": None}, "origin is unknown")],
         "CLIP score": [({"clip_comparable": False}, {}, "not OpenAI's ViT-L/14")],
