@@ -200,9 +200,11 @@ def run_sample(
     num_processes = resolve_processes(num_processes)
     if num_processes > 1 and world_size > 1:
         raise ValueError("pass num_processes (processes started here) or rank/world_size (started outside), not both")
+    # The children's arguments; each child sees its own GPU only (as "cuda").
     spec = {"preset_json": preset.to_json(), "store_root": store_root, "train_run_url": train_run_url,
             "checkpoint": checkpoint, "latents_url": latents_url, "n": n, "class_label": class_label,
-            "prompt": prompt, "prompts": prompts, "device": device}  # fmt: skip
+            "prompt": prompt, "prompts": prompts,
+            "device": "cuda" if (device or "").startswith("cuda") else device}  # fmt: skip
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = weights_for(train_run_url, checkpoint)
     weights_hash = verify_file(weights)  # sha256, checked against the training artifact's manifest
