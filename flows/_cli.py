@@ -37,6 +37,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def processes(text: str) -> int | str:
+    """argparse type: `auto` (every visible GPU; 1 on CPU) or an integer > 0."""
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
+
+
+def add_processes_arg(parser: argparse.ArgumentParser, what: str, default: str | None = "auto") -> None:
+    """--processes N|auto: processes on this machine, one per GPU (checked against the GPUs before any work)."""
+    parser.add_argument("--processes", type=processes, default=default, metavar="N|auto",
+                        help=f"{what} processes on this machine: N, or auto = every visible GPU (1 on CPU); "
+                             f"default {default or 'auto'}")  # fmt: skip
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """--preset, --override and --store, shared by every stage CLI."""
     from uvit.config import PRESETS

@@ -14,16 +14,16 @@ from __future__ import annotations
 import os
 import sys
 
-from flows._cli import OneLineErrorParser, add_common_args, positive_int, run_cli, run_flow
+from flows._cli import OneLineErrorParser, add_common_args, add_processes_arg, positive_int, run_cli, run_flow
 from flows._common import apply_prefect_defaults, logger
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: `python -m flows.pipeline --preset NAME [--source URL] [--store URL]`."""
+    """CLI: `python -m flows.pipeline --preset NAME [--source URL] [--store URL] [--processes N|auto]`."""
     parser = OneLineErrorParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--source", default=None, help="where the raw dataset is (not needed for built-ins)")
-    parser.add_argument("--processes", type=positive_int, default=1, help="training processes (GPUs)")
+    add_processes_arg(parser, "training and sampling")
     parser.add_argument("--n-samples", type=positive_int, default=None, help="samples to draw (default: the preset's)")
     parser.add_argument("--dataset", default=None, metavar="NAME",
                         help="train on this download, not the preset's (e.g. folder, with --source DIR)")  # fmt: skip

@@ -6,8 +6,9 @@
 
 Samples are drawn in shards (a shard's noise and labels depend only on the seed and the shard
 index, so a rerun skips finished shards and reproduces the same images); each shard is written as
-PNGs and an ADM-style `.npz` (uint8 NHWC `arr_0`), then all are joined into `samples.npz`. Several
-processes split the shards with `--rank/--world-size` (e.g. one per GPU).
+PNGs and an ADM-style `.npz` (uint8 NHWC `arr_0`), then all are joined into `samples.npz`. The shards
+are split over `--processes` (default auto: one process per visible GPU), the same images as one
+process; `--rank/--world-size` runs one of several processes started outside (then --processes is 1).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-from flows._cli import OneLineErrorParser, add_common_args, positive_int, run_cli, run_flow
+from flows._cli import OneLineErrorParser, add_common_args, add_processes_arg, positive_int, run_cli, run_flow
 from flows._common import apply_prefect_defaults
 from flows._errors import one_line_failures
 from flows._publish import reported
@@ -27,28 +28,30 @@ def _flow():
 
     @task(name="sample-uvit")
     def sample_task(preset_json: str, store_root: str, train_run_url: str | None, checkpoint: str | None,
-                    latents_url: str | None, n: int | None) -> dict:  # fmt: skip
+                    latents_url: str | None, n: int | None, num_processes: int | str) -> dict:  # fmt: skip
         from uvit.config import Preset
 
         return reported(stage.run_sample)(Preset.from_json(preset_json), store_root, train_run_url=train_run_url,
-                          checkpoint=checkpoint, latents_url=latents_url, n=n).to_dict()  # fmt: skip
+                          checkpoint=checkpoint, latents_url=latents_url, n=n,
+                          num_processes=num_processes).to_dict()  # fmt: skip
 
     @flow(name="sample", log_prints=True)
     @one_line_failures
     def sample_flow(preset: str = "tiny", overrides: list[str] | None = None, store_root: str = "./uvit-store",
                     train_run_url: str | None = None, checkpoint: str | None = None,
-                    latents_url: str | None = None, n: int | None = None) -> dict:  # fmt: skip
+                    latents_url: str | None = None, n: int | None = None,
+                    num_processes: int | str = "auto") -> dict:  # fmt: skip
         """Draw samples from a trained U-ViT."""
         from uvit.config import get_preset
 
         p = get_preset(preset, overrides or [])
-        return sample_task(p.to_json(), store_root, train_run_url, checkpoint, latents_url, n)
+        return sample_task(p.to_json(), store_root, train_run_url, checkpoint, latents_url, n, num_processes)
 
     return sample_flow
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: `python -m flows.sample --preset NAME (--train-run URL | --checkpoint FILE) [--n N]`."""
+    """CLI: `python -m flows.sample --preset NAME (--train-run URL | --checkpoint FILE) [--n N] [--processes N]`."""
     parser = OneLineErrorParser(prog="python -m flows.sample", description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--train-run", default=None, help="URL of a training artifact (uses its EMA weights)")
@@ -65,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-run", default=None, help="download artifact URL (to look class names up)")
     parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--world-size", type=positive_int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    add_processes_arg(parser, "sampling", default=None)
     args = parser.parse_args(argv)
+    # Under an outside launcher (--world-size > 1) this is one process; else every GPU unless told.
+    num_processes = args.processes or (1 if args.world_size > 1 else "auto")
     apply_prefect_defaults()
 
     def body():
@@ -78,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_prefect or plain:
             return stage.run_sample(preset, args.store, train_run_url=args.train_run, checkpoint=args.checkpoint,
                               latents_url=args.latents, n=args.n, class_label=class_label, prompt=args.prompt,
-                              prompts=prompts, ema=not args.no_ema, rank=args.rank,
-                              world_size=args.world_size).to_dict()  # fmt: skip
+                              prompts=prompts, ema=not args.no_ema, rank=args.rank, world_size=args.world_size,
+                              num_processes=num_processes).to_dict()  # fmt: skip
         return run_flow(_flow(), preset=args.preset, overrides=args.override, store_root=args.store,
                         train_run_url=args.train_run, checkpoint=args.checkpoint, latents_url=args.latents,
-                        n=args.n)  # fmt: skip
+                        n=args.n, num_processes=num_processes)  # fmt: skip
 
     return run_cli(body)
 

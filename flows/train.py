@@ -1,7 +1,8 @@
 """Stage train: U-ViT training on encoded latents, checkpointed and resumable, watched in Prefect.
 
     python -m flows.train --preset tiny --latents ./uvit-store/encode/<key>/latents
-    python -m flows.train --preset imagenet256-h2 --latents s3://bucket/latents --processes 8
+    python -m flows.train --preset imagenet256-h2 --latents s3://bucket/latents   # every GPU (--processes auto)
+    python -m flows.train --preset imagenet256-h2 --latents s3://bucket/latents --processes 4
 
 The artifact (stage `train`) holds `checkpoints/` (resumable), `previews/step_*.png` sample grids,
 `loss.png`, `tensorboard/` (local stores), and the EMA weights exported in the official format
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-from flows._cli import OneLineErrorParser, add_common_args, positive_int, run_cli, run_flow
+from flows._cli import OneLineErrorParser, add_common_args, add_processes_arg, positive_int, run_cli, run_flow
 from flows._common import apply_prefect_defaults
 from flows._errors import one_line_failures
 from flows._publish import reported
@@ -26,7 +27,7 @@ def _flow():
     from prefect import flow, task
 
     @task(name="train-uvit")
-    def train_task(preset_json: str, latents_url: str, store_root: str, num_processes: int) -> dict:
+    def train_task(preset_json: str, latents_url: str, store_root: str, num_processes: int | str) -> dict:
         from uvit.config import Preset
 
         return reported(stage.run_train)(Preset.from_json(preset_json), latents_url, store_root,
@@ -35,7 +36,7 @@ def _flow():
     @flow(name="train", log_prints=True)
     @one_line_failures
     def train_flow(latents_url: str, preset: str = "tiny", overrides: list[str] | None = None,
-                   store_root: str = "./uvit-store", num_processes: int = 1) -> dict:  # fmt: skip
+                   store_root: str = "./uvit-store", num_processes: int | str = "auto") -> dict:  # fmt: skip
         """Train a U-ViT preset on a latent store."""
         from uvit.config import get_preset
 
@@ -46,11 +47,11 @@ def _flow():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: `python -m flows.train --preset NAME --latents URL [--processes N]`."""
+    """CLI: `python -m flows.train --preset NAME --latents URL [--processes N|auto]`."""
     parser = OneLineErrorParser(prog="python -m flows.train", description=__doc__.splitlines()[0])
     add_common_args(parser)
     parser.add_argument("--latents", required=True, help="URL of the encoded latent store")
-    parser.add_argument("--processes", type=positive_int, default=1, help="training processes (GPUs) on this machine")
+    add_processes_arg(parser, "training")
     parser.add_argument("--max-steps", type=positive_int, default=None, help="override train.n_steps")
     args = parser.parse_args(argv)
     apply_prefect_defaults()

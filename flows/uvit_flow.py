@@ -26,7 +26,7 @@ def uvit(
     overrides: list[str] | None = None,
     store_root: str = DEFAULT_STORE,
     source: str | None = None,
-    num_processes: int = 1,
+    num_processes: int | str = "auto",
     n_samples: int | None = None,
     eval_deployment: str | None = None,
     dataset: str | None = None,
@@ -35,9 +35,11 @@ def uvit(
 ) -> dict:
     """Download, encode, train, sample and evaluate one preset; every stage is content-cached.
 
-    `eval_deployment` (e.g. "periodic-eval/periodic-eval") evaluates training checkpoints every
-    `train.eval_interval` steps as separate flow runs that never block training. `dataset` trains on
-    another download than the preset's (e.g. "folder", with `source` a folder of class folders).
+    `num_processes` ("auto": every GPU the worker sees, 1 on CPU) trains and samples on that many
+    processes of this machine. `eval_deployment` (e.g. "periodic-eval/periodic-eval") evaluates
+    training checkpoints every `train.eval_interval` steps as separate flow runs that never block
+    training. `dataset` trains on another download than the preset's (e.g. "folder", with `source` a
+    folder of class folders).
     `reference` is the FID statistics file (ADM reference batch or U-ViT fid_stats, any fsspec URL;
     default `$UVIT_REFERENCE_<fid_reference>` on the worker, else computed from the dataset);
     `official_assets` an official U-ViT `assets/` folder (its autoencoder and fid_stats).

@@ -298,7 +298,7 @@ def run_evaluate(
     """
     import json
 
-    from storage import paths
+    from storage import outputs, paths
     from storage.artifacts import ArtifactStore, Manifest
     from storage.integrity import verify_file
     from uvit import metrics, verdicts
@@ -329,11 +329,13 @@ def run_evaluate(
     samples_key = samples_key or samples_manifest.key
     models = {name: net.identity for name, net in (("dinov2", dinov2), ("clip", clip)) if net is not None}
     key = evaluate_key(preset, samples_key, reference_sha, extractor.identity, origin.kind, models)
-    cached = store.exists(STAGE, key)
+    cached = True  # until build runs: a run that waited on another writer reuses what it published
 
     def build(writer) -> Manifest:
-        verify_file(paths.join(samples_url, "samples.npz"))  # against the sample artifact's manifest
-        samples_path = _local_copy(paths.join(samples_url, "samples.npz"))
+        nonlocal cached
+        cached = False
+        verify_file(paths.join(samples_url, outputs.SAMPLES_NPZ))  # against the sample artifact's manifest
+        samples_path = _local_copy(paths.join(samples_url, outputs.SAMPLES_NPZ))
         ref = metrics.load_reference(_local_copy(reference), extractor, need_features=True)
         n = samples_manifest.counts.get("samples", 0)
         n_reference = len(ref.features) if ref.features is not None else n

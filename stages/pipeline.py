@@ -15,6 +15,7 @@ from typing import Any
 from stages.download import run_download
 from stages.encode import run_encode
 from stages.evaluate import run_evaluate
+from stages.processes import resolve_processes
 from stages.report import reporter
 from stages.sample import run_sample
 from stages.train import run_train
@@ -80,7 +81,7 @@ def run_pipeline(
     overrides: list[str] | None = None,
     store_root: str = "./uvit-store",
     source: str | None = None,
-    num_processes: int = 1,
+    num_processes: int | str = 1,
     n_samples: int | None = None,
     stage_runner: Callable[..., Any] | None = None,
     eval_trigger: Callable[..., Callable[[int, str], Any]] | None = None,
@@ -95,7 +96,8 @@ def run_pipeline(
     statistics file (an ADM reference batch or an official `fid_stats/*.npz`); without it, the file
     `$UVIT_REFERENCE_<fid_reference>` names, else the evaluate stage computes statistics from the
     dataset. `assets` is an official `assets/` folder: its autoencoder (the file the official config
-    uses) and its `fid_stats/fid_stats_<fid_reference>.npz`.
+    uses) and its `fid_stats/fid_stats_<fid_reference>.npz`. `num_processes` ("auto": every visible
+    GPU) is checked first, then used by training and sampling.
 
     `eval_trigger(preset, store_root, latents_url, dataset_url, dataset_key)` returns the train
     stage's `(step, weights_url)` callback for periodic evaluation (the flows start a deployment).
@@ -103,6 +105,7 @@ def run_pipeline(
     from uvit.config import get_preset
 
     preset = get_preset(preset_name, overrides or [])
+    num_processes = resolve_processes(num_processes)  # before any work
     if assets:
         extra, stats = official_assets(preset, assets)
         preset = get_preset(preset_name, [*(overrides or []), *extra])
@@ -134,7 +137,8 @@ def run_pipeline(
     trained = timed("train", run_train, preset, latents.facts["latents_url"], store_root,
                     num_processes=num_processes, eval_trigger=trigger, latents_key=latents.key)  # fmt: skip
     samples = timed("sample", run_sample, preset, store_root, train_run_url=trained.url,
-                    latents_url=(val_latents or latents).facts["latents_url"], n=n_samples)  # fmt: skip
+                    latents_url=(val_latents or latents).facts["latents_url"], n=n_samples,
+                    num_processes=num_processes)  # fmt: skip
     metrics = timed("evaluate", run_evaluate, preset, samples.url, store_root, reference=reference or None,
                     reference_dataset_url=ds.url, reference_dataset_key=ds.key, samples_key=samples.key)  # fmt: skip
 

@@ -3,7 +3,8 @@
 Samples are drawn in shards (a shard's noise and labels depend only on the seed and the shard index,
 so a rerun skips finished shards and reproduces the same images); each shard is written as PNGs and
 an ADM-style `.npz` (uint8 NHWC `arr_0`), then all are joined into `samples.npz`. Several
-processes split the shards with `rank`/`world_size` (e.g. one per GPU).
+processes split the shards with `rank`/`world_size` (e.g. one per GPU): launched by the caller, or
+by `run_sample(num_processes=N)` itself (stages/processes.py), the output bit-identical to one process.
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ def run_sample(
     ema: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    num_processes: int | str = 1,
     device: str | None = None,
     rebuild: bool = False,
 ) -> StageOutput:
@@ -190,7 +192,8 @@ def run_sample(
     `prompts` draws one sample per prompt (n = their number), also written as
     `prompts/<index>-<prompt>.png`, as the official `sample_t2i_discrete.py` writes `<prompt>.png`.
     Weights from an artifact are checked against its manifest first; `rebuild=True` discards the
-    sample artifact and draws it again.
+    sample artifact and draws it again. `num_processes` ("auto": every visible GPU) draws the shards
+    in that many child processes, then joins them here; `rank`/`world_size` is one such process.
     """
     import numpy as np
     import torch
@@ -211,6 +214,16 @@ def run_sample(
     n = n or preset.sample.n_samples
     if n < 1:
         raise ValueError(f"the number of samples must be >= 1, got {n}")
+    from stages.processes import resolve_processes
+
+    num_processes = resolve_processes(num_processes)
+    if num_processes > 1 and world_size > 1:
+        raise ValueError("pass num_processes (processes started here) or rank/world_size (started outside), not both")
+    # The children's arguments; each child sees its own GPU only (as "cuda").
+    spec = {"preset_json": preset.to_json(), "store_root": store_root, "train_run_url": train_run_url,
+            "checkpoint": checkpoint, "latents_url": latents_url, "n": n, "class_label": class_label,
+            "prompt": prompt, "prompts": prompts,
+            "device": "cuda" if (device or "").startswith("cuda") else device}  # fmt: skip
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     weights = weights_for(train_run_url, checkpoint, ema)
     weights_hash = verify_file(weights)  # sha256, checked against the training artifact's manifest
@@ -260,6 +273,14 @@ def run_sample(
     def build(writer) -> Manifest:
         nonlocal cached
         cached = False  # built (or rebuilt after a failed check), whatever exists() said before
+        if num_processes > 1:  # the children draw disjoint shards under this lease; the join below is ours
+            import tempfile
+
+            from stages.processes import run_processes, sample_commands
+
+            with tempfile.TemporaryDirectory(prefix="uvit-sample-") as tmp:
+                commands = sample_commands(spec, num_processes, os.path.join(tmp, "spec.json"))
+                run_processes(commands, "sampling", log_line=log.info)
         draw_shards(writer.url, 0, 1)
         shards_url = writer.path(outputs.SAMPLE_SHARDS)
         first: list[np.ndarray] = []  # the first 64 images, for the grid
@@ -297,6 +318,7 @@ def run_sample(
             },
         )
 
+    cached = True  # until build runs: a run that waited on another writer reuses what it published
     manifest = store.ensure(STAGE, key, build, rebuild=rebuild)
     url = store.url_for(STAGE, key)
     grid = paths.join(url, outputs.GRID_PNG)

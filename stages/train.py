@@ -83,7 +83,7 @@ def run_train(
     latents_url: str,
     store_root: str,
     *,
-    num_processes: int = 1,
+    num_processes: int | str = 1,
     max_steps: int | None = None,
     eval_trigger=None,
     latents_key: str | None = None,
@@ -94,8 +94,10 @@ def run_train(
     `latents_key` is the encode stage's key (`StageOutput.key`); without it (a store given by URL)
     the key is read from the store's manifest. `eval_trigger(step, weights_url)` (see
     flows/periodic_eval.py) is called every `train.eval_interval` steps with an exported copy of
-    the EMA weights at that step. `rebuild=True` discards the artifact (checkpoints too) and trains again.
+    the EMA weights at that step, in one process or many. `num_processes` ("auto": every visible GPU)
+    is checked before any work. `rebuild=True` discards the artifact (checkpoints too) and trains again.
     """
+    from stages.processes import resolve_processes
     from stages.training import launch
     from storage import outputs, paths
     from storage.artifacts import ArtifactStore, Manifest
@@ -103,12 +105,13 @@ def run_train(
     from uvit import __version__
     from uvit.checkpoint import save_official_pth, save_safetensors
 
+    num_processes = resolve_processes(num_processes)
     if max_steps is not None:
         preset = preset.with_overrides({"train.n_steps": max_steps})
     store = ArtifactStore(store_root)
     latents_key = latents_key or latents_identity(latents_url)
     key = train_key(preset, latents_key)
-    cached = store.exists(STAGE, key)
+    cached = True  # until build runs: a run that waited on another writer reuses what it published
     log = reporter().logger()
 
     def build(writer) -> Manifest:
@@ -128,19 +131,12 @@ def run_train(
         def on_preview(step: int, url: str) -> None:
             reporter().png(f"{preset.name}-samples-step-{step}", url, f"EMA samples at step {step}")
 
-        def on_checkpoint(step: int, url: str) -> None:
-            if eval_trigger is None or not preset.train.eval_interval or step % preset.train.eval_interval:
-                return
-            # Evaluate an exported copy: the checkpoint itself may be pruned before the run starts.
-            from storage.checkpoints import CheckpointStore
-
-            weights = writer.path(*outputs.eval_weights(step))
-            save_safetensors(CheckpointStore(ckpt_url).load(step).ema, weights, metadata={"step": str(step)})
-            eval_trigger(step, weights)
-
+        # Evaluate an exported copy (outputs.eval_weights): the checkpoint may be pruned before the evaluation
+        # starts. The main training process exports it, in one process or many; the trigger runs here.
+        eval_root = writer.url if eval_trigger is not None and preset.train.eval_interval else None
         summary = launch(preset, latents_url, ckpt_url, num_processes=num_processes, logdir=logdir,
-                         previews_url=previews, on_log=on_log, on_preview=on_preview, on_checkpoint=on_checkpoint,
-                         log_line=lambda line: log.info(line))  # fmt: skip
+                         previews_url=previews, on_log=on_log, on_preview=on_preview, eval_weights_root=eval_root,
+                         on_eval=eval_trigger, log_line=lambda line: log.info(line))  # fmt: skip
         ckpt = CheckpointStore(ckpt_url).load()
         save_official_pth(ckpt.ema, writer.path(outputs.OFFICIAL_EMA_WEIGHTS))
         save_safetensors(ckpt.ema, writer.path(outputs.EMA_WEIGHTS), metadata={"preset": preset.name})

@@ -11,6 +11,10 @@ position are all in the checkpoint.
 
 `launch()` starts `accelerate launch` for several processes (or calls `train()` in-process for one)
 and is what the train stage calls. `python -m stages.training --help` is the per-process entry point.
+Periodic evaluation works the same in both: every `train.eval_interval` checkpoint, the main process
+exports the EMA weights (`eval_weights_root`) and `on_eval(step, weights_url)` runs in the launching
+process (a child announces the exported file on a marker line, which `launch()` turns into the call).
+A checkpoint resumes only with the process count that wrote it (a one-line error otherwise).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from uvit import training as recipe
 from uvit.config import Preset, build_model, get_preset
 from uvit.training import TrainingError
 
-__all__ = ["TrainResult", "TrainingError", "train", "launch", "write_preview", "preview_url"]
+__all__ = ["TrainResult", "TrainingError", "train", "launch", "write_preview", "preview_url", "export_eval_weights"]
+EVAL_MARKER = "@@uvit-eval-weights "  # a child's line announcing exported eval weights: marker + JSON
 
 
 @dataclass
@@ -107,6 +112,8 @@ def train(
     previews_url: str | None = None,
     on_preview: Callable[[int, str], None] | None = None,
     on_checkpoint: Callable[[int, str], None] | None = None,
+    eval_weights_root: str | None = None,
+    on_eval: Callable[[int, str], None] | None = None,
     stop_after: int | None = None,
 ) -> TrainResult:
     """Train (or resume) `preset` on the latent store at `latents_url` until `train.n_steps` (or `max_steps`).
@@ -115,6 +122,9 @@ def train(
     the EMA model on fixed noise and conditions into `previews_url/step_<step>.png` (when given)
     and calls `on_preview(step, png_url)`. `on_log(step, {"loss", "lr"})` runs on the main process.
     `stop_after` stops after that many steps of this call (used by tests to simulate a crash point).
+    With `eval_weights_root`, every checkpoint at a multiple of `train.eval_interval` has its EMA
+    weights exported there (`export_eval_weights`) by the main process, which then calls
+    `on_eval(step, weights_url)`.
     """
     from accelerate import Accelerator
     from accelerate.utils import gather_object
@@ -177,6 +187,14 @@ def train(
     latest = ckpts.latest()
     if latest is not None:
         ckpt = ckpts.load(latest)
+        saved_by = len(ckpt.rng or []) or int(ckpt.extra.get("num_processes", 1))
+        if saved_by != accelerator.num_processes:
+            # Each rank's RNG streams and data position cannot be split or merged exactly.
+            raise TrainingError(
+                f"checkpoint step {latest} in {paths.redact_url(checkpoints_url)} was written by {saved_by} "
+                f"process(es), this run has {accelerator.num_processes}: resume with {saved_by} processes "
+                "(--processes), or rebuild the run"
+            )
         model.load_state_dict(ckpt.model, strict=True)
         ema.load_state_dict(ckpt.ema, strict=True)
         optimizer.load_state_dict(ckpt.optimizer)
@@ -283,6 +301,11 @@ def train(
             result.checkpoint_url = save_checkpoint(step) or result.checkpoint_url
             if on_checkpoint and accelerator.is_main_process:
                 on_checkpoint(step, result.checkpoint_url)
+            due = t_cfg.eval_interval and step % t_cfg.eval_interval == 0
+            if eval_weights_root and due and accelerator.is_main_process:
+                weights = export_eval_weights(ema, eval_weights_root, step)
+                if on_eval:
+                    on_eval(step, weights)
         due = t_cfg.sample_interval and step % t_cfg.sample_interval == 0
         if previews_url and (due or step == total_steps):
             if accelerator.is_main_process:
@@ -341,6 +364,16 @@ def write_preview(preset: Preset, ema: nn.Module, store, folder_url: str, step: 
     return write_png(preview_url(folder_url, step), image_grid(images, nrow=4))
 
 
+def export_eval_weights(ema: nn.Module, root_url: str, step: int) -> str:
+    """Write the EMA weights of `step` for evaluation under `root_url` (never pruned); their URL."""
+    from storage import outputs, paths
+    from uvit.checkpoint import save_safetensors
+
+    url = paths.join(root_url, *outputs.eval_weights(step))
+    save_safetensors(ema.state_dict(), url, metadata={"step": str(step)})
+    return url
+
+
 def preview_url(folder_url: str, step: int) -> str:
     """Where the sample grid of `step` lives."""
     from storage import paths
@@ -368,17 +401,21 @@ def launch(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_preview: Callable[[int, str], None] | None = None,
     on_checkpoint: Callable[[int, str], None] | None = None,
+    eval_weights_root: str | None = None,
+    on_eval: Callable[[int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Run training with `num_processes` per machine: in-process for one, `accelerate launch` otherwise.
 
     The child's output is streamed line by line to `log_line`; a failed child raises `TrainingError`
-    with its last lines. Returns the run's summary (step, checkpoint URL, losses). `on_log` and
-    `on_preview` are called in-process only (a multi-process run logs through its output lines).
+    with its error line (or its last lines). Returns the run's summary (step, checkpoint URL, losses).
+    `on_log`, `on_preview` and `on_checkpoint` are called in-process only (a multi-process run logs
+    through its output lines); `on_eval` in both (see `train`), here, in the launching process.
     """
     if num_processes * num_machines == 1:
         result = train(preset, latents_url, checkpoints_url, max_steps=max_steps, logdir=logdir,
                        previews_url=previews_url, on_log=on_log, on_preview=on_preview,
-                       on_checkpoint=on_checkpoint)  # fmt: skip
+                       on_checkpoint=on_checkpoint, eval_weights_root=eval_weights_root,
+                       on_eval=on_eval)  # fmt: skip
         return _summary(result)
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
     import tempfile
@@ -406,20 +443,36 @@ def launch(
         cmd += ["--logdir", logdir]
     if previews_url:
         cmd += ["--previews", previews_url]
+    if eval_weights_root:
+        cmd += ["--eval-weights", eval_weights_root]
     env = dict(os.environ)
     if cpu:
         # accelerate's --cpu runs ONE process; real multi-process DDP on CPU needs this (gloo).
         env["ACCELERATE_USE_CPU"] = "1"
     tail: list[str] = []
+    errors: list[str] = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail = (tail + [line])[-40:]
-            if log_line:
-                log_line(line)
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                if EVAL_MARKER in line:  # the main process exported eval weights: trigger here, as one process does
+                    announced = json.loads(line.split(EVAL_MARKER, 1)[1])
+                    if on_eval:
+                        on_eval(int(announced["step"]), announced["weights"])
+                    continue
+                tail = (tail + [line])[-40:]
+                if line.startswith("error: "):  # a rank's expected failure (before the launcher's traceback)
+                    errors.append(line.split("error: ", 1)[1])
+                if log_line:
+                    log_line(line)
+        except BaseException:
+            proc.kill()  # a failing trigger fails the run, as in one process; no orphaned trainers
+            raise
         code = proc.wait()
     if code != 0:
+        if errors:  # every rank reports the same expected failure: one line
+            raise TrainingError(errors[0])
         raise TrainingError(f"training processes failed (exit {code}); last output:\n" + "\n".join(tail))
     with open(result_path) as f:
         return json.load(f)
@@ -438,6 +491,11 @@ def _summary(result: TrainResult) -> dict[str, Any]:
     }
 
 
+def _announce_eval(step: int, weights_url: str) -> None:
+    """Tell the launching process (reading this output) that the eval weights of `step` are written."""
+    print(EVAL_MARKER + json.dumps({"step": step, "weights": weights_url}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Per-process entry point used by `accelerate launch -m stages.training`."""
     parser = argparse.ArgumentParser(prog="python -m stages.training", description="Train a U-ViT preset.")
@@ -451,12 +509,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logdir", default=None, help="TensorBoard folder")
     parser.add_argument("--previews", default=None, help="folder URL for sample-grid PNGs")
     parser.add_argument("--result", default=None, help="write the run summary JSON here (main process)")
+    parser.add_argument("--eval-weights", default=None, help="export EMA weights for evaluation under this folder")
     args = parser.parse_args(argv)
     try:
         preset = Preset.from_json(args.preset_json) if args.preset_json else get_preset(args.preset)
         preset = preset.with_overrides(args.override)
         result = train(preset, args.latents, args.checkpoints, max_steps=args.max_steps, logdir=args.logdir,
-                       previews_url=args.previews)  # fmt: skip
+                       previews_url=args.previews, eval_weights_root=args.eval_weights,
+                       on_eval=_announce_eval)  # fmt: skip
     except (TrainingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import math
 import os
 import socket
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from storage import filelists, paths
+
+_log = logging.getLogger("uvit.storage")
 
 __all__ = [
     "MANIFEST_NAME",
@@ -472,7 +475,7 @@ class ArtifactStore:
         stage: str,
         key: str,
         *,
-        wait_s: float = 0.0,
+        wait_s: float | None = 0.0,
         poll_s: float = 1.0,
         resume: bool = True,
         replace: bool = False,
@@ -480,14 +483,17 @@ class ArtifactStore:
         """Lease the artifact folder for writing.
 
         Raises `ArtifactExistsError` if it is (or, while waiting, becomes) published, and
-        `LeaseHeldError` if another live writer still holds it after `wait_s`. With `resume=False`
+        `LeaseHeldError` if another live writer still holds it after `wait_s` (None: wait as long as
+        the holder heartbeats; a dead or stale one is taken over). Waiting is logged once, naming
+        the holder. With `resume=False`
         leftovers of a crashed writer are deleted; with `resume=True` they are kept for the stage to
         resume (e.g. finished latent shards). With `replace=True` a published artifact is taken over
         too: under the lease it is unpublished and the files that fail the size check are deleted
         (with `resume=False`: every file), so the stage builds it again.
         """
         url = self.url_for(stage, key)
-        deadline = time.time() + wait_s
+        deadline = None if wait_s is None else time.time() + wait_s
+        logged = False
         while True:
             if not replace and self.exists(stage, key):
                 raise ArtifactExistsError(f"artifact {stage}/{key} is already published")
@@ -506,11 +512,15 @@ class ArtifactStore:
                         if name != LEASE_NAME:
                             paths.remove_tree(paths.join(url, name))
                 return writer
-            if time.time() >= deadline:
-                holder = read_lease(paths.join(url, LEASE_NAME)) or {}
+            holder = read_lease(paths.join(url, LEASE_NAME)) or {}
+            if deadline is not None and time.time() >= deadline:
                 raise LeaseHeldError(
                     f"artifact {stage}/{key} is being written by host {holder.get('host')} pid {holder.get('pid')}"
                 )
+            if not logged:
+                _log.info("waiting for artifact %s/%s: being written by host %s pid %s (waits while it heartbeats)",
+                          stage, key, holder.get("host"), holder.get("pid"))  # fmt: skip
+                logged = True
             time.sleep(poll_s)
 
     def ensure(
@@ -519,11 +529,14 @@ class ArtifactStore:
         key: str,
         build: Callable[[ArtifactWriter], Manifest],
         *,
-        wait_s: float = 3600.0,
+        wait_s: float | None = None,
         poll_s: float = 1.0,
         rebuild: bool = False,
     ) -> Manifest:
         """The published manifest, built with `build(writer)` if needed (waiting on other writers).
+
+        A writer of the same key holding the lease is waited for as long as it heartbeats (`wait_s`
+        None; a number caps the wait), then its artifact is reused; a dead or stale one is taken over.
 
         A published artifact is reused only if its files have the sizes its manifest lists; one that
         fails is unpublished and built again (the build resumes what is intact). `rebuild=True`

@@ -497,7 +497,7 @@ def build_download(
     local_files: Mapping[str, str] | None = None,
     *,
     checksums: Mapping[str, tuple[str, str]] | None = None,
-    wait_s: float = 3600.0,
+    wait_s: float | None = None,
 ) -> Manifest:
     """Verify, extract and publish the dataset artifact (resuming finished units); the manifest."""
     store = ArtifactStore(store_root)

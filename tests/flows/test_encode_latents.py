@@ -162,3 +162,51 @@ def test_the_dataset_picks_its_preset_or_refuses_another_datasets():
     assert preset_for_dataset("folder", "imagenet256-l2") == "imagenet256-l2"  # a folder fits any preset
     with pytest.raises(ValueError, match="made for imagenet data, not cifar10; use --preset cifar10-s2"):
         preset_for_dataset("cifar10", "imagenet256-h2")
+
+
+def test_a_run_that_waited_on_another_writer_reuses_its_store_and_reports_a_cache_hit(tmp_path, monkeypatch):
+    """Two runs of one key: the second waits on the first's lease (logged once), then reuses it as cached."""
+    import logging
+    import threading
+
+    preset = get_preset("tiny-pixel")
+    ds = download_dataset("shapes", None, str(tmp_path), shapes={"n_train_per_class": 2, "n_val": 2})
+    holding, release, waiting = threading.Event(), threading.Event(), threading.Event()
+    real, encoders = enc.encode_part, []
+
+    def held_encode_part(*args, **kwargs):
+        encoders.append(threading.current_thread().name)
+        holding.set()
+        assert release.wait(120)
+        return real(*args, **kwargs)
+
+    class Waiting(logging.Handler):
+        def emit(self, record):
+            if "waiting for artifact encode/" in record.getMessage():
+                waiting.set()
+
+    monkeypatch.setattr(enc, "encode_part", held_encode_part)
+    log, handler = logging.getLogger("uvit.storage"), Waiting()
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    results = {}
+
+    def run(name):
+        results[name] = enc.run_encode(preset, ds.url, ds.key, str(tmp_path), dataset_name="shapes")
+
+    first, second = (threading.Thread(target=run, args=(n,), name=n) for n in ("first", "second"))
+    try:
+        first.start()
+        assert holding.wait(120), "the first run never started encoding"
+        second.start()
+        assert waiting.wait(120), "the second run did not wait on the lease"
+    finally:
+        release.set()
+        first.join(120)
+        second.join(120)
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert set(encoders) == {"first"}  # the second encoded nothing
+    assert not results["first"].cached and results["second"].cached
+    assert results["second"].key == results["first"].key

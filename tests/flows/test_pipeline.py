@@ -93,7 +93,9 @@ def test_cli_help_imports_neither_prefect_nor_torch(module):
     [(["flows.pipeline", "--preset", "nope"], "invalid choice: 'nope'"),
      (["flows.train", "--preset", "tiny"], "the following arguments are required: --latents"),
      (["flows.encode_latents", "--dataset", "mnist"], "invalid choice: 'mnist'"),
-     (["flows.sample", "--n", "many"], "invalid int value")],
+     (["flows.sample", "--n", "many"], "invalid int value"),
+     (["flows.train", "--latents", "x", "--processes", "0"], "must be > 0"),
+     (["flows.pipeline", "--processes", "all"], "invalid int value: 'all'")],
 )  # fmt: skip
 def test_bad_flags_give_one_line_and_exit_2(argv, message):
     out = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=60)

@@ -58,6 +58,11 @@ def test_prefect_yaml_declares_the_nine_deployments():
         assert d["parameters"]["preset"] in PRESETS, (d["name"], d["parameters"]["preset"])
         assert d["parameters"]["store_root"] == "{{ $UVIT_STORE }}", d["name"]
         assert d["work_pool"]["name"] == "uvit-process", d["name"]
+        # Every GPU of the worker's node for the real presets; tiny stays at one process.
+        assert d["parameters"]["num_processes"] == (1 if d["name"] == "tiny" else "auto"), d["name"]
+        assert d["work_pool"]["work_queue_name"] == "default", d["name"]
+    # Periodic evaluation never lands on a training worker (`--work-queue default`) unless one serves both.
+    assert [d["work_pool"] for d in periodic] == [{"name": "uvit-process", "work_queue_name": "eval"}]
     assert spec["pull"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $UVIT_PROJECT_DIR }}"}}
     ]

@@ -326,6 +326,60 @@ def test_two_processes_stay_in_sync(tmp_path, store):
     assert single.param_checksum != rank0["param_checksum"]  # the check can tell runs apart
 
 
+def _launch_two(preset, store, ckpt, **kwargs):
+    """`launch` with 2 CPU processes (gloo), on a fresh port when another process took the first."""
+    from stages.training import launch
+
+    for attempt in range(1, START_ATTEMPTS + 1):
+        lines = []
+        try:
+            return launch(preset, store, ckpt, num_processes=2, cpu=True, main_process_port=free_port(),
+                          log_line=lines.append, **kwargs)  # fmt: skip
+        except TrainingError as e:
+            if not port_taken(str(e) + "\n".join(lines)) or attempt == START_ATTEMPTS:
+                raise
+
+
+def test_eval_weights_are_exported_and_triggered_every_eval_interval(tmp_path, store):
+    from uvit.checkpoint import load_state_dict
+
+    preset = _preset(**{"train.eval_interval": 3})
+    calls = []
+    train(preset, store, str(tmp_path / "ckpt"), max_steps=6, eval_weights_root=str(tmp_path / "run"),
+          on_eval=lambda step, url: calls.append((step, url)))  # fmt: skip
+    assert [step for step, _ in calls] == [3, 6]
+    for step, url in calls:
+        exported = load_state_dict(url)
+        ema = CheckpointStore(str(tmp_path / "ckpt")).load(step).ema
+        assert exported.keys() == ema.keys() and all(torch.equal(exported[k], ema[k]) for k in ema)
+
+
+@pytest.mark.slow
+def test_two_processes_trigger_periodic_eval_and_refuse_another_process_count(tmp_path, store):
+    """Rank 0 exports the eval weights, the launching process triggers; a resume with 1 process is refused."""
+    from uvit.checkpoint import load_state_dict
+
+    preset = _preset(**{"train.eval_interval": 3})
+    calls = []
+    ckpt = str(tmp_path / "ckpt")
+    _launch_two(preset, store, ckpt, max_steps=6, eval_weights_root=str(tmp_path / "run"),
+                on_eval=lambda step, url: calls.append((step, url)))  # fmt: skip
+    assert [step for step, _ in calls] == [3, 6]
+    for step, url in calls:
+        exported = load_state_dict(url)
+        ema = CheckpointStore(ckpt).load(step).ema
+        assert all(torch.equal(exported[k], ema[k]) for k in ema)
+        build_model(preset).load_state_dict(exported)  # weights that load into the preset's model
+    with pytest.raises(TrainingError, match="written by 2 process"):
+        train(preset, store, ckpt, max_steps=9)
+    # The other way round, through the launcher: one line, not the children's output.
+    single = str(tmp_path / "single")
+    train(preset, store, single, max_steps=3)
+    with pytest.raises(TrainingError, match="written by 1 process") as refused:
+        _launch_two(preset, store, single, max_steps=6)
+    assert "\n" not in str(refused.value)
+
+
 def test_previews_are_written_and_do_not_change_training(tmp_path, store):
     preset = _preset(**{"train.sample_interval": 2, "sample.steps": 3})
     seen = []

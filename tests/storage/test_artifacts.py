@@ -164,6 +164,60 @@ def test_second_writer_waits_and_reuses(tmp_path) -> None:
     assert results["a"] == results["b"] and results["a"].key == key
 
 
+def test_a_waiter_waits_past_the_lease_timeout_while_the_holder_heartbeats_and_logs_once(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No fixed cap: the holder outlives the lease time-out several times over; the waiter names it once."""
+    import logging
+    import socket
+
+    from storage import artifacts
+
+    store = ArtifactStore(tmp_path, lease_heartbeat_s=0.02, lease_timeout_s=0.2)
+    key = artifact_key(**BASE)
+    building, release, polled_enough = threading.Event(), threading.Event(), threading.Event()
+    polls = []
+    real_sleep = time.sleep
+
+    def counting_sleep(seconds: float) -> None:
+        if threading.current_thread().name == "waiter":
+            polls.append(seconds)
+            if sum(polls) > 5 * store.lease_timeout_s:  # waited past the time-out: only heartbeats explain it
+                polled_enough.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(artifacts.time, "sleep", counting_sleep)
+
+    def build(writer):
+        building.set()
+        assert release.wait(60)
+        paths.write_bytes_atomic(writer.path("x"), b"x")
+        return Manifest(kind="test")
+
+    def must_not_build(writer):
+        raise AssertionError("the waiter built (took over a live holder's lease)")
+
+    caplog.set_level(logging.INFO, logger="uvit.storage")
+    results = {}
+    holder = threading.Thread(target=lambda: results.update(a=store.ensure("encode", key, build)), name="holder")
+    holder.start()
+    assert building.wait(60), "the holder never started building"
+    waiter = threading.Thread(target=lambda: results.update(b=store.ensure("encode", key, must_not_build,
+                                                                         poll_s=0.01)), name="waiter")  # fmt: skip
+    try:
+        waiter.start()
+        assert polled_enough.wait(60), "the waiter stopped waiting"
+        assert waiter.is_alive() and "b" not in results
+    finally:
+        release.set()
+        holder.join(60)
+        waiter.join(60)
+    assert results["a"] == results["b"] and results["b"].key == key  # the holder's artifact, reused
+    waiting = [r.getMessage() for r in caplog.records if "waiting for artifact" in r.getMessage()]
+    assert len(waiting) == 1 and len(polls) > 10  # logged once over many polls
+    assert f"host {socket.gethostname()} pid {os.getpid()}" in waiting[0]
+
+
 def test_lost_lease_refuses_publish(memory_root: str) -> None:
     store = ArtifactStore(memory_root)
     writer = store.open_for_write("s", "ab")
