@@ -368,6 +368,7 @@ def test_official_assets_and_the_reference_variable(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.slow  # a whole pipeline run (~50 s); the fast suite runs the stage path
 def test_reference_flag_reaches_the_evaluate_stage(first_run, tmp_path):
     """`--reference` through the CLI (no Prefect): the report names the file."""
     store, _ = first_run

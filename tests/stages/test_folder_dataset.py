@@ -143,6 +143,7 @@ def test_captioned_folder_errors(tmp_path: Path) -> None:
         run_download("folder", str(folder), str(tmp_path / "store"))
 
 
+@pytest.mark.slow  # a whole pipeline run (~50 s); the fast suite runs the stage path
 def test_captioned_folder_runs_the_whole_text_pipeline(tmp_path: Path) -> None:
     folder, _ = _captioned(tmp_path, "jsonl")
     store = str(tmp_path / "store")
