@@ -218,8 +218,11 @@ class InceptionExtractor:
                     pool, logit = self.model(batch.to(device))  # (B, 2048), (B, 1008)
                     # Copies: the network's outputs are views of its larger activation buffers, so keeping them
                     # kept ~0.5 MB of activations per image alive (evaluate's memory grew with N).
-                    yield (np.array(pool.float().cpu(), copy=True), np.array(logit.float().cpu(), copy=True),
-                           spatial_features(taken[0]).copy())  # fmt: skip
+                    yield (
+                        pool.float().cpu().numpy().copy(),
+                        logit.float().cpu().numpy().copy(),
+                        spatial_features(taken[0]).copy(),
+                    )
         finally:
             hook.remove()
 
