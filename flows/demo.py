@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Loss curve:     {summary['loss_curve']}")
     print(f"Metrics report: {summary['metrics_report']}")
     for name, value in (summary.get("metrics") or {}).items():
-        print(f"  {name}: {value}")
+        if value is not None:  # a skipped metric (e.g. CLIP score without captions) says why in the report
+            print(f"  {name}: {value:.4g}" if isinstance(value, float) else f"  {name}: {value}")
     print("Metrics use random Inception weights (offline smoke run): not comparable to published FIDs.")
     print("See the runs in the Prefect UI: `make server`, then open http://127.0.0.1:4200")
     return 0
