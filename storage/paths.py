@@ -176,17 +176,8 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     """
     fs, path = filesystem(url)
     if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with open_atomic(url) as f:  # a unique temporary name, fsync, rename over the target
+            f.write(data)
     else:
         fs.pipe_file(path, data)
 
