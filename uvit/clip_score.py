@@ -16,7 +16,6 @@ Callers pass paths in; this module never decides where anything lives.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uvit.inception import ImageSource, image_batches
+from uvit.inception import ImageSource, file_sha256, image_batches
 
 __all__ = [
     "CLIP_SCORE_WEIGHTS_ENV",
@@ -49,14 +48,6 @@ _TINY_CFG = dict(embed_dim=64, width=64, layers=2, heads=2, patch_size=32, image
 
 class ClipWeightsError(RuntimeError):
     """The CLIP weights for the CLIP score could not be found or loaded."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _tiny_clip() -> torch.nn.Module:
@@ -153,7 +144,7 @@ def load_clip_scorer(weights: str | os.PathLike | None, *, allow_random: bool = 
         preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
     except Exception as e:
         raise ClipWeightsError(f"{str(path)!r} does not hold OpenAI CLIP weights: {e}") from e
-    sha = _sha256(path)
+    sha = file_sha256(path)
     comparable = sha == CLIP_SCORE_SHA256
     note = "" if comparable else (
         f"CLIP weights {path.name} (sha256 {sha[:12]}...) are not OpenAI's ViT-L-14.pt "

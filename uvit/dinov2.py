@@ -19,7 +19,6 @@ Callers pass paths in; this module never decides where anything lives.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import socket
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from uvit.inception import ImageSource, Progress, image_batches
+from uvit.inception import ImageSource, Progress, file_sha256, image_batches
 
 __all__ = [
     "DINOV2_WEIGHTS_ENV",
@@ -65,14 +64,6 @@ DOWNLOAD_TIMEOUT_S = 60.0
 
 class DinoV2WeightsError(RuntimeError):
     """The DINOv2 weights could not be found, downloaded or loaded."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _build(arch: str) -> torch.nn.Module:
@@ -239,7 +230,7 @@ def load_dinov2(
         model.load_state_dict(_official_to_timm(state, model), strict=True)
     except Exception as e:
         raise DinoV2WeightsError(f"{str(path)!r} does not hold {arch} DINOv2 weights: {e}") from e
-    sha = _sha256(path)
+    sha = file_sha256(path)
     comparable = arch == DINOV2_ARCH and official_layout
     note = "" if comparable else (
         f"DINOv2 weights {path.name} ({arch}, sha256 {sha[:12]}...) are not the official ViT-L/14 file "

@@ -129,7 +129,8 @@ def _build_inception(state: dict[str, Any]) -> torch.nn.Module:
     return _inception_class()(EXTRACTOR_NAME, ["2048", "logits_unbiased"], feature_extractor_weights_path=buffer)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a weights file (how the extractors identify official weights)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -258,7 +259,7 @@ def load_inception(
         raise InceptionWeightsError(
             f"{str(path)!r} does not hold torch-fidelity/pytorch-fid Inception-v3 weights: {e}"
         ) from e
-    sha = _sha256(path)
+    sha = file_sha256(path)
     comparable = sha.startswith(INCEPTION_SHA256_PREFIX)
     note = "" if comparable else (
         f"Inception weights {path.name} (sha256 {sha[:12]}...) are not the official file "

@@ -111,7 +111,7 @@ def test_weights_from_file_and_env_var(
     path = tmp_path / "inception.pth"
     torch.save(extractor.model.state_dict(), path)
     loaded = M.load_inception(path)
-    sha = inception._sha256(path)
+    sha = inception.file_sha256(path)
     assert loaded.sha256 == sha and sha in loaded.identity and "inception.pth" in loaded.identity
     assert not loaded.comparable and "not the official file" in loaded.note  # sha256 is not 6726825d...
     assert torch.equal(loaded.model.fc.weight, extractor.model.fc.weight)
