@@ -73,7 +73,15 @@ def test_loss_falls_on_a_handful_of_latents(tmp_path, store):
     assert last < first / 1.5, result.losses
 
 
-def _assert_resumed_run_is_the_uninterrupted_one(full, crashed, uninterrupted, resumed, batch_size):
+# Python's global `random` is shared with every thread of the process, and this test process has
+# Prefect's client threads from earlier tests: the websockets library masks each client frame (the
+# events client's keep-alive pings, every 20 s) with `random.getrandbits(32)`. Runs in this process
+# therefore compare the torch and numpy streams only; the SIGKILL test below runs every training in
+# a fresh interpreter (no Prefect) and compares Python's stream too.
+IN_PROCESS_IGNORE = (".python",)
+
+
+def _assert_resumed_run_is_the_uninterrupted_one(full, crashed, uninterrupted, resumed, batch_size, ignore=()):
     """Weights, EMA, every checkpoint's RNG states, the loss history: bit for bit (CPU, fp32)."""
     (m1, e1), (m2, e2) = _weights(full), _weights(crashed)
     assert list(m1) == list(m2)
@@ -91,14 +99,14 @@ def _assert_resumed_run_is_the_uninterrupted_one(full, crashed, uninterrupted, r
     assert CheckpointStore(crashed).steps() == CheckpointStore(full).steps()
     for step in CheckpointStore(crashed).steps():
         a, b = CheckpointStore(full).load(step), CheckpointStore(crashed).load(step)
-        assert state_differences(a.rng, b.rng, "rng") == [], step
+        assert state_differences(a.rng, b.rng, "rng", ignore) == [], step
 
 
 def _logging_draws(record):
     """An on_log callback that draws from the global RNGs, as any callback or library in the process may."""
     from drills.drillkit import global_rng_draws
 
-    return lambda step, metrics: record.append([step, global_rng_draws()])
+    return lambda step, metrics: record.append([step, global_rng_draws()[:2]])  # torch, numpy
 
 
 def test_kill_and_resume_is_bit_identical(tmp_path, store):
@@ -113,7 +121,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path, store):
     resumed = train(preset, store, crashed, max_steps=9, on_log=_logging_draws(seen_crashed))
     assert resumed.resumed_from == 3 and resumed.step == 9
     _assert_resumed_run_is_the_uninterrupted_one(full, crashed, vars(uninterrupted), vars(resumed),
-                                                 preset.train.batch_size)  # fmt: skip
+                                                 preset.train.batch_size, IN_PROCESS_IGNORE)  # fmt: skip
     # Code in the process draws the same random numbers after the resume as without the crash:
     # the global torch/numpy/Python RNG streams continue from the checkpoint.
     assert seen_crashed == [d for d in seen_full if d[0] > 3] and len(seen_crashed) == 4
@@ -142,9 +150,9 @@ def test_sigkill_and_resume_in_a_fresh_process_is_bit_identical(tmp_path, store)
         assert child.wait(300) == 0, log.read_text()[-3000:]
         return json.loads(open(child_spec["result_file"]).read())
 
-    draws = []  # the uninterrupted run in this process: the same code, another process than the resumed one
-    uninterrupted = {**vars(train(preset, store, str(tmp_path / "full"), max_steps=9, on_log=_logging_draws(draws))),
-                     "draws": draws}  # fmt: skip
+    # The uninterrupted run in a fresh interpreter too (not this one: see IN_PROCESS_IGNORE), and
+    # another process than the resumed one.
+    uninterrupted = run(spec("full"))
     doomed = spec("crashed", hang_after_checkpoint=3)
     child = start_child(doomed, "train-loop", log)
     manifest = tmp_path / "crashed" / "step_000000003" / "MANIFEST.json"
