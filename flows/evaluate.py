@@ -3,6 +3,7 @@
     python -m flows.evaluate --preset tiny --samples ./uvit-store/sample/<key> --dataset-run URL
     python -m flows.evaluate --preset imagenet256-h2 --samples URL --reference VIRTUAL_imagenet256_labeled.npz \
         --inception-weights pt_inception-2015-12-05-6726825d.pth
+    python -m flows.evaluate --preset imagenet256-h2 --samples URL --official-assets assets/  # its fid_stats
 
 Reference statistics come from an ADM-style `.npz` (guided-diffusion reference batches, official
 U-ViT `fid_stats`), or are computed from a downloaded dataset split and cached as their own
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default=None, help="ADM-style reference .npz (mu/sigma or arr_0)")
     parser.add_argument("--dataset-run", default=None, help="download artifact URL to compute the reference from")
     parser.add_argument("--inception-weights", default=None, help="local Inception weights file")
+    parser.add_argument("--official-assets", default=None, metavar="DIR",
+                        help="an official U-ViT assets/ folder: its fid_stats file is the reference")  # fmt: skip
     args = parser.parse_args(argv)
     apply_prefect_defaults()
 
@@ -66,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         from uvit.config import get_preset
 
         preset = get_preset(args.preset, args.override)
+        if args.official_assets and not args.reference:
+            from stages.pipeline import official_reference
+
+            args.reference = official_reference(preset, args.official_assets)
         dataset_key = (
             paths.read_json(paths.join(args.dataset_run, "_MANIFEST.json"))["key"] if args.dataset_run else None
         )

@@ -2,6 +2,7 @@
 
     python -m flows.sample --preset tiny --train-run ./uvit-store/train/<key>
     python -m flows.sample --preset imagenet256-h2 --checkpoint nnet_ema.pth --n 50000
+    python -m flows.sample --preset imagenet256-h2 --checkpoint 500000.ckpt --official-assets assets/
     python -m flows.sample --preset tiny --train-run URL --class 2 --n 8       # a few images of a class
 
 Samples are drawn in shards (a shard's noise and labels depend only on the seed and the shard
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-run", default=None, help="download artifact URL (to look class names up)")
     parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--world-size", type=positive_int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    parser.add_argument("--official-assets", default=None, metavar="DIR",
+                        help="an official U-ViT assets/ folder: decode with its autoencoder file")  # fmt: skip
     add_processes_arg(parser, "sampling", default=None)
     args = parser.parse_args(argv)
     # Under an outside launcher (--world-size > 1) this is one process; else every GPU unless told.
@@ -75,9 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     apply_prefect_defaults()
 
     def body():
+        from stages.pipeline import official_assets
         from uvit.config import get_preset
 
         preset = get_preset(args.preset, args.override)
+        if args.official_assets:
+            args.override = [*args.override, *official_assets(preset, args.official_assets)[0]]
+            preset = get_preset(args.preset, args.override)
         class_label = stage.resolve_class(preset, args.class_name, args.dataset_run) if args.class_name else None
         prompts = stage.read_prompts(args.prompts) if args.prompts else None
         plain = class_label is not None or args.prompt or prompts or args.no_ema or args.world_size > 1

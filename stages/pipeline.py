@@ -48,6 +48,19 @@ def official_assets(preset, assets: str) -> tuple[list[str], str | None]:
     return overrides, stats if stats and paths.exists(stats) else None
 
 
+def official_reference(preset, assets: str) -> str:
+    """The official `fid_stats/fid_stats_<name>.npz` of `preset` in an assets/ folder (a one-line error without)."""
+    from storage import paths
+
+    name = preset.eval.fid_reference
+    if not name:
+        raise ValueError(f"preset {preset.name!r} has no official FID statistics (eval.fid_reference is empty)")
+    stats = paths.join(assets, OFFICIAL_STATS.format(name))
+    if not paths.exists(stats):
+        raise FileNotFoundError(f"{paths.redact_url(stats)} is missing from the official assets folder")
+    return stats
+
+
 # Where each preset's raw data comes from when the caller does not say (built-in sets need nothing).
 DATASET_OF = {"shapes": "shapes", "shapes-coco": "shapes-coco", "imagenet": "imagenet", "coco": "coco2014",
               "cifar10": "cifar10", "celeba": "celeba"}  # fmt: skip

@@ -368,6 +368,54 @@ def test_official_assets_and_the_reference_variable(tmp_path, monkeypatch):
     )
 
 
+def test_official_assets_on_the_sample_and_evaluate_clis(tmp_path, monkeypatch, capsys):
+    """`flows.sample --official-assets` decodes with the folder's autoencoder; `flows.evaluate` takes its fid_stats."""
+    import flows.evaluate
+    import flows.sample
+    from stages import evaluate as evaluate_stage
+    from stages import sample as sample_stage
+
+    assets = tmp_path / "assets"
+    (assets / "stable-diffusion").mkdir(parents=True)
+    (assets / "stable-diffusion" / "autoencoder_kl_ema.pth").write_bytes(b"x")
+    seen = {}
+
+    class Output:
+        def to_dict(self):
+            return {"url": "u", "key": "k", "cached": False}
+
+    def fake_sample(preset, store, **kwargs):
+        seen["autoencoder"] = preset.data.autoencoder
+        return Output()
+
+    def fake_evaluate(preset, samples, store, **kwargs):
+        seen["reference"] = kwargs["reference"]
+        return Output()
+
+    monkeypatch.setattr(sample_stage, "run_sample", fake_sample)
+    monkeypatch.setattr(evaluate_stage, "run_evaluate", fake_evaluate)
+    common = ["--no-prefect", "--preset", "imagenet256-h2", "--store", str(tmp_path / "store")]
+    ckpt = ["--checkpoint", str(tmp_path / "nnet_ema.pth")]
+    assert flows.sample.main([*common, *ckpt, "--official-assets", str(assets)]) == 0
+    assert seen["autoencoder"] == str(assets / "stable-diffusion" / "autoencoder_kl_ema.pth")
+    samples = ["--samples", str(tmp_path / "samples")]
+    # No fid_stats file for the preset: one line naming the file, no evaluation.
+    assert flows.evaluate.main([*common, *samples, "--official-assets", str(assets)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fid_stats/fid_stats_imagenet256_guided_diffusion.npz is missing" in err[0], err
+    assert "reference" not in seen
+    (assets / "fid_stats").mkdir()
+    (assets / "fid_stats" / "fid_stats_imagenet256_guided_diffusion.npz").write_bytes(b"x")
+    assert flows.evaluate.main([*common, *samples, "--official-assets", str(assets)]) == 0
+    assert seen["reference"] == str(assets / "fid_stats" / "fid_stats_imagenet256_guided_diffusion.npz")
+    # A --reference named by the user wins; a preset without official statistics is a one-line error.
+    assert flows.evaluate.main([*common, *samples, "--official-assets", str(assets), "--reference", "mine.npz"]) == 0
+    assert seen["reference"] == "mine.npz"
+    tiny = ["--no-prefect", "--preset", "tiny", "--store", str(tmp_path / "store"), *samples]
+    assert flows.evaluate.main([*tiny, "--official-assets", str(assets)]) == 1
+    assert "no official FID statistics" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # a whole pipeline run (~50 s); the fast suite runs the stage path
 def test_reference_flag_reaches_the_evaluate_stage(first_run, tmp_path):
     """`--reference` through the CLI (no Prefect): the report names the file."""
