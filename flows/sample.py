@@ -4,6 +4,7 @@
     python -m flows.sample --preset imagenet256-h2 --checkpoint nnet_ema.pth --n 50000
     python -m flows.sample --preset imagenet256-h2 --checkpoint 500000.ckpt --official-assets assets/
     python -m flows.sample --preset tiny --train-run URL --class 2 --n 8       # a few images of a class
+    python -m flows.sample --preset imagenet256-h2 --train-run URL --best     # the lowest periodic FID
 
 Samples are drawn in shards (a shard's noise and labels depend only on the seed and the shard
 index, so a rerun skips finished shards and reproduces the same images); each shard is written as
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-run", default=None, help="URL of a training artifact (uses its EMA weights)")
     parser.add_argument("--checkpoint", default=None,
                         help="weights file (.pth/.safetensors), official <step>.ckpt/ folder or ours")  # fmt: skip
+    parser.add_argument("--best", action="store_true",
+                        help="with --train-run: the periodically evaluated checkpoint with the lowest FID")  # fmt: skip
     parser.add_argument("--no-ema", action="store_true", help="the raw weights (nnet.pth), not the EMA ones")
     parser.add_argument("--latents", default=None, help="latent store (captions for text-to-image presets)")
     parser.add_argument("--n", type=positive_int, default=None, help="number of samples (default: the preset's)")
@@ -85,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.official_assets:
             args.override = [*args.override, *official_assets(preset, args.official_assets)[0]]
             preset = get_preset(args.preset, args.override)
+        if args.best:
+            if not args.train_run or args.checkpoint:
+                raise ValueError(
+                    "--best picks among a training run's periodic evaluations: pass --train-run, not --checkpoint"
+                )
+            args.checkpoint, why = stage.best_periodic_weights(args.store, args.train_run)
+            print(f"sampling from {why}", file=sys.stderr)
         class_label = stage.resolve_class(preset, args.class_name, args.dataset_run) if args.class_name else None
         prompts = stage.read_prompts(args.prompts) if args.prompts else None
         plain = class_label is not None or args.prompt or prompts or args.no_ema or args.world_size > 1

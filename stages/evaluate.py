@@ -55,7 +55,7 @@ def reference_key(preset, dataset_key: str, inception_id: str, dinov2_id: str | 
 
 
 def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str, reference_kind: str = "file",
-                 models: dict[str, str] | None = None) -> str:  # fmt: skip
+                 models: dict[str, str] | None = None, checkpoint_note: str | None = None) -> str:  # fmt: skip
     """Content key of an evaluation: samples, reference, Inception, code, and the preset's report settings.
 
     The report compares against `eval.published_fid` / `eval.fid_reference` and the protocol's
@@ -70,9 +70,32 @@ def evaluate_key(preset, samples_key: str, reference_sha: str, inception_id: str
         "report": {"published_fid": e.published_fid, "fid_reference": e.fid_reference, "n_samples": e.n_samples},
         "reference_kind": reference_kind,  # the verdict says whether the reference is a named file or computed
     }
+    if checkpoint_note:  # the report says which periodic checkpoint was chosen and why (keys without one unchanged)
+        config["checkpoint_note"] = checkpoint_note
     return artifact_key(STAGE, config, inputs={"samples": samples_key, "reference": reference_sha},
                         models={"inception": inception_id, **(models or {})},
                         code_version=code_version(metrics, verdicts))  # fmt: skip
+
+
+def checkpoint_note(store_root: str, weights_url: str | None) -> str | None:
+    """For weights exported for periodic evaluation: which training step they are, and whether (and
+    among which periodic evaluations) it has the lowest FID. None for any other weights."""
+    from storage import outputs
+
+    found = outputs.eval_weights_train(weights_url or "")
+    if found is None:
+        return None
+    train_url, step = found
+    records = outputs.periodic_records(store_root, train_url)
+    best = outputs.best_periodic_record(records)
+    scores = ", ".join(f"{r['step']}: {r['metrics']['FID']:.4g}" for r in records
+                       if isinstance(r.get("metrics", {}).get("FID"), (int, float)))  # fmt: skip
+    if best is not None and best["step"] == step:
+        return (f"training step {step}, the lowest FID of {len(records)} periodic evaluations "
+                f"({best.get('n_samples')} samples each; step: FID {scores}), the official choice")  # fmt: skip
+    if scores:
+        return f"training step {step} (exported for periodic evaluation; periodic step: FID {scores})"
+    return f"training step {step} (exported for periodic evaluation)"
 
 
 def reference_items(items: list, n: int | None, seed: int = REFERENCE_SEED) -> list:
@@ -178,7 +201,7 @@ def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_roo
 
 
 def report_markdown(preset, results: dict[str, Any], rows: list[dict], samples_manifest, reference: str,
-                    reference_sha: str, origin=None) -> str:  # fmt: skip
+                    reference_sha: str, origin=None, checkpoint: str | None = None) -> str:  # fmt: skip
     """The evaluation report: metrics next to the published number, and the full protocol."""
     extra = samples_manifest.extra
     s = extra.get("cfg_scale_official_s", preset.sample.cfg_scale)
@@ -201,6 +224,7 @@ def report_markdown(preset, results: dict[str, Any], rows: list[dict], samples_m
         f"- guidance: official s = {s} (usual w = 1 + s = {1 + s})",
         f"- weights: `{extra.get('weights')}` (sha256 {str(extra.get('weights_sha256'))[:16]}...), "
         f"EMA: {extra.get('ema')}",
+        *([f"- checkpoint: {checkpoint}"] if checkpoint else []),
         f"- Inception: {results.get('extractor')}",
         *([f"- DINOv2: {results['dinov2_extractor']}"] if "dinov2_extractor" in results else []),
         *([f"- CLIP: {results['clip_model']}"] if "clip_model" in results else []),
@@ -328,7 +352,8 @@ def run_evaluate(
     samples_manifest = Manifest.from_dict(paths.read_json(paths.join(samples_url, "_MANIFEST.json")))
     samples_key = samples_key or samples_manifest.key
     models = {name: net.identity for name, net in (("dinov2", dinov2), ("clip", clip)) if net is not None}
-    key = evaluate_key(preset, samples_key, reference_sha, extractor.identity, origin.kind, models)
+    note = checkpoint_note(store_root, samples_manifest.extra.get("weights"))
+    key = evaluate_key(preset, samples_key, reference_sha, extractor.identity, origin.kind, models, note)
     cached = True  # until build runs: a run that waited on another writer reuses what it published
 
     def build(writer) -> Manifest:
@@ -347,7 +372,7 @@ def run_evaluate(
             results["skipped"]["clip_score"] = no_captions
         rows = verdicts.report_rows(results, preset, reference=origin, sampler=samples_sampler(samples_manifest))
         report = report_markdown(preset, results, rows, samples_manifest, paths.redact_url(reference), reference_sha,
-                                 origin)  # fmt: skip
+                                 origin, note)  # fmt: skip
         paths.write_bytes_atomic(writer.path("report.md"), report.encode())
         paths.write_json_atomic(writer.path("metrics.json"), {"results": results, "rows": rows})
         return Manifest(kind="uvit-evaluation", counts={"samples": int(results.get("n_samples") or 0)},
@@ -377,4 +402,11 @@ def run_periodic_eval(preset_json: str, store_root: str, checkpoint: str, latent
     samples = run_sample(preset, store_root, checkpoint=checkpoint, latents_url=latents_url, n=n_samples)
     result = run_evaluate(preset, samples.url, store_root, reference_dataset_url=dataset_url,
                           reference_dataset_key=dataset_key, samples_key=samples.key)  # fmt: skip
+    from storage import outputs
+
+    record = {"metrics": result.facts.get("metrics", {}), "n_samples": n_samples or preset.sample.n_samples,
+              "samples": samples.url, "evaluation": result.url}  # fmt: skip
+    recorded = outputs.write_periodic_record(store_root, checkpoint, record)
+    if recorded:
+        reporter().logger().info("periodic evaluation of step %d recorded: %s", step, recorded)
     return {"step": step, "samples": samples.url, **result.to_dict()}

@@ -29,6 +29,22 @@ def weights_for(train_run_url: str | None, checkpoint: str | None, ema: bool = T
     raise ValueError("pass --train-run (a training artifact) or --checkpoint (a weights file)")
 
 
+def best_periodic_weights(store_root: str, train_run_url: str) -> tuple[str, str]:
+    """(weights URL, why) of the training run's periodic evaluation with the lowest FID, as the official
+    `train_ldm_discrete.py` reloads its best-FID checkpoint; a one-line error when none is recorded."""
+    from storage import outputs, paths
+
+    records = outputs.periodic_records(store_root, train_run_url)
+    best = outputs.best_periodic_record(records)
+    if best is None:
+        raise FileNotFoundError(f"no periodic evaluation of {paths.redact_url(train_run_url)} is recorded in "
+                                f"{paths.redact_url(store_root)}/{outputs.PERIODIC}/ (train with train.eval_interval "
+                                "and the periodic-eval deployment, or pass --checkpoint)")  # fmt: skip
+    why = (f"step {best['step']}: the lowest FID ({best['metrics']['FID']:.4g}, {best.get('n_samples')} samples) "
+           f"of {len(records)} periodic evaluations")  # fmt: skip
+    return best["weights"], why
+
+
 def sample_key(preset, weights_hash: str, n: int, conditions_id: str) -> str:
     """Content key: model, diffusion, sampling settings, decoder, weights, number of samples, conditions."""
     from storage.artifacts import artifact_key

@@ -10,6 +10,8 @@ The stages decide *when* to write; the names and formats are here, so a reader (
     train/<key>/evals/step_*/nnet_ema.safetensors   weights handed to periodic evaluation
     train/<key>/previews/step_*.png, loss.png
     sample/<key>/shards/shard_*.npz      resumable units of samples; images/*.png; samples.npz; grid.png
+    periodic/<train key>/step_*.json     each periodic evaluation's metrics (outside the train artifact,
+                                         whose manifest is final; written once per step, atomically)
 
 An encode part file is an uncompressed `.npz` of the part's good images: the stored array
 (`moments` (k, 2, 2C, h, w) float16 or `pixels` (k, 1, 3, S, S) uint8), `labels` (k,) int64 for
@@ -42,6 +44,10 @@ __all__ = [
     "STORE_FOLDER",
     "STORE_KIND",
     "eval_weights",
+    "eval_weights_train",
+    "write_periodic_record",
+    "periodic_records",
+    "best_periodic_record",
     "resolve_weights",
     "sample_shard_name",
     "prompt_image_name",
@@ -103,6 +109,58 @@ def resolve_weights(url: str, ema: bool = True) -> str:
 def eval_weights(step: int) -> tuple[str, str, str]:
     """Path parts, inside a train artifact, of the EMA weights exported for evaluating `step`."""
     return ("evals", f"step_{step:09d}", EMA_WEIGHTS)
+
+
+def eval_weights_train(weights_url: str) -> tuple[str, int] | None:
+    """(train artifact URL, step) of weights exported for periodic evaluation; None for other weights."""
+    parts = weights_url.rstrip("/").split("/")
+    if len(parts) < 4 or parts[-1] != EMA_WEIGHTS or parts[-3] != "evals" or not parts[-2].startswith("step_"):
+        return None
+    try:
+        step = int(parts[-2][len("step_") :])
+    except ValueError:
+        return None
+    return "/".join(parts[:-3]), step
+
+
+PERIODIC = "periodic"
+
+
+def _periodic_folder(store_root: str, train_url: str) -> str:
+    return paths.join(store_root, PERIODIC, train_url.rstrip("/").rsplit("/", 1)[-1])
+
+
+def write_periodic_record(store_root: str, weights_url: str, record: dict[str, Any]) -> str | None:
+    """Record one periodic evaluation of exported weights (`eval_weights`); None for other weights."""
+    found = eval_weights_train(weights_url)
+    if found is None:
+        return None
+    train_url, step = found
+    url = paths.join(_periodic_folder(store_root, train_url), f"step_{step:09d}.json")
+    record = {**record, "step": step, "weights": weights_url}
+    paths.write_bytes_atomic(url, json.dumps(record, indent=1, sort_keys=True).encode())
+    return url
+
+
+def periodic_records(store_root: str, train_url: str) -> list[dict[str, Any]]:
+    """Every recorded periodic evaluation of a training run, by step (unreadable records are skipped)."""
+    folder = _periodic_folder(store_root, train_url)
+    if not paths.exists(folder):
+        return []
+    records = []
+    for name in sorted(paths.list_names(folder)):
+        if name.startswith("step_") and name.endswith(".json"):
+            try:
+                records.append(paths.read_json(paths.join(folder, name)))
+            except (OSError, ValueError):
+                continue
+    return sorted(records, key=lambda r: r["step"])
+
+
+def best_periodic_record(records: list[dict[str, Any]], metric: str = "FID") -> dict[str, Any] | None:
+    """The record with the lowest `metric` (the earliest step on a tie), as the official training picks."""
+    scored = [r for r in records if isinstance(r.get("metrics", {}).get(metric), (int, float))]
+    return min(scored, key=lambda r: (r["metrics"][metric], r["step"])) if scored else None
 
 
 def sample_shard_name(shard: int) -> str:

@@ -150,11 +150,63 @@ def test_periodic_evaluation_is_triggered_with_exported_weights(tmp_path):
     ds = download_dataset("shapes", None, store)
     latents = run_encode(preset, ds.url, ds.key, store, dataset_name="shapes")
     calls = []
-    run_train(preset, latents.facts["latents_url"], store, eval_trigger=lambda step, url: calls.append((step, url)))
+    train = run_train(preset, latents.facts["latents_url"], store,
+                      eval_trigger=lambda step, url: calls.append((step, url)))  # fmt: skip
     assert [step for step, _ in calls] == [10, 20]
-    result = run_periodic_eval(preset.to_json(), store, calls[0][1], dataset_url=ds.url, dataset_key=ds.key,
-                               step=10)  # fmt: skip
-    assert result["stage"] == "evaluate" and "FID" in result["facts"]["metrics"]
+    results = [run_periodic_eval(preset.to_json(), store, url, dataset_url=ds.url, dataset_key=ds.key, step=step)
+               for step, url in calls]  # fmt: skip
+    assert all(r["stage"] == "evaluate" and "FID" in r["facts"]["metrics"] for r in results)
+    # Each periodic FID is kept; the final evaluation can use the best checkpoint, as the official training.
+    from stages.evaluate import checkpoint_note, run_evaluate
+    from stages.sample import best_periodic_weights, run_sample
+    from storage import outputs
+
+    records = outputs.periodic_records(store, train.url)
+    assert [r["step"] for r in records] == [10, 20]
+    assert [r["metrics"]["FID"] for r in records] == [r["facts"]["metrics"]["FID"] for r in results]
+    best = min(records, key=lambda r: r["metrics"]["FID"])
+    weights, why = best_periodic_weights(store, train.url)
+    assert weights == dict(calls)[best["step"]] and f"step {best['step']}: the lowest FID" in why
+    assert checkpoint_note(store, weights).startswith(f"training step {best['step']}, the lowest FID of 2")
+    assert checkpoint_note(store, f"{train.url}/{outputs.EMA_WEIGHTS}") is None
+    samples = run_sample(preset, store, checkpoint=weights, n=preset.eval.periodic_n_samples)
+    final = run_evaluate(preset, samples.url, store, reference_dataset_url=ds.url, reference_dataset_key=ds.key)
+    report = Path(final.facts["report"]).read_text()
+    assert f"- checkpoint: training step {best['step']}, the lowest FID of 2 periodic evaluations" in report
+    # No recorded evaluation: a one-line reason.
+    with pytest.raises(FileNotFoundError, match="no periodic evaluation"):
+        best_periodic_weights(str(tmp_path / "elsewhere"), train.url)
+
+
+def test_sample_cli_best_picks_the_lowest_recorded_fid(tmp_path, monkeypatch, capsys):
+    """`flows.sample --train-run URL --best`: the exported weights of the lowest periodic FID (ties: earliest)."""
+    import flows.sample
+    from stages import sample as sample_stage
+    from storage import outputs
+
+    store, train = str(tmp_path / "store"), str(tmp_path / "store" / "train" / "k1")
+    for step, fid in ((10, 5.0), (20, 3.5), (30, 3.5), (40, 4.0)):
+        outputs.write_periodic_record(store, f"{train}/{'/'.join(outputs.eval_weights(step))}",
+                                      {"metrics": {"FID": fid}, "n_samples": 16})  # fmt: skip
+    outputs.write_periodic_record(store, f"{train}/{'/'.join(outputs.eval_weights(50))}", {"metrics": {}})
+    assert outputs.write_periodic_record(store, f"{train}/{outputs.EMA_WEIGHTS}", {}) is None  # not an export
+    seen = {}
+
+    class Output:
+        def to_dict(self):
+            return {"url": "u", "key": "k", "cached": False}
+
+    def fake_sample(preset, store_root, **kwargs):
+        seen.update(kwargs)
+        return Output()
+
+    monkeypatch.setattr(sample_stage, "run_sample", fake_sample)
+    common = ["--no-prefect", "--preset", "tiny", "--store", store, "--train-run", train]
+    assert flows.sample.main([*common, "--best"]) == 0
+    assert seen["checkpoint"] == f"{train}/{'/'.join(outputs.eval_weights(20))}"
+    assert "step 20: the lowest FID (3.5, 16 samples) of 5 periodic evaluations" in capsys.readouterr().err
+    assert flows.sample.main([*common, "--best", "--checkpoint", "x.pth"]) == 1
+    assert "--best picks among" in capsys.readouterr().err
 
 
 def test_text_to_image_pipeline_and_prompt_sampling(tmp_path):
