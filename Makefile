@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# The install stamp is named after the content of pyproject.toml (not its modification time, which a
+# fresh clone or a checkout resets): the venv is reinstalled only when the dependencies changed.
+PYPROJECT_SHA := $(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(open('pyproject.toml','rb').read()).hexdigest()[:16])")
+STAMP := $(VENV)/.installed-$(PYPROJECT_SHA)
 # torch is pinned to the build these machines hold on local disk; see README "Installing".
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 export PREFECT_HOME ?= $(CURDIR)/.prefect
@@ -21,11 +24,12 @@ ALLOW_EMPTY = || { rc=$$?; [ $$rc -eq 5 ] && echo "no tests selected"; [ $$rc -e
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 # Re-install only when the project's dependencies changed (the venv is ~6 GB).
-$(STAMP): pyproject.toml
+$(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed*
 	@touch $(STAMP)
 
 setup: $(STAMP)
