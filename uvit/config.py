@@ -341,18 +341,53 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {annotation!r}")
 
 
+def closest(word: str, choices: list[str], what: str) -> str:
+    """'did you mean ...?' with the closest choices (difflib), else the whole list of `what`."""
+    import difflib
+
+    matches = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+    return f"did you mean {' or '.join(matches)}?" if matches else f"valid {what}: {', '.join(choices)}"
+
+
+def _near_key(key: str, keys: list[str]) -> str:
+    """The closest valid override keys to an unknown `key`: the same field in another section (`lr`,
+    `model.lr` -> train.lr), a near field name in its section, or a near section with that field."""
+    section, _, field = key.rpartition(".")
+    same_field = [k for k in keys if k.rpartition(".")[2] == field]
+    sections = sorted({k.partition(".")[0] for k in keys})
+    in_section = [k.partition(".")[2] for k in keys if k.startswith(section + ".")] if section else []
+    if section in sections:  # a typo in the field name first, then the field under another section
+        near = _matches(closest(field, in_section, "")) or [f for f in in_section if f.startswith(field)][:3]
+        if near:
+            return "did you mean " + " or ".join(f"{section}.{f}" for f in near) + "?"
+    if same_field:
+        return f"did you mean {' or '.join(same_field[:3])}?"
+    if section and section not in sections:
+        near = [f"{s}.{field}" for s in _matches(closest(section, sections, "")) if f"{s}.{field}" in keys]
+        if near:
+            return f"did you mean {' or '.join(near)}?"
+    if not section:
+        return closest(key, keys, "keys")
+    if section not in sections:
+        return f"valid sections: {', '.join(sections)} (keys are section.field)"
+    return f"valid keys: {', '.join(k for k in keys if k.startswith(section + '.'))}"
+
+
+def _matches(hint: str) -> list[str]:
+    return hint[len("did you mean ") : -1].split(" or ") if hint.startswith("did you mean ") else []
+
+
 def _override(preset: Preset, key: str, value: Any) -> Preset:
+    keys = _valid_keys(preset)
     if "." not in key:
-        raise ConfigError(
-            f"unknown override key {key!r}: use section.key; valid keys: {', '.join(_valid_keys(preset))}"
-        )
+        raise ConfigError(f"unknown override key {key!r}: use section.key; {_near_key(key, keys)}")
     section_name, field_name = key.split(".", 1)
     section = getattr(preset, section_name, None)
     if not dataclasses.is_dataclass(section):
-        raise ConfigError(f"unknown override section {section_name!r}; valid keys: {', '.join(_valid_keys(preset))}")
+        raise ConfigError(f"unknown override section {section_name!r} in {key!r}; {_near_key(key, keys)}")
     hints = typing.get_type_hints(type(section))
     if field_name not in hints:
-        raise ConfigError(f"unknown override key {key!r}; valid keys: {', '.join(_valid_keys(preset))}")
+        raise ConfigError(f"unknown override key {key!r}; {_near_key(key, keys)}")
     value = _coerce(value, hints[field_name], key)
     return dataclasses.replace(preset, **{section_name: dataclasses.replace(section, **{field_name: value})})
 
@@ -604,5 +639,5 @@ def get_preset(name: str, overrides: dict[str, Any] | list[str] | None = None) -
     try:
         preset = PRESETS[name]
     except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+        raise ConfigError(f"unknown preset {name!r}; {closest(name, list(PRESETS), 'presets')}") from None
     return preset.with_overrides(overrides)

@@ -50,9 +50,28 @@ def test_presets_match_official_recipe(official_data):
             assert preset.diffusion.null_class == cfg["cfg_resolved"]["uncond_label"], preset.name
 
 
-def test_unknown_preset_lists_valid_names():
-    with pytest.raises(ConfigError, match="valid presets: .*imagenet256-h2"):
+def test_unknown_preset_names_the_closest_or_lists_valid_names():
+    with pytest.raises(ConfigError, match="did you mean .*imagenet256-h2"):
         get_preset("imagenet256-xl")
+    with pytest.raises(ConfigError, match="valid presets: .*imagenet256-h2"):
+        get_preset("zzz")
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("train.lrr", "did you mean train.lr\\?"),
+        ("trian.lr", "unknown override section 'trian' in 'trian.lr'; did you mean train.lr\\?"),
+        ("lr", "use section.key; did you mean train.lr\\?"),
+        ("model.lr", "did you mean train.lr\\?"),  # a known field under the wrong section
+        ("sample.cfg", "did you mean sample.cfg_scale"),
+        ("train.zzzz", "valid keys: .*train.lr"),
+        ("zz.yy", "valid sections: data, diffusion, eval, model, sample, train"),
+    ],
+)
+def test_unknown_override_keys_name_the_closest_keys(key, hint):
+    with pytest.raises(ConfigError, match=hint):
+        get_preset("tiny", {key: 1.0})
 
 
 def test_overrides_apply_and_coerce():
