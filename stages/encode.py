@@ -17,7 +17,7 @@ import math
 from functools import lru_cache
 from typing import Any
 
-from stages.report import StageOutput, code_version, reporter
+from stages.report import StageOutput, code_version, ensure_logged, reporter
 
 STAGE = "encode"
 PART_SIZE = 512  # images per resumable part
@@ -302,13 +302,11 @@ def run_encode(
             },  # fmt: skip
         )
 
-    manifest = store.ensure(STAGE, key, build, rebuild=rebuild)
+    manifest = ensure_logged(store, STAGE, key, build, rebuild=rebuild)
     url = store.url_for(STAGE, key)
     what = {"pixels": "cropped pixel store", "moments": "encoded latent store"}[content]
     reporter().link(f"{preset.name}-{folder}", paths.join(url, folder), what)
     facts = {"latents_url": paths.join(url, folder), **manifest.counts}
-    if cached:
-        log.info("encode: cache hit %s", paths.redact_url(url))
     return StageOutput(stage=STAGE, key=key, url=url, cached=cached, facts=facts)
 
 

@@ -14,7 +14,7 @@ import io
 import os
 from typing import Any
 
-from stages.report import StageOutput, code_version, reporter
+from stages.report import StageOutput, code_version, ensure_logged, reporter
 
 STAGE = "evaluate"
 REFERENCE_STAGE = "reference"
@@ -196,7 +196,7 @@ def reference_from_dataset(preset, dataset_url: str, dataset_key: str, store_roo
                                "seed": REFERENCE_SEED,
                                "dinov2": dinov2.identity if dinov2 is not None else None})  # fmt: skip
 
-    store.ensure(REFERENCE_STAGE, key, build)
+    ensure_logged(store, REFERENCE_STAGE, key, build)
     return paths.join(store.url_for(REFERENCE_STAGE, key), "reference.npz"), key
 
 
@@ -379,7 +379,7 @@ def run_evaluate(
                         inputs={"samples": samples_key, "reference": reference_sha},
                         extra={"rows": rows, "results": json.loads(json.dumps(results, default=str))})  # fmt: skip
 
-    manifest = store.ensure(STAGE, key, build)
+    manifest = ensure_logged(store, STAGE, key, build)
     url = store.url_for(STAGE, key)
     rows = manifest.extra["rows"]
     reporter().table(f"{preset.name}-metrics", rows, "sample quality (see the report for the protocol)")

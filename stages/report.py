@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["StageOutput", "Reporter", "reporter", "reporting", "code_version"]
+__all__ = ["StageOutput", "Reporter", "reporter", "reporting", "code_version", "ensure_logged"]
 
 
 @dataclass
@@ -95,3 +95,27 @@ def reporting(chosen: Reporter) -> Iterator[Reporter]:
         yield chosen
     finally:
         _current.reset(token)
+
+
+def ensure_logged(store: Any, stage: str, key: str, build: Callable[[Any], Any], *, rebuild: bool = False) -> Any:
+    """`store.ensure(stage, key, build)` with the story in the log: the stage starts, builds or is a
+    cache hit (its artifact's URL either way). Returns the manifest."""
+    log = reporter().logger()
+    short = key[:12]
+    built: list[bool] = []
+
+    def logged(writer: Any) -> Any:
+        built.append(True)
+        log.info("%s %s: building%s", stage, short, " (rebuild asked)" if rebuild else "")
+        return build(writer)
+
+    log.info("%s %s: start", stage, short)
+    manifest = store.ensure(stage, key, logged, rebuild=rebuild)
+    from storage.paths import redact_url
+
+    where = redact_url(store.url_for(stage, key))
+    if built:
+        log.info("%s %s: built, published at %s", stage, short, where)
+    else:
+        log.info("%s %s: cached, reusing %s", stage, short, where)
+    return manifest

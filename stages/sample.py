@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 
-from stages.report import StageOutput, code_version, reporter
+from stages.report import StageOutput, code_version, ensure_logged, reporter
 
 STAGE = "sample"
 
@@ -335,7 +335,7 @@ def run_sample(
         )
 
     cached = True  # until build runs: a run that waited on another writer reuses what it published
-    manifest = store.ensure(STAGE, key, build, rebuild=rebuild)
+    manifest = ensure_logged(store, STAGE, key, build, rebuild=rebuild)
     url = store.url_for(STAGE, key)
     grid = paths.join(url, outputs.GRID_PNG)
     reporter().png(f"{preset.name}-samples", grid, f"{n} samples, {preset.sample.steps} steps")

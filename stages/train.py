@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stages.report import StageOutput, code_version, reporter
+from stages.report import StageOutput, code_version, ensure_logged, reporter
 
 STAGE = "train"
 # Settings that change what is trained (logging and preview cadence do not).
@@ -164,7 +164,7 @@ def run_train(
             },
         )
 
-    manifest = store.ensure(STAGE, key, build, rebuild=rebuild)
+    manifest = ensure_logged(store, STAGE, key, build, rebuild=rebuild)
     url = store.url_for(STAGE, key)
     facts = {
         "ema_weights": paths.join(url, outputs.EMA_WEIGHTS),
@@ -178,6 +178,5 @@ def run_train(
         facts["last_preview"] = paths.join(url, outputs.PREVIEWS, previews[-1])
     reporter().link(f"{preset.name}-train-artifact", url, "training run artifact (checkpoints, EMA weights)")
     if cached:
-        log.info("train: cache hit %s", paths.redact_url(url))
         reporter().markdown(f"{preset.name}-train-cached", f"Cache hit: `{paths.redact_url(url)}`")
     return StageOutput(stage=STAGE, key=key, url=url, cached=cached, facts=facts)

@@ -201,6 +201,10 @@ def train(
         scheduler.load_state_dict(ckpt.scheduler)
         loader.load_state_dict(ckpt.data_position)
         step = resumed_from = ckpt.step
+        if accelerator.is_main_process:
+            from stages.report import reporter
+
+            reporter().logger().info("train: resumed from checkpoint step %d of %d", step, total_steps)
 
     ema.to(device)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -109,7 +109,7 @@ def _logging_draws(record):
     return lambda step, metrics: record.append([step, global_rng_draws()[:2]])  # torch, numpy
 
 
-def test_kill_and_resume_is_bit_identical(tmp_path, store):
+def test_kill_and_resume_is_bit_identical(tmp_path, store, caplog):
     preset = _preset()
     full, crashed = str(tmp_path / "full"), str(tmp_path / "crashed")
     seen_full, seen_crashed = [], []
@@ -118,7 +118,11 @@ def test_kill_and_resume_is_bit_identical(tmp_path, store):
     partial = train(preset, store, crashed, max_steps=9, stop_after=5, on_log=_logging_draws(seen_crashed))
     assert partial.step == 5 and CheckpointStore(crashed).latest() == 3
     seen_crashed.clear()
-    resumed = train(preset, store, crashed, max_steps=9, on_log=_logging_draws(seen_crashed))
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="uvit"):
+        resumed = train(preset, store, crashed, max_steps=9, on_log=_logging_draws(seen_crashed))
+    assert "train: resumed from checkpoint step 3 of 9" in caplog.messages, caplog.messages
     assert resumed.resumed_from == 3 and resumed.step == 9
     _assert_resumed_run_is_the_uninterrupted_one(full, crashed, vars(uninterrupted), vars(resumed),
                                                  preset.train.batch_size, IN_PROCESS_IGNORE)  # fmt: skip
