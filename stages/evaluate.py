@@ -386,7 +386,8 @@ def run_evaluate(
     fs, path = paths.filesystem(paths.join(url, "report.md"))
     reporter().markdown(f"{preset.name}-evaluation-report", fs.cat_file(path).decode(), "evaluation report")
     reporter().link(f"{preset.name}-evaluation-artifact", url, "evaluation artifact (report.md, metrics.json)")
-    log.info("evaluate: %s", ", ".join(f"{r['metric']}={r['value']}" for r in rows))
+    shown = ("skipped" if r["value"] is None else f"{r['value']:.4g}" for r in rows)  # 4 significant digits
+    log.info("evaluate: %s", ", ".join(f"{r['metric']}={v}" for r, v in zip(rows, shown)))
     facts = {"report": paths.join(url, "report.md"), "metrics": {r["metric"]: r["value"] for r in rows}}
     return StageOutput(stage=STAGE, key=key, url=url, cached=cached, facts=facts)
 
