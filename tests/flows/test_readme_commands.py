@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-# Notation, not a command: `flows.<stage> --help`, `flows.verify STORE [STAGE[/KEY]]`.
-NOTATION = re.compile(r"<stage>|\[")
+# Notation, not a command: `flows.<stage> --help`, `flows.verify STORE [STAGE[/KEY]]`, `flows.*`.
+NOTATION = re.compile(r"<stage>|\[|flows\.\*")
 
 
 def readme_commands() -> list[str]:
