@@ -52,8 +52,10 @@ def publish_png(key: str, png_url: str, description: str = "", max_bytes: int = 
 
     from storage import paths
 
+    from storage.images import upscaled_png
+
     fs, path = paths.filesystem(png_url)
-    data = fs.cat_file(path)
+    data = upscaled_png(fs.cat_file(path))  # a grid of 32 px samples is shown at >= 512 px, pixels sharp
     if len(data) > max_bytes:
         create_markdown_artifact(key=artifact_key_slug(key), markdown=f"Image at `{paths.redact_url(png_url)}`")
         return

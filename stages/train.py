@@ -143,7 +143,8 @@ def run_train(
         save_official_pth(ckpt.model, writer.path(outputs.OFFICIAL_WEIGHTS))
         losses = [tuple(x) for x in summary["losses"]]
         paths.write_bytes_atomic(writer.path(outputs.LOSS_CURVE), plot_losses(losses, f"{preset.name} training loss"))
-        reporter().png(f"{preset.name}-loss-curve", writer.path(outputs.LOSS_CURVE), "training loss")
+        if len(losses) >= 2:  # one point is no curve
+            reporter().png(f"{preset.name}-loss-curve", writer.path(outputs.LOSS_CURVE), "training loss")
         if rows:
             reporter().table(f"{preset.name}-training-log", rows[-50:], "loss and learning rate")
         return Manifest(

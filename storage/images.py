@@ -24,6 +24,21 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def upscaled_png(data: bytes, min_size: int = 512) -> bytes:
+    """A PNG enlarged by the smallest whole factor that makes its shorter side >= `min_size`
+    (nearest neighbour: every sample pixel stays a sharp block); the same bytes when already large."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        factor = -(-min_size // max(1, min(image.size)))
+        if factor <= 1:
+            return data
+        big = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+        out = io.BytesIO()
+        big.save(out, format="PNG")
+        return out.getvalue()
+
+
 def write_png(url: str, image: np.ndarray) -> str:
     """Write a uint8 (H, W, 3) image as a PNG file atomically; returns the URL."""
     paths.write_bytes_atomic(url, png_bytes(image))
