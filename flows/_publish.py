@@ -51,7 +51,6 @@ def publish_png(key: str, png_url: str, description: str = "", max_bytes: int = 
     from prefect.artifacts import create_image_artifact, create_markdown_artifact
 
     from storage import paths
-
     from storage.images import upscaled_png
 
     fs, path = paths.filesystem(png_url)
