@@ -12,8 +12,9 @@ from stages.pipeline import run_pipeline
 from storage.images import read_png
 
 # The tiny preset, shrunk so the whole pipeline runs in well under a minute on 2 cores.
-FAST = ["train.n_steps=30", "train.save_interval=15", "train.sample_interval=15", "sample.n_samples=16",
-        "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16", "eval.reference_n=16"]  # fmt: skip
+FAST = ["train.n_steps=30", "train.log_interval=10", "train.save_interval=15", "train.sample_interval=15",
+        "sample.n_samples=16", "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16",
+        "eval.reference_n=16"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,9 @@ PREFECT_FILE = ROOT / "deploy" / "prefect.yaml"
 DEPLOYMENTS = {"tiny", "imagenet256-full", "imagenet256-l2", "imagenet512-full", "imagenet64", "cifar10",
                "celeba64", "coco256-full", "coco256-deep"}  # fmt: skip
 # The tiny preset shrunk as in tests/flows/test_pipeline.py: the pipeline takes under a minute here.
-FAST = ["train.n_steps=30", "train.save_interval=15", "train.sample_interval=15", "sample.n_samples=16",
-        "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16", "eval.reference_n=16"]  # fmt: skip
+FAST = ["train.n_steps=30", "train.log_interval=10", "train.save_interval=15", "train.sample_interval=15",
+        "sample.n_samples=16", "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16",
+        "eval.reference_n=16"]  # fmt: skip
 SNAPSHOT = ["uvit", "storage", "flows", "deploy", "pyproject.toml"]
 RUN_TIMEOUT_S = 1200
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
