@@ -43,9 +43,10 @@ def official_assets(preset, assets: str) -> tuple[list[str], str | None]:
         if not paths.exists(vae):
             raise FileNotFoundError(f"{paths.redact_url(vae)} is missing from the official assets folder")
         overrides.append(f"data.autoencoder={vae}")
-    name = preset.eval.fid_reference
-    stats = paths.join(assets, OFFICIAL_STATS.format(name)) if name else None
-    return overrides, stats if stats and paths.exists(stats) else None
+    try:
+        return overrides, official_reference(preset, assets)
+    except (ValueError, FileNotFoundError):  # no official statistics for the preset or in the folder
+        return overrides, None
 
 
 def official_reference(preset, assets: str) -> str:

@@ -148,7 +148,7 @@ def periodic_records(store_root: str, train_url: str) -> list[dict[str, Any]]:
     if not paths.exists(folder):
         return []
     records = []
-    for name in sorted(paths.list_names(folder)):
+    for name in paths.list_names(folder):
         if name.startswith("step_") and name.endswith(".json"):
             try:
                 records.append(paths.read_json(paths.join(folder, name)))

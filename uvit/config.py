@@ -341,40 +341,41 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {annotation!r}")
 
 
-def closest(word: str, choices: list[str], what: str) -> str:
-    """'did you mean ...?' with the closest choices (difflib), else the whole list of `what`."""
+def _close(word: str, choices: list[str]) -> list[str]:
     import difflib
 
-    matches = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
-    return f"did you mean {' or '.join(matches)}?" if matches else f"valid {what}: {', '.join(choices)}"
+    return difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+
+
+def _did_you_mean(matches: list[str]) -> str:
+    return f"did you mean {' or '.join(matches)}?"
+
+
+def closest(word: str, choices: list[str], what: str) -> str:
+    """'did you mean ...?' with the closest choices (difflib), else the whole list of `what`."""
+    matches = _close(word, choices)
+    return _did_you_mean(matches) if matches else f"valid {what}: {', '.join(choices)}"
 
 
 def _near_key(key: str, keys: list[str]) -> str:
     """The closest valid override keys to an unknown `key`: the same field in another section (`lr`,
     `model.lr` -> train.lr), a near field name in its section, or a near section with that field."""
     section, _, field = key.rpartition(".")
-    same_field = [k for k in keys if k.rpartition(".")[2] == field]
     sections = sorted({k.partition(".")[0] for k in keys})
-    in_section = [k.partition(".")[2] for k in keys if k.startswith(section + ".")] if section else []
     if section in sections:  # a typo in the field name first, then the field under another section
-        near = _matches(closest(field, in_section, "")) or [f for f in in_section if f.startswith(field)][:3]
+        in_section = [k.partition(".")[2] for k in keys if k.startswith(section + ".")]
+        near = _close(field, in_section) or [f for f in in_section if f.startswith(field)][:3]
         if near:
-            return "did you mean " + " or ".join(f"{section}.{f}" for f in near) + "?"
+            return _did_you_mean([f"{section}.{f}" for f in near])
+    same_field = [k for k in keys if k.rpartition(".")[2] == field]
     if same_field:
-        return f"did you mean {' or '.join(same_field[:3])}?"
-    if section and section not in sections:
-        near = [f"{s}.{field}" for s in _matches(closest(section, sections, "")) if f"{s}.{field}" in keys]
-        if near:
-            return f"did you mean {' or '.join(near)}?"
+        return _did_you_mean(same_field[:3])
     if not section:
         return closest(key, keys, "keys")
     if section not in sections:
-        return f"valid sections: {', '.join(sections)} (keys are section.field)"
+        near = [f"{s}.{field}" for s in _close(section, sections) if f"{s}.{field}" in keys]
+        return _did_you_mean(near) if near else f"valid sections: {', '.join(sections)} (keys are section.field)"
     return f"valid keys: {', '.join(k for k in keys if k.startswith(section + '.'))}"
-
-
-def _matches(hint: str) -> list[str]:
-    return hint[len("did you mean ") : -1].split(" or ") if hint.startswith("did you mean ") else []
 
 
 def _override(preset: Preset, key: str, value: Any) -> Preset:
