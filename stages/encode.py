@@ -59,8 +59,8 @@ def encode_key(preset, dataset_key: str, split: str, encoder_ids: dict[str, str]
               **space.identity()}  # fmt: skip
     if isinstance(space, LatentSpace):  # latent stores have caption slots (empty unless text); VAE code counts
         config |= {"max_captions": MAX_CAPTIONS, "text": preset.data.conditioning == "text"}
-        if preset.data.conditioning == "text":  # the store holds the preview prompts' embeddings
-            config["test_prompts"] = [SHAPES_TEST_PROMPTS, COCO_TEST_PROMPTS]
+        if preset.data.conditioning == "text":  # the preview prompts' embeddings and the caption strings
+            config |= {"test_prompts": [SHAPES_TEST_PROMPTS, COCO_TEST_PROMPTS], "caption_texts": True}
         return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, models=encoder_ids,
                             code_version=code_version(encoding, encoders))  # fmt: skip
     return artifact_key(STAGE, config, inputs={"dataset": dataset_key}, code_version=code_version(encoding))
@@ -133,6 +133,7 @@ def encode_part(preset_json: str, part_url: str, items: list[dict[str, Any]], ba
         stored = stored[keep]
         arrays["caption_counts"] = np.asarray([c for c in counts if c], dtype=np.int32)
         arrays["captions"] = encode_captions(encoder, flat) if flat else np.zeros((0, 77, 768), np.float16)
+        arrays["caption_texts"] = np.asarray(flat, dtype=str) if flat else np.zeros(0, dtype="<U1")  # (sum k,)
     write_part(part_url, {space.stored: stored, **arrays}, problems)
     return {"part": part_url, "good": int(len(stored)), "problems": len(problems)}
 
@@ -166,6 +167,7 @@ def assemble_store(preset, part_urls: list[str], store_url: str, encoder_ids: di
         max_captions=MAX_CAPTIONS if text else 0,
         context_shape=(77, int(first["captions"].shape[-1])) if text else (77, 768),
         text_encoder={"name": preset.data.text_encoder} if text else None,
+        caption_texts=text,
         **fields,
     )
     try:
@@ -177,7 +179,7 @@ def assemble_store(preset, part_urls: list[str], store_url: str, encoder_ids: di
         # this (leased) artifact writer and holds nothing finished, so start it again.
         writer = create_latent_store(store_url, spec, overwrite=True)
     pending = set(writer.pending_shards())
-    buffer: dict[str, list] = {"stored": [], "labels": [], "captions": []}
+    buffer: dict[str, list] = {"stored": [], "labels": [], "captions": [], "texts": []}
     problems: list[dict] = []
     shard = 0
 
@@ -185,13 +187,13 @@ def assemble_store(preset, part_urls: list[str], store_url: str, encoder_ids: di
         nonlocal shard
         stored = np.concatenate(buffer["stored"])
         labels = np.concatenate(buffer["labels"]) if buffer["labels"] else None
-        caps = buffer["captions"]
+        caps, texts = buffer["captions"], buffer["texts"]
         if shard in pending:
             writer.write_shard(shard, stored[:n], None if labels is None else labels[:n],
-                               caps[:n] if text else None)  # fmt: skip
+                               caps[:n] if text else None, texts[:n] if text else None)  # fmt: skip
         buffer["stored"] = [stored[n:]]
         buffer["labels"] = [labels[n:]] if labels is not None else []
-        buffer["captions"] = caps[n:]
+        buffer["captions"], buffer["texts"] = caps[n:], texts[n:]
         shard += 1
 
     for url in part_urls:
@@ -203,6 +205,7 @@ def assemble_store(preset, part_urls: list[str], store_url: str, encoder_ids: di
         if text:
             offsets = np.concatenate([[0], np.cumsum(part["caption_counts"])])
             buffer["captions"] += [part["captions"][a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+            buffer["texts"] += [[str(c) for c in part["caption_texts"][a:b]] for a, b in zip(offsets[:-1], offsets[1:])]
         while sum(len(m) for m in buffer["stored"]) >= spec.shard_size and shard < spec.num_shards - 1:
             emit(spec.shard_size)
     remaining = sum(len(m) for m in buffer["stored"])

@@ -162,27 +162,47 @@ def conditions_for(preset, n: int, latents_url: str | None, class_label: int | N
 
         store = open_latent_store(latents_url)
         images, slots = caption_draw(len(store), store.caption_counts[...], n, seed)
-        contexts = torch.from_numpy(store.read_captions(images, slots)).float()
+        texts = store.read_caption_texts(images, slots) if store.caption_texts is not None else None
         empty = torch.from_numpy(np.asarray(store.null_context())).float()
-        return Conditions(contexts=contexts, empty_context=empty), f"captions-{latents_url}-{seed}-shuffled"
+        return Conditions(contexts=StoreContexts(store, images, slots), empty_context=empty,
+                          captions=texts), f"captions-{latents_url}-{seed}-shuffled"  # fmt: skip
     return Conditions(), "none"
 
 
-def recorded_captions(preset, conditions, n: int, latents_url: str | None, seed: int) -> dict:
+class StoreContexts:
+    """The caption embeddings of drawn (image, slot) pairs, read from the store one slice at a time.
+
+    Stands in for a (n, T, D) tensor in `Conditions`: the 30k COCO evaluation contexts would take
+    7 GB as one float32 tensor, a mini-batch's slice takes megabytes.
+    """
+
+    def __init__(self, store, images, slots) -> None:
+        self.store, self.images, self.slots = store, images, slots
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice):
+        import torch
+
+        if not isinstance(index, slice):
+            raise TypeError("StoreContexts is read by slices")
+        rows = self.store.read_captions(self.images[index], self.slots[index])  # (b, T, D) float16
+        return torch.from_numpy(rows).float()
+
+
+def recorded_captions(preset, conditions) -> dict:
     """Arrays for samples.npz saying what each sample was drawn with, for the CLIP score: its caption
-    (`captions`), or for captions drawn from a latent store, which keeps only their CLIP embeddings,
-    the store image and caption slot (`caption_images`, `caption_slots`)."""
+    (`captions`), and for captions drawn from a latent store the store image and caption slot
+    (`caption_images`, `caption_slots`); a store encoded before it kept caption strings gives only those."""
     import numpy as np
 
+    drawn = {}
+    if preset.data.conditioning == "text" and isinstance(conditions.contexts, StoreContexts):
+        drawn = {"caption_images": conditions.contexts.images, "caption_slots": conditions.contexts.slots}
     if conditions.captions is not None:
-        return {"captions": np.asarray(conditions.captions, dtype=str)}
-    if preset.data.conditioning == "text" and latents_url:
-        from storage.latents import open_latent_store
-
-        store = open_latent_store(latents_url)
-        images, slots = caption_draw(len(store), store.caption_counts[...], n, seed)  # the draw conditions_for made
-        return {"caption_images": images, "caption_slots": slots}
-    return {}
+        return {"captions": np.asarray(conditions.captions, dtype=str), **drawn}
+    return drawn
 
 
 def run_sample(
@@ -309,7 +329,7 @@ def run_sample(
                 yield images
 
         labels = {} if conditions.labels is None else {"labels": conditions.labels.numpy()}
-        captions = recorded_captions(preset, conditions, n, latents_url, preset.sample.seed)
+        captions = recorded_captions(preset, conditions)
         shape = write_npz_stream(writer.path(outputs.SAMPLES_NPZ), shards(), n, **labels, **captions)
         from uvit.generation import image_grid
 

@@ -14,6 +14,9 @@ Layout of a store at `<url>` (a zarr v3 group, on any fsspec URL):
                             (S, M, T, D) holding inner chunks of one caption (1, 1, T, D), so a reader
                             fetches just the caption it picked
     caption_counts/         text stores: (N,) int32, captions of each image (1..M); chunks (S,)
+    caption_texts/          text stores with `spec.caption_texts`: (N, M) UTF-8 strings, the captions
+                            themselves ("" in empty slots); chunks (S, M). The CLIP score of samples
+                            drawn with store captions reads them
     null_context/           text stores: (T, D) embedding of the empty caption ""
     test_contexts/          text stores: (P, T, D) embeddings of the test prompts (strings in attrs)
     _shards/000012.done     JSON marker written after shard 12's data, with the size and sha256 of each
@@ -83,6 +86,7 @@ _OWNED_NAMES = {
     "labels",
     "captions",
     "caption_counts",
+    "caption_texts",
     "null_context",
     "test_contexts",
     MARKERS,
@@ -118,6 +122,8 @@ class LatentSpec:
     compressor: Compressor = "none"
     # "moments": VAE moments of both flips (format 1); "pixels": uint8 images, one view (format 2).
     content: Content = "moments"
+    # Text stores: whether `caption_texts/` holds the caption strings (stores written before it do not).
+    caption_texts: bool = False
 
     def __post_init__(self) -> None:
         if self.num_images <= 0 or self.shard_size <= 0:
@@ -134,6 +140,8 @@ class LatentSpec:
             raise LatentStoreError("max_captions and num_classes must be >= 0")
         if self.max_captions and self.text_encoder is None:
             raise LatentStoreError("a store with captions needs text_encoder (the CLIP identity)")
+        if self.caption_texts and not self.max_captions:
+            raise LatentStoreError("caption_texts needs a store with captions (max_captions > 0)")
         if self.content not in ("moments", "pixels"):
             raise LatentStoreError(f"content must be 'moments' or 'pixels', got {self.content!r}")
         if self.content == "pixels" and (self.latent_shape[0] != 3 or self.latent_scale != 1.0):
@@ -203,6 +211,8 @@ class LatentSpec:
         d["context_shape"] = list(self.context_shape)
         if not self.is_pixels:
             del d["content"]  # a moments store stays exactly format 1
+        if not self.caption_texts:
+            del d["caption_texts"]  # so stores without caption strings keep their exact attributes
         return d
 
     @classmethod
@@ -359,12 +369,14 @@ class LatentStoreWriter:
         moments: Any,
         labels: Any | None = None,
         captions: Sequence[Any] | None = None,
+        caption_texts: Sequence[Sequence[str]] | None = None,
     ) -> None:
         """Write one whole shard, then its marker.
 
         `moments`: (n, 2, 2C, h, w) floats (cast to the store dtype), or for a pixel store uint8
         pixels (n, 1, 3, H, W) as cropped (never flipped); `labels`: (n,) ints in [0, num_classes) or
-        -1; `captions`: per image an array (k_i, T, D) with 1 <= k_i <= max_captions.
+        -1; `captions`: per image an array (k_i, T, D) with 1 <= k_i <= max_captions;
+        `caption_texts` (stores with `spec.caption_texts`): per image its k_i caption strings.
         """
         spec = self.spec
         start, stop = spec.shard_range(shard)
@@ -396,7 +408,12 @@ class LatentStoreWriter:
             padded, counts = self._pad_captions(shard, n, captions)
         elif captions is not None:
             raise LatentStoreError(f"shard {shard}: the store has no captions (max_captions=0)")
+        if spec.caption_texts:
+            texts = self._pad_texts(shard, counts, caption_texts)
+        elif caption_texts is not None:
+            raise LatentStoreError(f"shard {shard}: the store keeps no caption strings (spec.caption_texts)")
         names = [what, "labels"] + (["captions", "caption_counts"] if spec.has_text else [])
+        names += ["caption_texts"] if spec.caption_texts else []
         with _all_chunks_stored():
             arrays = {name: self.group[name] for name in names}
             arrays[what][start:stop] = moments.astype(spec.array_dtype, copy=False)
@@ -404,6 +421,8 @@ class LatentStoreWriter:
             if spec.has_text:
                 arrays["captions"][start:stop] = padded
                 arrays["caption_counts"][start:stop] = counts
+            if spec.caption_texts:
+                arrays["caption_texts"][start:stop] = texts
         files = self._file_entries([_chunk_file(arrays[name], name, shard) for name in names])
         _mark_done(self.url, _shard_name(shard), {"shard": shard, "start": start, "stop": stop, "files": files})
 
@@ -427,6 +446,22 @@ class LatentStoreWriter:
             padded[i, : caps.shape[0]] = caps
             counts[i] = caps.shape[0]
         return padded, counts
+
+    def _pad_texts(self, shard: int, counts: np.ndarray, texts: Sequence[Sequence[str]] | None) -> np.ndarray:
+        """(n, M) object array of caption strings, "" in empty slots; k_i strings for image i."""
+        n, slots = len(counts), self.spec.max_captions
+        if texts is None or len(texts) != n:
+            got = None if texts is None else len(texts)
+            raise LatentStoreError(f"shard {shard}: need the caption strings of each of its {n} images, got {got}")
+        padded = np.full((n, slots), "", dtype=object)
+        for i, (caps, k) in enumerate(zip(texts, counts)):
+            caps = list(caps)
+            if len(caps) != k or not all(isinstance(c, str) for c in caps):
+                raise LatentStoreError(
+                    f"shard {shard} image {i}: {len(caps)} caption strings for {k} caption embeddings"
+                )
+            padded[i, :k] = caps
+        return padded
 
     def write_text_constants(self, null_context: Any, test_prompts: Sequence[str], test_contexts: Any) -> None:
         """Write the empty-caption embedding (T, D) and the test prompts' ones (P, T, D), then a marker."""
@@ -524,6 +559,9 @@ def create_latent_store(url: str, spec: LatentSpec, *, overwrite: bool = False) 
             fill_value=0,
         )
         group.create_array("caption_counts", shape=(spec.num_images,), chunks=(s,), dtype="int32", fill_value=0)
+    if spec.caption_texts:
+        group.create_array("caption_texts", shape=(spec.num_images, spec.max_captions),
+                           chunks=(s, spec.max_captions), dtype=str, fill_value="")  # fmt: skip
     group.require_group(MARKERS)  # a (member-less) group, so zarr recognises the marker folder
     # Attributes last: a group without them is not a latent store, so a crash above leaves no store.
     group.attrs.update({FORMAT_NAME: {"format_version": spec.format_version, "spec": spec.to_dict()}})
@@ -551,6 +589,7 @@ class LatentStore:
         self.labels = group["labels"]
         self.captions = group["captions"] if spec.has_text else None
         self.caption_counts = group["caption_counts"] if spec.has_text else None
+        self.caption_texts = group["caption_texts"] if spec.caption_texts else None
         self._raw_moments_dir = _raw_chunk_dir(self.moments)
         self.verifier = verifier or ReadVerifier(url)
         self._checked_chunks: set[int] = set()
@@ -562,6 +601,8 @@ class LatentStore:
         arrays = {self.spec.array_name: self.moments, "labels": self.labels}
         if self.spec.has_text:
             arrays.update(captions=self.captions, caption_counts=self.caption_counts)
+        if self.caption_texts is not None:
+            arrays["caption_texts"] = self.caption_texts
         for name, array in arrays.items():
             raw = name == self.spec.array_name and self._raw_moments_dir is not None
             shape = (self.spec.shard_size, *self.spec.array_shape[1:])
@@ -631,6 +672,21 @@ class LatentStore:
         for slot in np.unique(slots):
             where = np.nonzero(slots == slot)[0]
             out[where] = self.captions.oindex[indices[where], int(slot)]
+        return out
+
+    def read_caption_texts(self, indices: np.ndarray, slots: np.ndarray) -> list[str]:
+        """The caption strings of images `indices` at caption slots `slots` (stores with `spec.caption_texts`)."""
+        if self.caption_texts is None:
+            raise LatentStoreError(f"{self!r} keeps no caption strings (encoded before they were stored)")
+        indices = np.asarray(indices, dtype=np.int64)
+        slots = np.asarray(slots, dtype=np.int64)
+        out = [""] * len(indices)
+        for chunk in np.unique(indices // self.spec.shard_size):
+            self.check_chunk(int(chunk))
+            start, stop = self.spec.shard_range(int(chunk))
+            texts = self.caption_texts[start:stop]  # (S, M): one read per shard
+            for i in np.nonzero((indices >= start) & (indices < stop))[0]:
+                out[i] = str(texts[indices[i] - start, slots[i]])
         return out
 
     def null_context(self) -> np.ndarray:

@@ -228,10 +228,18 @@ def test_text_to_image_pipeline_and_prompt_sampling(tmp_path):
 
     report = open(summary["metrics_report"]).read()
     assert {"sFID", "FD-DINOv2", "CLIP score"} <= set(summary["metrics"]) and summary["metrics"]["FD-DINOv2"] > 0
-    assert summary["metrics"]["CLIP score"] is None and "keeps only their CLIP embeddings" in report
+    # The CLIP score of store-drawn captions: the store keeps each caption's string beside its embedding.
+    assert summary["metrics"]["CLIP score"] is not None and "CLIP score" not in summary.get("skipped", {})
     assert "vit_small_patch14_dinov2 random-seeded-0" in report and "random-seeded" in report
     drawn = np.load(summary["stages"][4]["artifact"] + "/samples.npz")
-    assert drawn["caption_images"].shape == drawn["caption_slots"].shape == (16,)
+    assert drawn["caption_images"].shape == drawn["caption_slots"].shape == drawn["captions"].shape == (16,)
+    val = open_latent_store(summary["stages"][2]["artifact"] + "/latents")  # evaluation captions: the val split's
+    assert list(drawn["captions"]) == val.read_caption_texts(drawn["caption_images"], drawn["caption_slots"])
+    from storage.items import caption_items
+
+    by_image = [it["captions"] for it in caption_items(summary["stages"][0]["artifact"], "val")[0]]
+    for image, slot, caption in zip(drawn["caption_images"], drawn["caption_slots"], drawn["captions"]):
+        assert caption == by_image[image][slot]  # the dataset's own caption (no image of tiny-text is skipped)
     preset = get_preset("tiny-text", every_metric)
     one = run_sample(preset, store, train_run_url=summary["stages"][3]["artifact"], n=4,
                      prompt="A red circle in the middle.")  # fmt: skip

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from storage import paths
+from storage.artifacts import ArtifactCorruptError
 from storage.latents import (
     IncompleteStoreError,
     LatentSpec,
@@ -177,6 +178,53 @@ def test_text_store_rejects_bad_captions(memory_root: str) -> None:
         writer.write_shard(0, data["moments"])
     with pytest.raises(LatentStoreError, match=r"captions shape \(1, 5, 9\)"):
         writer.write_shard(0, data["moments"], captions=[np.zeros((1, 5, 9))] * 4)
+
+
+def test_text_store_keeps_caption_strings(any_root: str) -> None:
+    """`caption_texts`: each image's caption strings beside their embeddings, read back per (image, slot)."""
+    spec = dataclasses.replace(TEXT_SPEC, caption_texts=True)
+    assert "caption_texts" not in TEXT_SPEC.to_dict()  # stores without strings keep their attributes
+    url = paths.join(any_root, "coco")
+    writer = create_latent_store(url, spec)
+    texts = {}
+    for shard in range(spec.num_shards):
+        data = shard_data(spec, shard)
+        start = spec.shard_range(shard)[0]
+        shard_texts = [[f"image {start + i} caption {k} ünï" for k in range(len(c))] for i, c in enumerate(data["captions"])]
+        texts.update({start + i: t for i, t in enumerate(shard_texts)})
+        if shard == 0:
+            wrong = [t[:-1] or ["x", "y", "z", "w"] for t in shard_texts]
+            with pytest.raises(LatentStoreError, match="image 0: .* caption strings for .* caption embeddings"):
+                writer.write_shard(shard, **data, caption_texts=wrong)
+            with pytest.raises(LatentStoreError, match="need the caption strings of each of its 4 images"):
+                writer.write_shard(shard, **data)
+        writer.write_shard(shard, **data, caption_texts=shard_texts)
+    writer.write_text_constants(np.zeros((5, 8)), [], np.zeros((0, 5, 8)))
+    store = open_latent_store(url, text=True)
+    indices = np.array([9, 0, 5, 5, 3])
+    slots = np.array([len(texts[int(i)]) - 1 for i in indices])
+    assert store.read_caption_texts(indices, slots) == [texts[int(i)][s] for i, s in zip(indices, slots)]
+    plain = create_latent_store(paths.join(any_root, "plain"), TEXT_SPEC)
+    with pytest.raises(LatentStoreError, match="keeps no caption strings"):
+        plain.write_shard(0, **shard_data(TEXT_SPEC, 0), caption_texts=[["a"]] * 4)
+    with pytest.raises(LatentStoreError, match="caption_texts needs a store with captions"):
+        dataclasses.replace(SPEC, caption_texts=True)
+
+
+def test_a_damaged_caption_strings_chunk_is_refused(tmp_path) -> None:
+    spec = dataclasses.replace(TEXT_SPEC, caption_texts=True)
+    url = str(tmp_path / "coco")
+    writer = create_latent_store(url, spec)
+    for shard in range(spec.num_shards):
+        data = shard_data(spec, shard)
+        writer.write_shard(shard, **data, caption_texts=[["t"] * len(c) for c in data["captions"]])
+    writer.write_text_constants(np.zeros((5, 8)), [], np.zeros((0, 5, 8)))
+    (chunk,) = (tmp_path / "coco" / "caption_texts" / "c").glob("1/0")
+    store = open_latent_store(url, text=True)
+    chunk.unlink()  # a bare store's files are checked for presence (inside an artifact: size and sha256)
+    store.read_caption_texts(np.array([0]), np.array([0]))  # shard 0 is intact
+    with pytest.raises(ArtifactCorruptError, match="caption_texts/c/1/0: missing"):
+        store.read_caption_texts(np.array([5]), np.array([0]))
 
 
 WRITER_SCRIPT = textwrap.dedent(
