@@ -1,6 +1,7 @@
 """CLI of the whole pipeline: download -> encode -> train -> sample -> evaluate, each a cached step.
 
     python -m flows.pipeline --preset tiny                      # the whole pipeline, here
+    python -m flows.pipeline --preset tiny --final-checkpoint best   # sample the lowest-FID checkpoint
     prefect deployment run uvit/tiny                            # the same through a worker
     prefect deployment run uvit/imagenet256-full -p source=/data/imagenet
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="FID statistics file (ADM reference batch or U-ViT fid_stats .npz)")  # fmt: skip
     parser.add_argument("--official-assets", default=None, metavar="DIR",
                         help="an official U-ViT assets/ folder: its autoencoder and fid_stats")  # fmt: skip
+    parser.add_argument("--final-checkpoint", choices=("last", "best"), default="last",
+                        help="sample the final EMA weights, or the periodically evaluated checkpoint with the "
+                             "lowest FID (the official choice; needs train.eval_interval)")  # fmt: skip
     args = parser.parse_args(argv)
     apply_prefect_defaults()
 
@@ -39,13 +43,14 @@ def main(argv: list[str] | None = None) -> int:
             from stages.pipeline import run_pipeline
 
             return run_pipeline(args.preset, args.override, args.store, args.source, args.processes, args.n_samples,
-                                dataset=args.dataset, reference=args.reference,
-                                assets=args.official_assets)  # fmt: skip
+                                dataset=args.dataset, reference=args.reference, assets=args.official_assets,
+                                final_checkpoint=args.final_checkpoint)  # fmt: skip
         from flows.uvit_flow import uvit
 
         return run_flow(uvit, preset=args.preset, overrides=args.override, store_root=args.store, source=args.source,
                         num_processes=args.processes, n_samples=args.n_samples, dataset=args.dataset,
-                        reference=args.reference, official_assets=args.official_assets)  # fmt: skip
+                        reference=args.reference, official_assets=args.official_assets,
+                        final_checkpoint=args.final_checkpoint)  # fmt: skip
 
     return run_cli(body)
 

@@ -32,6 +32,7 @@ def uvit(
     dataset: str | None = None,
     reference: str | None = None,
     official_assets: str | None = None,
+    final_checkpoint: str = "last",
 ) -> dict:
     """Download, encode, train, sample and evaluate one preset; every stage is content-cached.
 
@@ -43,9 +44,13 @@ def uvit(
     `reference` is the FID statistics file (ADM reference batch or U-ViT fid_stats, any fsspec URL;
     default `$UVIT_REFERENCE_<fid_reference>` on the worker, else computed from the dataset);
     `official_assets` an official U-ViT `assets/` folder (its autoencoder and fid_stats).
+    `final_checkpoint`: "last" (the final EMA weights) or "best" (the periodically evaluated
+    checkpoint with the lowest FID, as the official training reloads it; each exported checkpoint
+    is evaluated first, a cache hit where the periodic-eval deployment already did it).
     """
     trigger = functools.partial(eval_trigger, eval_deployment) if eval_deployment else None
     # The pipeline's own tables (stages, summary) go to this flow run.
     return reported(run_pipeline)(preset, overrides, store_root, source, num_processes, n_samples,
                                   prefect_stage_runner(), eval_trigger=trigger, dataset=dataset,
-                                  reference=reference or None, assets=official_assets or None)  # fmt: skip
+                                  reference=reference or None, assets=official_assets or None,
+                                  final_checkpoint=final_checkpoint)  # fmt: skip

@@ -102,6 +102,7 @@ def run_pipeline(
     dataset: str | None = None,
     reference: str | None = None,
     assets: str | None = None,
+    final_checkpoint: str = "last",
 ) -> dict[str, Any]:
     """Run the five stages in order; `stage_runner(name, fn, *args)` wraps each (Prefect tasks or plain).
 
@@ -115,11 +116,22 @@ def run_pipeline(
 
     `eval_trigger(preset, store_root, latents_url, dataset_url, dataset_key)` returns the train
     stage's `(step, weights_url)` callback for periodic evaluation (the flows start a deployment).
+
+    `final_checkpoint`: "last" samples the final EMA weights; "best" the periodically evaluated
+    checkpoint with the lowest FID, as the official `train_ldm_discrete.py` reloads it. Every
+    checkpoint the run exported (every `train.eval_interval` steps) is then evaluated here first
+    (`run_periodic_eval`: a cache hit for each one the periodic-eval deployment already did, a wait
+    on its lease for one it is doing), so the choice never depends on which asynchronous run ended.
     """
     from uvit.config import get_preset
 
     preset = get_preset(preset_name, overrides or [])
     num_processes = resolve_processes(num_processes)  # before any work
+    if final_checkpoint not in ("last", "best"):
+        raise ValueError(f"final_checkpoint must be 'last' or 'best', got {final_checkpoint!r}")
+    if final_checkpoint == "best" and not 0 < preset.train.eval_interval <= preset.train.n_steps:
+        raise ValueError(f"final_checkpoint 'best' picks among periodic evaluations: set train.eval_interval in "
+                         f"[1, train.n_steps={preset.train.n_steps}], got {preset.train.eval_interval}")  # fmt: skip
     if assets:
         extra, stats = official_assets(preset, assets)
         preset = get_preset(preset_name, [*(overrides or []), *extra])
@@ -145,14 +157,24 @@ def run_pipeline(
     if preset.data.conditioning == "text":
         val_latents = timed("encode_val", run_encode, preset, ds.url, ds.key, store_root, split="val",
                             dataset_name=dataset)  # fmt: skip
+    eval_latents = (val_latents or latents).facts["latents_url"]
     trigger = None
     if eval_trigger is not None:
-        trigger = eval_trigger(preset, store_root, (val_latents or latents).facts["latents_url"], ds.url, ds.key)
+        trigger = eval_trigger(preset, store_root, eval_latents, ds.url, ds.key)
+    elif final_checkpoint == "best":
+        trigger = _export_only  # the checkpoints are exported for the evaluations below
     trained = timed("train", run_train, preset, latents.facts["latents_url"], store_root,
                     num_processes=num_processes, eval_trigger=trigger, latents_key=latents.key)  # fmt: skip
-    samples = timed("sample", run_sample, preset, store_root, train_run_url=trained.url,
-                    latents_url=(val_latents or latents).facts["latents_url"], n=n_samples,
-                    num_processes=num_processes)  # fmt: skip
+    chosen: dict[str, Any] = {"train_run_url": trained.url}
+    checkpoint_why = "the final EMA weights"
+    if final_checkpoint == "best":
+        start = time.perf_counter()
+        weights, checkpoint_why = best_checkpoint(run, preset, store_root, trained.url, eval_latents, ds.url, ds.key)
+        timings["best_checkpoint"] = round(time.perf_counter() - start, 2)
+        chosen = {"checkpoint": weights}
+    reporter().logger().info("sample: %s", checkpoint_why)
+    samples = timed("sample", run_sample, preset, store_root, latents_url=eval_latents, n=n_samples,
+                    num_processes=num_processes, **chosen)  # fmt: skip
     metrics = timed("evaluate", run_evaluate, preset, samples.url, store_root, reference=reference or None,
                     reference_dataset_url=ds.url, reference_dataset_key=ds.key, samples_key=samples.key)  # fmt: skip
 
@@ -166,10 +188,33 @@ def run_pipeline(
         "loss_curve": trained.facts.get("loss_curve"),
         "metrics_report": metrics.facts.get("report"),
         "metrics": metrics.facts.get("metrics"),
+        "checkpoint": checkpoint_why,
         "all_cached": all(out.cached for out in outputs.values()),
     }
     reporter().markdown(f"{preset.name}-pipeline-summary", _summary_markdown(summary), "pipeline outputs")
     return summary
+
+
+def _export_only(step: int, weights_url: str) -> None:
+    """Periodic-evaluation callback that only lets the train stage export the checkpoints."""
+
+
+def best_checkpoint(run, preset, store_root: str, train_url: str, latents_url: str | None, dataset_url: str,
+                    dataset_key: str) -> tuple[str, str]:  # fmt: skip
+    """(weights URL, why) of the lowest-FID checkpoint among all the training run exported, each evaluated first."""
+    from stages.evaluate import run_periodic_eval
+    from stages.sample import best_periodic_weights
+    from storage import outputs, paths
+
+    exported = outputs.exported_eval_weights(train_url)
+    if not exported:
+        raise ValueError(f"the training run {paths.redact_url(train_url)} exported no checkpoint for evaluation "
+                         "(trained before, without periodic evaluation); pick the final weights "
+                         "(final_checkpoint 'last') or train again under another store")  # fmt: skip
+    for step, weights in exported:
+        run(f"periodic_eval-{step}", run_periodic_eval, preset.to_json(), store_root, weights, latents_url,
+            dataset_url, dataset_key, step, preset.eval.periodic_n_samples)  # fmt: skip
+    return best_periodic_weights(store_root, train_url)
 
 
 def _summary_markdown(summary: dict[str, Any]) -> str:
@@ -180,5 +225,5 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     for row in summary["stages"]:
         lines.append(f"| {row['stage']} | {row['cached']} | {row['seconds']} | `{redact_url(row['artifact'])}` |")
     lines += ["", f"- sample grid: `{summary['sample_grid']}`", f"- loss curve: `{summary['loss_curve']}`",
-              f"- metrics report: `{summary['metrics_report']}`"]  # fmt: skip
+              f"- metrics report: `{summary['metrics_report']}`", f"- sampled checkpoint: {summary['checkpoint']}"]  # fmt: skip
     return "\n".join(lines)

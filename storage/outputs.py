@@ -111,6 +111,20 @@ def eval_weights(step: int) -> tuple[str, str, str]:
     return ("evals", f"step_{step:09d}", EMA_WEIGHTS)
 
 
+def exported_eval_weights(train_url: str) -> list[tuple[int, str]]:
+    """(step, weights URL) of every checkpoint a training run exported for periodic evaluation, by step."""
+    folder = paths.join(train_url, eval_weights(0)[0])
+    if not paths.exists(folder):
+        return []
+    found = []
+    for name in paths.list_names(folder):
+        url = paths.join(folder, name, EMA_WEIGHTS)
+        parsed = eval_weights_train(url)
+        if parsed is not None and paths.exists(url):
+            found.append((parsed[1], url))
+    return sorted(found)
+
+
 def eval_weights_train(weights_url: str) -> tuple[str, int] | None:
     """(train artifact URL, step) of weights exported for periodic evaluation; None for other weights."""
     parts = weights_url.rstrip("/").split("/")

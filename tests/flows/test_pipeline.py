@@ -147,15 +147,17 @@ def test_periodic_evaluation_is_triggered_with_exported_weights(tmp_path):
     from uvit.config import get_preset
 
     store = str(tmp_path)
-    preset = get_preset("tiny", FAST + ["train.n_steps=20", "train.save_interval=5", "train.eval_interval=10"])
+    overrides = FAST + ["train.n_steps=20", "train.save_interval=5", "train.eval_interval=10",
+                        "eval.periodic_n_samples=16"]  # fmt: skip
+    preset = get_preset("tiny", overrides)
     ds = download_dataset("shapes", None, store)
     latents = run_encode(preset, ds.url, ds.key, store, dataset_name="shapes")
     calls = []
     train = run_train(preset, latents.facts["latents_url"], store,
                       eval_trigger=lambda step, url: calls.append((step, url)))  # fmt: skip
     assert [step for step, _ in calls] == [10, 20]
-    results = [run_periodic_eval(preset.to_json(), store, url, dataset_url=ds.url, dataset_key=ds.key, step=step)
-               for step, url in calls]  # fmt: skip
+    results = [run_periodic_eval(preset.to_json(), store, url, dataset_url=ds.url, dataset_key=ds.key, step=step,
+                                 n_samples=preset.eval.periodic_n_samples) for step, url in calls]  # fmt: skip
     assert all(r["stage"] == "evaluate" and "FID" in r["facts"]["metrics"] for r in results)
     # Each periodic FID is kept; the final evaluation can use the best checkpoint, as the official training.
     from stages.evaluate import checkpoint_note, run_evaluate
@@ -177,6 +179,20 @@ def test_periodic_evaluation_is_triggered_with_exported_weights(tmp_path):
     # No recorded evaluation: a one-line reason.
     with pytest.raises(FileNotFoundError, match="no periodic evaluation"):
         best_periodic_weights(str(tmp_path / "elsewhere"), train.url)
+    # The pipeline's final_checkpoint="best": every exported checkpoint evaluated (here each one a cache
+    # hit: evaluated above), then the lowest FID sampled, and the summary and report say which and why.
+    evaluations_before = set(Path(store, "evaluate").iterdir())
+    summary = run_pipeline("tiny", overrides, store, final_checkpoint="best")
+    assert summary["checkpoint"] == why
+    assert [r["cached"] for r in summary["stages"][:3]] == [True, True, True]  # download, encode, train
+    assert len(set(Path(store, "evaluate").iterdir()) - evaluations_before) == 1  # the final one only
+    report = Path(summary["metrics_report"]).read_text()
+    assert f"- checkpoint: training step {best['step']}, the lowest FID of 2 periodic evaluations" in report
+    with pytest.raises(ValueError, match=r"set train.eval_interval in \[1, train.n_steps=30\], got 500"):
+        run_pipeline("tiny", FAST, str(tmp_path / "none"), final_checkpoint="best")
+    with pytest.raises(ValueError, match="final_checkpoint must be 'last' or 'best'"):
+        run_pipeline("tiny", FAST, str(tmp_path / "none"), final_checkpoint="lowest")
+    assert not (tmp_path / "none").exists()  # refused before any work
 
 
 def test_sample_cli_best_picks_the_lowest_recorded_fid(tmp_path, monkeypatch, capsys):
