@@ -294,7 +294,7 @@ def sample_captions(samples_path: str) -> tuple[list[str] | None, str]:
         if "caption_images" in data.files:
             return None, ("the samples were drawn with captions of a latent store encoded before stores kept "
                           "caption strings (only their CLIP embeddings); encode again (the encode key has "
-                          "changed, so the stage rebuilds) or sample with a prompts file to get a CLIP score")  # fmt: skip
+                          "changed, so the stage rebuilds) or sample with a prompts file")  # fmt: skip
     return None, "the sample artifact does not record the captions its samples were drawn with"
 
 

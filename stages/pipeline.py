@@ -225,5 +225,6 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     for row in summary["stages"]:
         lines.append(f"| {row['stage']} | {row['cached']} | {row['seconds']} | `{redact_url(row['artifact'])}` |")
     lines += ["", f"- sample grid: `{summary['sample_grid']}`", f"- loss curve: `{summary['loss_curve']}`",
-              f"- metrics report: `{summary['metrics_report']}`", f"- sampled checkpoint: {summary['checkpoint']}"]  # fmt: skip
+              f"- metrics report: `{summary['metrics_report']}`",
+              f"- sampled checkpoint: {summary['checkpoint']}"]  # fmt: skip
     return "\n".join(lines)

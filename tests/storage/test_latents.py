@@ -190,7 +190,8 @@ def test_text_store_keeps_caption_strings(any_root: str) -> None:
     for shard in range(spec.num_shards):
         data = shard_data(spec, shard)
         start = spec.shard_range(shard)[0]
-        shard_texts = [[f"image {start + i} caption {k} ünï" for k in range(len(c))] for i, c in enumerate(data["captions"])]
+        shard_texts = [[f"image {start + i} caption {k} ünï" for k in range(len(c))]
+                       for i, c in enumerate(data["captions"])]  # fmt: skip
         texts.update({start + i: t for i, t in enumerate(shard_texts)})
         if shard == 0:
             wrong = [t[:-1] or ["x", "y", "z", "w"] for t in shard_texts]
