@@ -49,6 +49,15 @@ def add_processes_arg(parser: argparse.ArgumentParser, what: str, default: str |
                              f"default {default or 'auto'}")  # fmt: skip
 
 
+def add_dask_args(parser: argparse.ArgumentParser) -> None:
+    """--dask-workers N|auto and --dask-address: where the encode stage's parts run."""
+    parser.add_argument("--dask-workers", type=processes, default=1, metavar="N|auto",
+                        help="encode on N local Dask workers, one per GPU, each pinned to its device "
+                             "(auto = every visible GPU); default 1: in this process")  # fmt: skip
+    parser.add_argument("--dask-address", default=None, metavar="ADDRESS",
+                        help="encode on the workers of an existing Dask scheduler, e.g. tcp://host:8786")  # fmt: skip
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """--preset, --override and --store, shared by every stage CLI."""
     from uvit.config import PRESETS

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 
-from flows._cli import OneLineErrorParser, add_common_args, positive_int, run_cli, run_flow
+from flows._cli import OneLineErrorParser, add_common_args, add_dask_args, run_cli, run_flow
 from flows._common import apply_prefect_defaults
 from flows._errors import one_line_failures
 from flows._publish import reported
@@ -33,10 +33,10 @@ def _flow():
 
     @task(name="encode-latents")
     def encode_task(preset_json: str, dataset_url: str, dataset_key: str, store_root: str, split: str,
-                    dataset_name: str, dask_workers: int, dask_address: str | None) -> dict:  # fmt: skip
+                    dataset_name: str, dask_workers: int | str, dask_address: str | None) -> dict:  # fmt: skip
         from uvit.config import Preset
 
-        runner = stage.dask_part_runner(dask_address, dask_workers) if (dask_workers > 1 or dask_address) else None
+        runner = stage.part_runner_for(dask_workers, dask_address)
         encode = reported(stage.run_encode)
         return encode(Preset.from_json(preset_json), dataset_url, dataset_key, store_root, split=split,
                       dataset_name=dataset_name, part_runner=runner).to_dict()  # fmt: skip
@@ -45,7 +45,7 @@ def _flow():
     @one_line_failures
     def encode_flow(dataset: str = "shapes", preset: str = "tiny", overrides: list[str] | None = None,
                     store_root: str = "./uvit-store", source: str | None = None, split: str = "train",
-                    dask_workers: int = 1, dask_address: str | None = None) -> dict:  # fmt: skip
+                    dask_workers: int | str = 1, dask_address: str | None = None) -> dict:  # fmt: skip
         """Download (cached) and encode a dataset split into a latent store."""
         from stages.download import run_download
         from uvit.config import get_preset
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train", choices=["train", "val"])
     parser.add_argument("--resolution", type=int, choices=[32, 64, 256, 512], default=None,
                         help="image resolution (default: the preset's)")  # fmt: skip
-    parser.add_argument("--dask-workers", type=positive_int, default=1, help="local Dask workers (one per GPU)")
-    parser.add_argument("--dask-address", default=None, help="address of an existing Dask scheduler")
+    add_dask_args(parser)
     parser.set_defaults(preset=None)  # default: the dataset's usual preset (coco256-s2 for COCO, ...)
     args = parser.parse_args(argv)
     apply_prefect_defaults()
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
             preset = get_preset(args.preset, overrides)
             ds = run_download(dataset, args.source, args.store)
-            runner = stage.dask_part_runner(args.dask_address, args.dask_workers) if args.dask_workers > 1 else None
+            runner = stage.part_runner_for(args.dask_workers, args.dask_address)
             return stage.run_encode(preset, ds.url, ds.key, args.store, split=args.split, dataset_name=dataset,
                               part_runner=runner).to_dict()  # fmt: skip
         return run_flow(_flow(), dataset=dataset, preset=args.preset, overrides=overrides, store_root=args.store,

@@ -15,7 +15,15 @@ from __future__ import annotations
 import os
 import sys
 
-from flows._cli import OneLineErrorParser, add_common_args, add_processes_arg, positive_int, run_cli, run_flow
+from flows._cli import (
+    OneLineErrorParser,
+    add_common_args,
+    add_dask_args,
+    add_processes_arg,
+    positive_int,
+    run_cli,
+    run_flow,
+)
 from flows._common import apply_prefect_defaults, logger
 
 
@@ -32,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="FID statistics file (ADM reference batch or U-ViT fid_stats .npz)")  # fmt: skip
     parser.add_argument("--official-assets", default=None, metavar="DIR",
                         help="an official U-ViT assets/ folder: its autoencoder and fid_stats")  # fmt: skip
+    add_dask_args(parser)
     parser.add_argument("--final-checkpoint", choices=("last", "best"), default="last",
                         help="sample the final EMA weights, or the periodically evaluated checkpoint with the "
                              "lowest FID (the official choice; needs train.eval_interval)")  # fmt: skip
@@ -44,13 +53,15 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_pipeline(args.preset, args.override, args.store, args.source, args.processes, args.n_samples,
                                 dataset=args.dataset, reference=args.reference, assets=args.official_assets,
-                                final_checkpoint=args.final_checkpoint)  # fmt: skip
+                                final_checkpoint=args.final_checkpoint, dask_workers=args.dask_workers,
+                                dask_address=args.dask_address)  # fmt: skip
         from flows.uvit_flow import uvit
 
         return run_flow(uvit, preset=args.preset, overrides=args.override, store_root=args.store, source=args.source,
                         num_processes=args.processes, n_samples=args.n_samples, dataset=args.dataset,
                         reference=args.reference, official_assets=args.official_assets,
-                        final_checkpoint=args.final_checkpoint)  # fmt: skip
+                        final_checkpoint=args.final_checkpoint, dask_workers=args.dask_workers,
+                        dask_address=args.dask_address)  # fmt: skip
 
     return run_cli(body)
 

@@ -33,6 +33,8 @@ def uvit(
     reference: str | None = None,
     official_assets: str | None = None,
     final_checkpoint: str = "last",
+    dask_workers: int | str = 1,
+    dask_address: str | None = None,
 ) -> dict:
     """Download, encode, train, sample and evaluate one preset; every stage is content-cached.
 
@@ -47,10 +49,13 @@ def uvit(
     `final_checkpoint`: "last" (the final EMA weights) or "best" (the periodically evaluated
     checkpoint with the lowest FID, as the official training reloads it; each exported checkpoint
     is evaluated first, a cache hit where the periodic-eval deployment already did it).
+    `dask_workers` ("auto": one per visible GPU, each pinned to its device) or `dask_address` (an
+    existing scheduler) runs the encode stage's parts on Dask; default: in the flow's process.
     """
     trigger = functools.partial(eval_trigger, eval_deployment) if eval_deployment else None
     # The pipeline's own tables (stages, summary) go to this flow run.
     return reported(run_pipeline)(preset, overrides, store_root, source, num_processes, n_samples,
                                   prefect_stage_runner(), eval_trigger=trigger, dataset=dataset,
                                   reference=reference or None, assets=official_assets or None,
-                                  final_checkpoint=final_checkpoint)  # fmt: skip
+                                  final_checkpoint=final_checkpoint, dask_workers=dask_workers,
+                                  dask_address=dask_address or None)  # fmt: skip

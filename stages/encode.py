@@ -135,7 +135,10 @@ def encode_part(preset_json: str, part_url: str, items: list[dict[str, Any]], ba
         arrays["captions"] = encode_captions(encoder, flat) if flat else np.zeros((0, 77, 768), np.float16)
         arrays["caption_texts"] = np.asarray(flat, dtype=str) if flat else np.zeros(0, dtype="<U1")  # (sum k,)
     write_part(part_url, {space.stored: stored, **arrays}, problems)
-    return {"part": part_url, "good": int(len(stored)), "problems": len(problems)}
+    import os
+
+    return {"part": part_url, "good": int(len(stored)), "problems": len(problems), "device": device,
+            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}  # fmt: skip
 
 
 def assemble_store(preset, part_urls: list[str], store_url: str, encoder_ids: dict[str, str], dataset: str) -> dict:
@@ -278,8 +281,8 @@ def run_encode(
             for i, (url, part_items) in enumerate(todo):
                 encode_part(preset_json, url, part_items, batch_size)
                 progress((i + 1) / max(1, len(todo)))
-        else:
-            part_runner(preset_json, todo, batch_size)
+        elif todo:
+            part_runner(preset_json, todo, batch_size, progress=progress)
         summary = assemble_store(preset, part_urls, writer.path(folder), encoder_ids, dataset_name)
         problems = json_problems + summary["problems"]
         if problems:
@@ -313,22 +316,109 @@ def run_encode(
     return StageOutput(stage=STAGE, key=key, url=url, cached=cached, facts=facts)
 
 
-def dask_part_runner(address: str | None, workers: int):
-    """A part runner that spreads parts over Dask workers (a local cluster or `address`)."""
+DASK_CONNECT_TIMEOUT_S = 10  # an unreachable scheduler address fails within this
 
-    def run(preset_json: str, todo: list[tuple[str, list]], batch_size: int) -> list:
-        from dask.distributed import Client, LocalCluster
 
-        if address:
-            client = Client(address)
+def dask_workers_for(workers: int | str) -> int:
+    """Local Dask workers of `workers` ("auto": one per visible GPU, 1 on CPU); at most one per GPU."""
+    from stages.processes import AUTO, visible_gpus
+
+    text = str(workers).strip().lower()
+    if text == AUTO:
+        return max(visible_gpus(), 1)
+    if isinstance(workers, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"Dask workers must be a positive integer or 'auto', got {workers!r}")
+    gpus = visible_gpus()
+    if gpus and int(text) > gpus:
+        raise ValueError(f"{int(text)} Dask workers but only {gpus} GPU(s) visible here; use at most {gpus} "
+                         "(or 'auto')")  # fmt: skip
+    return int(text)
+
+
+def worker_devices(workers: int) -> list[str]:
+    """The `CUDA_VISIBLE_DEVICES` of each local worker: the i-th visible device (on CPU: "i", unused)."""
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else []
+    return [ids[i] if i < len(ids) else str(i) for i in range(workers)]
+
+
+def local_dask_cluster(workers: int):
+    """A Dask cluster on this machine, one single-threaded worker process per device, worker i pinned to
+    device i: dask-cuda's `LocalCUDACluster` where CUDA and dask-cuda are present, otherwise a cluster of
+    nannies whose processes start with `CUDA_VISIBLE_DEVICES` set to their device (what LocalCUDACluster
+    does), so each worker's "cuda" is its own GPU. Listens on 127.0.0.1 only, no dashboard."""
+    import torch
+    from dask.distributed import Nanny, Scheduler, SpecCluster
+
+    devices = worker_devices(workers)
+    if torch.cuda.is_available():
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            pass
         else:
-            client = Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                         dashboard_address=None, host="127.0.0.1"))  # fmt: skip
+            return LocalCUDACluster(n_workers=workers, threads_per_worker=1, CUDA_VISIBLE_DEVICES=devices,
+                                    dashboard_address=None, host="127.0.0.1")  # fmt: skip
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    specs = {f"device-{d}": {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1",
+                                                        "env": {"CUDA_VISIBLE_DEVICES": d}}}
+             for d in devices}  # fmt: skip
+    return SpecCluster(scheduler=scheduler, workers=specs, name="uvit-encode")
+
+
+def dask_client(address: str | None, workers: int):
+    """A client of the scheduler at `address` (one-line error if unreachable), or of a new local cluster."""
+    from dask.distributed import Client
+
+    if not address:
+        return Client(local_dask_cluster(workers))
+    from storage.paths import redact_url
+
+    try:
+        return Client(address, timeout=DASK_CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as e:
+        raise ValueError(f"Dask scheduler {redact_url(address)} is unreachable (no answer within "
+                         f"{DASK_CONNECT_TIMEOUT_S} s: {e.__class__.__name__}); start it, or leave "
+                         "--dask-address out for a local cluster") from None  # fmt: skip
+
+
+def dask_part_runner(address: str | None, workers: int | str = "auto"):
+    """A part runner that spreads parts over Dask workers: a local cluster of `workers` (one per GPU,
+    each pinned to its device) or the existing scheduler at `address`."""
+    count = dask_workers_for(workers)  # checked now, before any work
+
+    def run(preset_json: str, todo: list[tuple[str, list]], batch_size: int, progress=None) -> list:
+        from dask.distributed import as_completed
+
+        client = dask_client(address, count)
         try:
             futures = [client.submit(encode_part, preset_json, url, items, batch_size, pure=False)
                        for url, items in todo]  # fmt: skip
-            return client.gather(futures)
+            results = []
+            for future in as_completed(futures):  # a worker's error is raised here, naming its part
+                results.append(future.result())
+                if progress is not None:
+                    progress(len(results) / max(1, len(futures)))
+            by_device: dict[str, int] = {}
+            for r in results:
+                by_device[r["visible_devices"]] = by_device.get(r["visible_devices"], 0) + 1
+            reporter().logger().info("encode: %d parts on Dask, parts per worker device: %s", len(results),
+                                     ", ".join(f"{d}: {k}" for d, k in sorted(by_device.items())))  # fmt: skip
+            return sorted(results, key=lambda r: r["part"])
         finally:
+            cluster = client.cluster
             client.close()
+            if cluster is not None:
+                cluster.close()
 
     return run
+
+
+def part_runner_for(dask_workers: int | str = 1, dask_address: str | None = None):
+    """The part runner of these settings: Dask with an address or more than one local worker, else None
+    (parts in order in this process)."""
+    if dask_address or dask_workers_for(dask_workers) > 1:
+        return dask_part_runner(dask_address, dask_workers)
+    return None

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stages.download import run_download
-from stages.encode import run_encode
+from stages.encode import part_runner_for, run_encode
 from stages.evaluate import run_evaluate
 from stages.processes import resolve_processes
 from stages.report import reporter
@@ -103,6 +103,8 @@ def run_pipeline(
     reference: str | None = None,
     assets: str | None = None,
     final_checkpoint: str = "last",
+    dask_workers: int | str = 1,
+    dask_address: str | None = None,
 ) -> dict[str, Any]:
     """Run the five stages in order; `stage_runner(name, fn, *args)` wraps each (Prefect tasks or plain).
 
@@ -112,7 +114,9 @@ def run_pipeline(
     `$UVIT_REFERENCE_<fid_reference>` names, else the evaluate stage computes statistics from the
     dataset. `assets` is an official `assets/` folder: its autoencoder (the file the official config
     uses) and its `fid_stats/fid_stats_<fid_reference>.npz`. `num_processes` ("auto": every visible
-    GPU) is checked first, then used by training and sampling.
+    GPU) is checked first, then used by training and sampling. `dask_workers` ("auto": one per visible
+    GPU, each pinned to its device) or `dask_address` (an existing scheduler) runs the encode stage's
+    parts on Dask (`stages.encode.dask_part_runner`); default 1: in this process.
 
     `eval_trigger(preset, store_root, latents_url, dataset_url, dataset_key)` returns the train
     stage's `(step, weights_url)` callback for periodic evaluation (the flows start a deployment).
@@ -127,6 +131,7 @@ def run_pipeline(
 
     preset = get_preset(preset_name, overrides or [])
     num_processes = resolve_processes(num_processes)  # before any work
+    part_runner = part_runner_for(dask_workers, dask_address)
     if final_checkpoint not in ("last", "best"):
         raise ValueError(f"final_checkpoint must be 'last' or 'best', got {final_checkpoint!r}")
     if final_checkpoint == "best" and not 0 < preset.train.eval_interval <= preset.train.n_steps:
@@ -152,11 +157,12 @@ def run_pipeline(
     dataset = dataset or DATASET_OF.get(preset.data.dataset, preset.data.dataset)
     ds = timed("download", run_download, dataset, source, store_root)
     # Pixel presets: the encode stage crops the images into a pixel store (no VAE); the rest is shared.
-    latents = timed("encode", run_encode, preset, ds.url, ds.key, store_root, dataset_name=dataset)
+    latents = timed("encode", run_encode, preset, ds.url, ds.key, store_root, dataset_name=dataset,
+                    part_runner=part_runner)  # fmt: skip
     val_latents = None
     if preset.data.conditioning == "text":
         val_latents = timed("encode_val", run_encode, preset, ds.url, ds.key, store_root, split="val",
-                            dataset_name=dataset)  # fmt: skip
+                            dataset_name=dataset, part_runner=part_runner)  # fmt: skip
     eval_latents = (val_latents or latents).facts["latents_url"]
     trigger = None
     if eval_trigger is not None:

@@ -25,16 +25,54 @@ def test_two_dask_workers_encode_disjoint_parts_like_one_process(tmp_path, monke
     ds = download_dataset("shapes", None, str(tmp_path / "a"), shapes={"n_train_per_class": 16, "n_val": 4})
     local = enc.run_encode(preset, ds.url, ds.key, str(tmp_path / "a"), dataset_name="shapes")
     ds_b = download_dataset("shapes", None, str(tmp_path / "b"), shapes={"n_train_per_class": 16, "n_val": 4})
-    seen = []
+    seen, results, fractions = [], [], []
 
-    def runner(preset_json, todo, batch_size):
+    def runner(preset_json, todo, batch_size, progress=None):
         seen.extend(url for url, _ in todo)
-        return enc.dask_part_runner(None, 2)(preset_json, todo, batch_size)
+        results.extend(enc.dask_part_runner(None, 2)(preset_json, todo, batch_size, progress=fractions.append))
+        return results
 
     dask = enc.run_encode(preset, ds_b.url, ds_b.key, str(tmp_path / "b"), dataset_name="shapes", part_runner=runner)
     assert len(seen) == len(set(seen)) == 4  # every part once, none twice
     assert dask.key == local.key and dask.facts["images"] == 64
     np.testing.assert_array_equal(_moments(local.facts["latents_url"]), _moments(dask.facts["latents_url"]))
+    # Each worker process was pinned to its own device (CUDA_VISIBLE_DEVICES, as LocalCUDACluster does),
+    # and each of the two took parts; progress went up part by part.
+    assert sorted(r["part"] for r in results) == sorted(seen)
+    assert {r["visible_devices"] for r in results} == {"0", "1"}
+    assert fractions == [0.25, 0.5, 0.75, 1.0]
+
+
+def test_dask_worker_devices_follow_the_visible_ones(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6")
+    assert enc.worker_devices(2) == ["4", "6"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert enc.worker_devices(3) == ["0", "1", "2"]
+    monkeypatch.setattr("stages.processes.visible_gpus", lambda: 2)
+    assert enc.dask_workers_for("auto") == 2
+    with pytest.raises(ValueError, match=r"3 Dask workers but only 2 GPU\(s\) visible here"):
+        enc.dask_part_runner(None, 3)
+    with pytest.raises(ValueError, match="Dask workers must be a positive integer or 'auto', got 'many'"):
+        enc.part_runner_for("many")
+    monkeypatch.setattr("stages.processes.visible_gpus", lambda: 0)
+    assert enc.dask_workers_for("auto") == 1 and enc.part_runner_for("auto") is None  # one CPU worker: no Dask
+
+
+def test_an_unreachable_dask_scheduler_is_a_one_line_error_within_seconds(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    code = subprocess.run([sys.executable, "-m", "flows.encode_latents", "--no-prefect", "--dataset", "shapes",
+                           "--preset", "tiny", "--store", str(tmp_path), "--dask-address", f"tcp://127.0.0.1:{port}"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert code.returncode == 1, code.stderr
+    lines = [line for line in code.stderr.splitlines() if line.strip()]
+    assert f"Dask scheduler tcp://127.0.0.1:{port} is unreachable" in lines[-1] and "Traceback" not in code.stderr
+    assert time.monotonic() - start < 60 + enc.DASK_CONNECT_TIMEOUT_S  # the timeout, not a hang
 
 
 def test_finished_parts_are_not_redone(tmp_path, monkeypatch):

@@ -506,3 +506,23 @@ def test_reference_flag_reaches_the_evaluate_stage(first_run, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     (report,) = [p for p in Path(store, "evaluate").glob("*/report.md") if "cli_reference.npz" in p.read_text()]
     assert "a statistics file named by the user" in report.read_text()
+
+
+def test_pipeline_encodes_on_dask_workers_when_asked(tmp_path, monkeypatch):
+    """dask_workers / dask_address reach the encode stage as a Dask part runner; the default encodes here."""
+    import stages.pipeline as pipeline
+
+    runners = []
+
+    def fake_encode(*args, part_runner=None, **kwargs):
+        runners.append(part_runner)
+        raise RuntimeError("stop after the first encode")
+
+    monkeypatch.setattr(pipeline, "run_encode", fake_encode)
+    for workers in (2, 1):
+        with pytest.raises(RuntimeError, match="stop after"):
+            run_pipeline("tiny", FAST, str(tmp_path), dask_workers=workers)
+    assert runners[0].__qualname__ == "dask_part_runner.<locals>.run" and runners[1] is None
+    with pytest.raises(ValueError, match="Dask workers must be a positive integer or 'auto', got 0"):
+        run_pipeline("tiny", FAST, str(tmp_path / "none"), dask_workers=0)
+    assert not (tmp_path / "none").exists()  # refused before any work

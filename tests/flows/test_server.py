@@ -43,6 +43,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def test_prefect_yaml_declares_the_nine_deployments():
+    import inspect
+
+    from flows import uvit_flow
     from uvit.config import PRESETS
 
     spec = yaml.safe_load(PREFECT_FILE.read_text())
@@ -61,6 +64,9 @@ def test_prefect_yaml_declares_the_nine_deployments():
         assert d["work_pool"]["name"] == "uvit-process", d["name"]
         # Every GPU of the worker's node for the real presets; tiny stays at one process.
         assert d["parameters"]["num_processes"] == (1 if d["name"] == "tiny" else "auto"), d["name"]
+        # Encoding on one Dask worker per GPU (auto; 1 on CPU: no Dask), every parameter one the flow takes.
+        assert d["parameters"].get("dask_workers", 1) == (1 if d["name"] == "tiny" else "auto"), d["name"]
+        assert set(d["parameters"]) <= set(inspect.signature(uvit_flow.uvit.fn).parameters), d["name"]
         assert d["work_pool"]["work_queue_name"] == "default", d["name"]
     # Periodic evaluation never lands on a training worker (`--work-queue default`) unless one serves both.
     assert [d["work_pool"] for d in periodic] == [{"name": "uvit-process", "work_queue_name": "eval"}]
