@@ -384,13 +384,10 @@ LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFF
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads /proc/net/tcp (Linux)")
 def test_dask_local_cluster_listens_on_loopback() -> None:
-    from dask.distributed import LocalCluster
+    from stages.encode import local_dask_cluster
 
-    from stages.encode import dask_part_runner  # noqa: F401 - the settings tested below are its
-
-    # The project's settings (stages/encode.py), without workers: the scheduler is what listens.
-    with LocalCluster(n_workers=0, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1") as cluster:  # fmt: skip
+    # The project's own cluster (stages/encode.py), without workers: the scheduler is what listens.
+    with local_dask_cluster(0) as cluster:
         port = int(cluster.scheduler_address.rsplit(":", 1)[1])
         addresses = _listening(port)
     assert addresses and set(addresses) <= LOOPBACK, addresses
