@@ -15,7 +15,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-all test-parity test-slow browser demo bench lint format clean server server-stop server-status mutate
+.PHONY: setup test test-all test-parity test-slow browser demo bench lint format clean server server-stop server-status pools mutate
 
 # pytest exits 5 when a selection collects no tests (e.g. a marker set that is empty on this
 # checkout): not a failure of the selection. Any other non-zero status still fails.
@@ -63,6 +63,10 @@ demo: $(STAMP)
 
 server: $(STAMP)
 	PREFECT=$(VENV)/bin/prefect bash deploy/server.sh start
+
+# The Docker and Kubernetes work pools from deploy/'s templates, on the Prefect API of PREFECT_API_URL.
+pools: $(STAMP)
+	$(PY) deploy/pools.py
 
 server-stop:
 	PREFECT=$(VENV)/bin/prefect bash deploy/server.sh stop

@@ -75,6 +75,25 @@ def test_prefect_yaml_declares_the_nine_deployments():
     ]
 
 
+def test_pool_templates_take_a_gpu_count_per_deployment():
+    """deploy/'s Docker and Kubernetes templates request `{{ gpus }}` GPUs (default 1), never all of them."""
+    sys.path.insert(0, str(ROOT / "deploy"))
+    try:
+        from pools import POOLS, template
+    finally:
+        sys.path.pop(0)
+    docker, k8s = template("docker"), template("k8s")
+    (request,) = docker["job_configuration"]["container_create_kwargs"]["device_requests"]
+    assert request["count"] == "{{ gpus }}" and request["capabilities"] == [["gpu"]]
+    (container,) = k8s["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpus }}"
+    for spec in (docker, k8s):
+        assert spec["variables"]["properties"]["gpus"]["type"] == "integer"
+        assert spec["variables"]["properties"]["gpus"]["default"] == 1
+        assert set(spec) == {"job_configuration", "variables"}  # what the Prefect API takes
+    assert {kind: pool_type for kind, (_, pool_type, _) in POOLS.items()} == {"docker": "docker", "k8s": "kubernetes"}
+
+
 # --- a real server, worker and deployments ------------------------------------------------------------
 
 
@@ -295,3 +314,49 @@ def test_dashboard_shows_the_run_and_its_artifacts(server, cold_run, chromium):
     _, text = _page_text(chromium, f"{server['ui']}/artifacts")
     for key in ("tiny-metrics", "tiny-samples", "tiny-evaluation-report", "tiny-pipeline-summary"):
         assert key in text, (key, text[:2000])
+
+
+RENDER = """
+import asyncio, json, sys, uuid
+import httpx
+from prefect.client.schemas.objects import FlowRun
+from prefect_docker.worker import DockerWorkerJobConfiguration
+from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+api = sys.argv[1]
+flow_run = FlowRun(flow_id=uuid.uuid4(), name="render", deployment_id=uuid.uuid4())
+out = {}
+for name, config in (("uvit-docker", DockerWorkerJobConfiguration), ("uvit-k8s", KubernetesWorkerJobConfiguration)):
+    pool = httpx.get(f"{api}/work_pools/{name}", timeout=30).json()
+    # What a worker does with a deployment whose job variables say gpus: 2.
+    job = asyncio.run(config.from_template_and_values(pool["base_job_template"], {"gpus": 2}))
+    job.prepare_for_flow_run(flow_run)
+    if name == "uvit-docker":
+        out[name] = [pool["type"], job.container_create_kwargs["device_requests"][0]["count"], sorted(job.env)]
+    else:
+        container = job.job_manifest["spec"]["template"]["spec"]["containers"][0]
+        out[name] = [pool["type"], container["resources"]["limits"]["nvidia.com/gpu"],
+                     sorted(e["name"] for e in container["env"]), container["args"]]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_docker_and_kubernetes_pools_are_created_from_their_templates(server):
+    """`make pools` (deploy/pools.py) on a real server; a deployment's `gpus: 2` renders into each job."""
+    env = dict(server["env"], PREFECT_API_URL=server["api"])
+    out = subprocess.run([sys.executable, str(ROOT / "deploy" / "pools.py")], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for name in ("uvit-docker", "uvit-k8s"):
+        pool = _api(server, "GET", f"/work_pools/{name}")
+        assert pool["base_job_template"]["variables"]["properties"]["gpus"]["default"] == 1, name
+    rendered = subprocess.run([sys.executable, "-c", RENDER, server["api"]], env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    got = json.loads(rendered.stdout.strip().splitlines()[-1])
+    assert [got["uvit-docker"][:2], got["uvit-k8s"][:2]] == [["docker", 2], ["kubernetes", 2]], got
+    for names in (got["uvit-docker"][2], got["uvit-k8s"][2]):  # the run's identity and the template's settings
+        assert {"PREFECT__FLOW_RUN_ID", "PREFECT_API_URL", "UVIT_STORE", "UVIT_PROJECT_DIR"} <= set(names), got
+    assert got["uvit-k8s"][3] == ["prefect", "flow-run", "execute"], got
+    assert subprocess.run([sys.executable, str(ROOT / "deploy" / "pools.py"), "nomad"], env=env,
+                          capture_output=True, text=True).returncode == 2  # fmt: skip
