@@ -478,7 +478,10 @@ def launch(
         if errors:  # every rank reports the same expected failure: one line
             raise TrainingError(errors[0])
         raise TrainingError(f"training processes failed (exit {code}); last output:\n" + "\n".join(tail))
-    with open(result_path) as f:
+    # Each machine reads the summary of its first process (global rank machine_rank * num_processes):
+    # on another machine, rank 0's file is not there.
+    first_rank = machine_rank * num_processes
+    with open(result_path if first_rank == 0 else f"{result_path}.rank{first_rank}") as f:
         return json.load(f)
 
 

@@ -352,6 +352,43 @@ def _launch_two(preset, store, ckpt, **kwargs):
                 raise
 
 
+@pytest.mark.slow
+def test_two_machines_train_to_the_weights_of_one_machine_with_two_processes(tmp_path, store):
+    """Multi-node for real on one host: two accelerate "machines" (--num_machines 2, --machine_rank 0/1 on
+    127.0.0.1, one process each) reach bit for bit the weights of one machine running two processes
+    with the same global batch, and every machine reads its own process's summary."""
+    import threading
+
+    from stages.training import launch
+
+    preset = _preset()
+    reference = _launch_two(preset, store, str(tmp_path / "one-machine"), max_steps=4)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port, results, errors = free_port(), {}, {}
+
+        def machine(rank: int) -> None:
+            try:
+                results[rank] = launch(preset, store, str(tmp_path / "two-machines"), num_processes=1,
+                                       num_machines=2, machine_rank=rank, main_process_port=port, cpu=True,
+                                       max_steps=4, result_path=str(tmp_path / f"result-{attempt}.json"))  # fmt: skip
+            except TrainingError as e:
+                errors[rank] = e
+
+        threads = [threading.Thread(target=machine, args=(rank,)) for rank in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        if not errors or not any(port_taken(str(e)) for e in errors.values()) or attempt == START_ATTEMPTS:
+            break
+    assert not errors, errors
+    assert results[0]["param_checksum"] == results[1]["param_checksum"] == reference["param_checksum"]
+    assert results[0]["micro_batch"] == results[1]["micro_batch"] == reference["micro_batch"] == 4
+    assert results[0]["step"] == results[1]["step"] == 4
+    ckpt = CheckpointStore(str(tmp_path / "two-machines")).load()
+    assert ckpt.step == 4 and ckpt.extra["num_processes"] == 2 and len(ckpt.rng) == 2
+
+
 def test_eval_weights_are_exported_and_triggered_every_eval_interval(tmp_path, store):
     from uvit.checkpoint import load_state_dict
 
