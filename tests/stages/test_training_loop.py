@@ -363,18 +363,19 @@ def test_two_machines_train_to_the_weights_of_one_machine_with_two_processes(tmp
 
     preset = _preset()
     reference = _launch_two(preset, store, str(tmp_path / "one-machine"), max_steps=4)
+
+    def machine(rank: int, port: int, result: str, results: dict, errors: dict) -> None:
+        try:
+            results[rank] = launch(preset, store, str(tmp_path / "two-machines"), num_processes=1, num_machines=2,
+                                   machine_rank=rank, main_process_port=port, cpu=True, max_steps=4,
+                                   result_path=result)  # fmt: skip
+        except TrainingError as e:
+            errors[rank] = e
+
     for attempt in range(1, START_ATTEMPTS + 1):
         port, results, errors = free_port(), {}, {}
-
-        def machine(rank: int) -> None:
-            try:
-                results[rank] = launch(preset, store, str(tmp_path / "two-machines"), num_processes=1,
-                                       num_machines=2, machine_rank=rank, main_process_port=port, cpu=True,
-                                       max_steps=4, result_path=str(tmp_path / f"result-{attempt}.json"))  # fmt: skip
-            except TrainingError as e:
-                errors[rank] = e
-
-        threads = [threading.Thread(target=machine, args=(rank,)) for rank in (0, 1)]
+        result = str(tmp_path / f"result-{attempt}.json")
+        threads = [threading.Thread(target=machine, args=(rank, port, result, results, errors)) for rank in (0, 1)]
         for t in threads:
             t.start()
         for t in threads:
