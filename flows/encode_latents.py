@@ -48,10 +48,11 @@ def _flow():
                     dask_workers: int | str = 1, dask_address: str | None = None) -> dict:  # fmt: skip
         """Download (cached) and encode a dataset split into a latent store."""
         from stages.download import run_download
+        from stages.pipeline import optional_splits
         from uvit.config import get_preset
 
         p = get_preset(preset, overrides or [])
-        ds = reported(run_download)(dataset, source, store_root)
+        ds = reported(run_download)(dataset, source, store_root, optional_splits=optional_splits(p, split))
         return encode_task(p.to_json(), ds.url, ds.key, store_root, split, dataset, dask_workers, dask_address)
 
     return encode_flow
@@ -86,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(problem)
         if args.no_prefect:
             from stages.download import run_download
+            from stages.pipeline import optional_splits
             from uvit.config import get_preset
 
             preset = get_preset(args.preset, overrides)
-            ds = run_download(dataset, args.source, args.store)
+            ds = run_download(dataset, args.source, args.store, optional_splits=optional_splits(preset, args.split))
             runner = stage.part_runner_for(args.dask_workers, args.dask_address)
             return stage.run_encode(preset, ds.url, ds.key, args.store, split=args.split, dataset_name=dataset,
                               part_runner=runner).to_dict()  # fmt: skip

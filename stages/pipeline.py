@@ -90,6 +90,12 @@ def preset_for_dataset(dataset: str, preset_name: str | None) -> str:
     return preset_name
 
 
+def optional_splits(preset, split: str = "train") -> tuple[str, ...]:
+    """Download splits a run may go without: val, for training and evaluating a preset that is not
+    text-to-image (its reference statistics come from train), so a train-only ImageNet source works."""
+    return ("val",) if split == "train" and preset.data.conditioning != "text" else ()
+
+
 def run_pipeline(
     preset_name: str = "tiny",
     overrides: list[str] | None = None,
@@ -155,7 +161,7 @@ def run_pipeline(
         return out
 
     dataset = dataset or DATASET_OF.get(preset.data.dataset, preset.data.dataset)
-    ds = timed("download", run_download, dataset, source, store_root)
+    ds = timed("download", run_download, dataset, source, store_root, optional_splits=optional_splits(preset))
     # Pixel presets: the encode stage crops the images into a pixel store (no VAE); the rest is shared.
     latents = timed("encode", run_encode, preset, ds.url, ds.key, store_root, dataset_name=dataset,
                     part_runner=part_runner)  # fmt: skip

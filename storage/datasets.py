@@ -229,8 +229,10 @@ def _tree_identity(url: str) -> dict[str, Any]:
     return {"url": paths.redact_url(url), "files": len(entries), "listing_sha256": digest.hexdigest()}
 
 
-def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -> list[tuple[str, str, str]]:
-    """(role, kind, url) of every source the dataset needs."""
+def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str],
+             optional: Sequence[str] = ()) -> list[tuple[str, str, str]]:  # fmt: skip
+    """(role, kind, url) of every source the dataset needs; a split in `optional` that the sources lack is
+    left out (ImageNet and COCO layouts) rather than an error."""
     if spec.layout == "imagenet":
         names = [f"ILSVRC2012_img_{s}.tar" for s in SPLITS]
         extra = ["LOC_val_solution.csv", "LOC_synset_mapping.txt", "classes.txt"]
@@ -239,6 +241,8 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
         for split in splits:
             archive = locate.file(f"ILSVRC2012_img_{split}.tar")
             tree = None if archive else locate.folder(split)
+            if archive is None and tree is None and split in optional:
+                continue
             if archive is None and tree is None:
                 raise DatasetError(
                     f"{spec.name}: found neither ILSVRC2012_img_{split}.tar nor a {split}/ folder in"
@@ -276,6 +280,8 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
     for split in splits:
         archive = locate.file(f"{split}{year}.zip")
         tree = None if archive else locate.folder(f"{split}{year}")
+        if archive is None and tree is None and split in optional:
+            continue
         if archive is None and tree is None:
             raise DatasetError(
                 f"{spec.name}: found neither {split}{year}.zip nor a {split}{year}/ folder in {locate.describe()}"
@@ -285,7 +291,7 @@ def _resolve(spec: DatasetSpec, sources: Sequence[str], splits: Sequence[str]) -
     if zipped:
         found.append(("annotations", "archive", zipped))
     else:
-        for split in splits:
+        for split in [role for role, _, _ in found if role in SPLITS]:  # the splits present
             captions = locate.file(f"annotations/captions_{split}{year}.json")
             if captions is None:
                 raise DatasetError(
@@ -311,7 +317,10 @@ def _resolve_folder(spec: DatasetSpec, sources: Sequence[str]) -> list[tuple[str
 
 
 def _resolved_splits(spec: DatasetSpec, files: Sequence[tuple[str, str, str]], splits: tuple[str, ...]) -> tuple:
-    """The requested splits a resolved source has: a folder of class folders has only train."""
+    """The requested splits a resolved source has: a folder of class folders has only train; ImageNet
+    and COCO sources lack the optional splits they were not found with."""
+    if spec.layout in ("imagenet", "coco"):
+        return tuple(s for s in splits if any(role == s for role, _, _ in files))
     if spec.layout != "folder" or any(role == "captions" for role, _, _ in files):
         return splits
     if "train" not in splits:
@@ -404,9 +413,12 @@ def plan_download(
     shapes: Mapping[str, int] | None = None,
     checksums: Mapping[str, tuple[str, str]] | None = None,
     builtin: BuiltinGenerator | None = None,
+    optional_splits: Sequence[str] = (),
 ) -> DownloadPlan:
     """Resolve the sources and compute the artifact key (built-in datasets: from `shapes` options and
-    the generator's version only).
+    the generator's version only). Of `splits`, those in `optional_splits` are left out when a
+    source does not have them (e.g. a train-only ImageNet tree for class-conditional training);
+    the key then names only the splits downloaded.
 
     `shapes` holds `n_train_per_class`, `n_val`, `seed` (built-in ImageNet layout) or `n_train`,
     `n_val`, `seed` (built-in COCO layout).
@@ -437,7 +449,7 @@ def plan_download(
         if not spec.default_source:
             raise DatasetError(f"{dataset}: no source given. {spec.missing}".rstrip(". "))
         sources = [spec.default_source]
-    resolved = _resolve(spec, [os.fspath(s) for s in sources], splits)
+    resolved = _resolve(spec, [os.fspath(s) for s in sources], splits, tuple(optional_splits))
     splits = _resolved_splits(spec, resolved, splits)
     files = tuple(
         SourceFile(role, kind, url, _tree_identity(url) if kind == "tree" else _file_identity(url, checksums))
@@ -527,11 +539,14 @@ def download_dataset(
     shapes: Mapping[str, int] | None = None,
     checksums: Mapping[str, tuple[str, str]] | None = None,
     builtin: BuiltinGenerator | None = None,
+    optional_splits: Sequence[str] = (),
 ) -> DownloadResult:
     """Plan, transfer, verify, extract and publish a dataset without Prefect (a cache hit does nothing).
 
-    Built-in datasets need `builtin`, the generator that writes them (`stages.download.BUILTIN`)."""
-    plan = plan_download(dataset, source, splits=splits, shapes=shapes, checksums=checksums, builtin=builtin)
+    Built-in datasets need `builtin`, the generator that writes them (`stages.download.BUILTIN`);
+    `optional_splits` see `plan_download`."""
+    plan = plan_download(dataset, source, splits=splits, shapes=shapes, checksums=checksums, builtin=builtin,
+                         optional_splits=optional_splits)  # fmt: skip
     store = ArtifactStore(store_root)
     # A cache hit checks the files' sizes; a damaged download is rebuilt (resuming what is intact).
     if store.exists(STAGE, plan.key) and not store.check(STAGE, plan.key, hashes=False):

@@ -526,3 +526,21 @@ def test_pipeline_encodes_on_dask_workers_when_asked(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="Dask workers must be a positive integer or 'auto', got 0"):
         run_pipeline("tiny", FAST, str(tmp_path / "none"), dask_workers=0)
     assert not (tmp_path / "none").exists()  # refused before any work
+
+
+def test_a_train_only_imagenet_tree_runs_the_whole_pipeline(tmp_path):
+    """Class-conditional training and its FID reference need only train: an ImageNet tree without val
+    goes through download, encode, train, sample and evaluate (the download names train only)."""
+    import shutil
+
+    from uvit import shapes
+
+    tree = shapes.make_imagenet_like(tmp_path / "tree", 24, 2, seed=1)
+    shutil.rmtree(tree / "val")
+    (tree / "LOC_val_solution.csv").unlink()
+    summary = run_pipeline("tiny", FAST, str(tmp_path / "store"), source=str(tree), dataset="imagenet")
+    assert [r["stage"] for r in summary["stages"]] == ["download", "encode", "train", "sample", "evaluate"]
+    manifest = json.loads(Path(summary["stages"][0]["artifact"], "_MANIFEST.json").read_text())
+    assert manifest["extra"]["splits"] == ["train"]
+    assert manifest["counts"]["train_images"] == len(list((tree / "train").rglob("*.JPEG"))) > 0
+    assert summary["metrics"]["FID"] > 0

@@ -118,6 +118,29 @@ def test_imagenet_extracted_tree_with_class_folders(tmp_path: Path) -> None:
     assert len(list((Path(result.url) / "images" / "val").rglob("*.JPEG"))) == 6
 
 
+def test_a_train_only_imagenet_tree_with_val_optional(tmp_path: Path) -> None:
+    """Class-conditional training needs no val: with `optional_splits=("val",)` a train-only tree downloads
+    (the key names train only); without it, the missing val is the usual one-line error."""
+    import shutil
+
+    tree = shapes.make_imagenet_like(tmp_path / "tree", 2, 3, seed=1)
+    shutil.rmtree(tree / "val")
+    (tree / "LOC_val_solution.csv").unlink()
+    with pytest.raises(DatasetError, match="neither ILSVRC2012_img_val.tar nor a val/ folder"):
+        download_dataset("imagenet", str(tree), str(tmp_path / "store"))
+    result = download_dataset("imagenet", str(tree), str(tmp_path / "store"), optional_splits=("val",))
+    assert result.manifest.extra["splits"] == ["train"] and result.manifest.counts["train_images"] == 8
+    assert "val_images" not in result.manifest.counts
+    # A val that is there is still downloaded (same key as without the option), and still needs its labels.
+    full = shapes.make_imagenet_like(tmp_path / "full", 2, 3, seed=1)
+    both = download_dataset("imagenet", str(full), str(tmp_path / "store"), optional_splits=("val",))
+    assert both.manifest.extra["splits"] == ["train", "val"]
+    assert both.key == download_dataset("imagenet", str(full), str(tmp_path / "store")).key
+    (full / "LOC_val_solution.csv").unlink()
+    with pytest.raises(DatasetError, match="LOC_val_solution.csv or the devkit"):
+        download_dataset("imagenet", str(full), str(tmp_path / "store2"), optional_splits=("val",))
+
+
 def test_missing_sources_are_clear_errors(tmp_path: Path) -> None:
     tree = shapes.make_imagenet_like(tmp_path / "tree", 1, 2)
     (tree / "LOC_val_solution.csv").unlink()
