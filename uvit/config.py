@@ -106,6 +106,7 @@ class DataConfig:
     autoencoder: str | None = None  # diffusers id or path of the SD VAE
     latent_scale: float | None = None  # multiply sampled VAE latents by this
     text_encoder: str | None = None  # CLIP text tower for captions
+    format: Literal["zarr", "webdataset"] = "zarr"  # what training reads: the zarr store or its webdataset export
 
 
 @dataclass(frozen=True)
