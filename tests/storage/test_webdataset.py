@@ -78,6 +78,9 @@ def test_export_and_read_back(any_root: str) -> None:
     index = read_index(out)
     assert index["counts"] == [16, 16, 8] and len(index["sha256"]) == 3 and all(s > 0 for s in index["sizes"])
     assert export_webdataset(store_url, out, samples_per_shard=16) == urls  # finished export is reused
+    again = paths.join(any_root, "wds-again")
+    export_webdataset(store_url, again, samples_per_shard=16)
+    assert read_index(again)["sha256"] == index["sha256"], "an export is a function of the store (fixed mtime)"
     store = open_latent_store(store_url)
     batches = list(WebdatasetLoader(out, 5, seed=0, rank=0, world_size=1, epochs=1))
     index = _indices(batches)
