@@ -21,6 +21,7 @@ BENCHMARKS = [
     "sample_stage",
     "sample_memory",
     "latent_reader",
+    "webdataset_reader",
     "integrity",
     "pixel_reader",
     "evaluation",

@@ -3,13 +3,16 @@
     python -m flows.encode_latents --dataset shapes --preset tiny
     python -m flows.encode_latents --dataset coco --preset coco256-s2 --source /data/coco
     python -m flows.encode_latents --dataset imagenet --preset imagenet256-h2 --dask-workers 8
+    python -m flows.encode_latents --dataset shapes --preset tiny --format both   # + webdataset shards
 
 The input is a download artifact (the stage runs `flows.download` first when given `--dataset`
 and `--source`, a cache hit if it already ran). The dataset is encoded in parts: each part is a
 resumable unit written as one file, so a crash loses at most one part and a rerun skips finished
 ones; several Dask workers (one per GPU) encode disjoint parts. Bad images are skipped or repaired
 by rule (see `uvit.encoding`), counted in the manifest and listed in a Prefect table. The parts are
-then joined into one zarr latent store (`storage.latents`).
+then joined into one zarr latent store (`storage.latents`); `--format webdataset|both` exports it to
+webdataset tar shards in the same artifact (`webdataset/`, for streaming on many nodes; `webdataset`
+alone keeps only the shards).
 
 Pixel-space presets (`data.space == "pixel"`) go the same way without a VAE: each image is cropped
 by its dataset's rule (`uvit.encoding.PIXEL_CROPS`) to the preset resolution and stored as uint8
@@ -33,19 +36,21 @@ def _flow():
 
     @task(name="encode-latents")
     def encode_task(preset_json: str, dataset_url: str, dataset_key: str, store_root: str, split: str,
-                    dataset_name: str, dask_workers: int | str, dask_address: str | None) -> dict:  # fmt: skip
+                    dataset_name: str, dask_workers: int | str, dask_address: str | None,
+                    format: str = "zarr") -> dict:  # fmt: skip
         from uvit.config import Preset
 
         runner = stage.part_runner_for(dask_workers, dask_address)
         encode = reported(stage.run_encode)
         return encode(Preset.from_json(preset_json), dataset_url, dataset_key, store_root, split=split,
-                      dataset_name=dataset_name, part_runner=runner).to_dict()  # fmt: skip
+                      dataset_name=dataset_name, part_runner=runner, format=format).to_dict()  # fmt: skip
 
     @flow(name="encode-latents", log_prints=True)
     @one_line_failures
     def encode_flow(dataset: str = "shapes", preset: str = "tiny", overrides: list[str] | None = None,
                     store_root: str = "./uvit-store", source: str | None = None, split: str = "train",
-                    dask_workers: int | str = 1, dask_address: str | None = None) -> dict:  # fmt: skip
+                    dask_workers: int | str = 1, dask_address: str | None = None,
+                    format: str = "zarr") -> dict:  # fmt: skip
         """Download (cached) and encode a dataset split into a latent store."""
         from stages.download import run_download
         from stages.pipeline import optional_splits
@@ -53,7 +58,8 @@ def _flow():
 
         p = get_preset(preset, overrides or [])
         ds = reported(run_download)(dataset, source, store_root, optional_splits=optional_splits(p, split))
-        return encode_task(p.to_json(), ds.url, ds.key, store_root, split, dataset, dask_workers, dask_address)
+        return encode_task(p.to_json(), ds.url, ds.key, store_root, split, dataset, dask_workers, dask_address,
+                           format)  # fmt: skip
 
     return encode_flow
 
@@ -71,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, choices=[32, 64, 256, 512], default=None,
                         help="image resolution (default: the preset's)")  # fmt: skip
     add_dask_args(parser)
+    parser.add_argument("--format", choices=list(stage.FORMATS), default="zarr",
+                        help="what the artifact keeps: the zarr store (default), webdataset tar shards "
+                             "(streaming on many nodes, data.format=webdataset), or both")  # fmt: skip
     parser.set_defaults(preset=None)  # default: the dataset's usual preset (coco256-s2 for COCO, ...)
     args = parser.parse_args(argv)
     apply_prefect_defaults()
@@ -94,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             ds = run_download(dataset, args.source, args.store, optional_splits=optional_splits(preset, args.split))
             runner = stage.part_runner_for(args.dask_workers, args.dask_address)
             return stage.run_encode(preset, ds.url, ds.key, args.store, split=args.split, dataset_name=dataset,
-                              part_runner=runner).to_dict()  # fmt: skip
+                              part_runner=runner, format=args.format).to_dict()  # fmt: skip
         return run_flow(_flow(), dataset=dataset, preset=args.preset, overrides=overrides, store_root=args.store,
                         source=args.source, split=args.split, dask_workers=args.dask_workers,
-                        dask_address=args.dask_address)  # fmt: skip
+                        dask_address=args.dask_address, format=args.format)  # fmt: skip
 
     return run_cli(body)
 

@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: `python -m flows.train --preset NAME --latents URL [--processes N|auto]`."""
     parser = OneLineErrorParser(prog="python -m flows.train", description=__doc__.splitlines()[0])
     add_common_args(parser)
-    parser.add_argument("--latents", required=True, help="URL of the encoded latent store")
+    parser.add_argument("--latents", required=True,
+                        help="URL of the encoded latent store (data.format=webdataset: its export, or the "
+                             "store beside it)")  # fmt: skip
     add_processes_arg(parser, "training")
     parser.add_argument("--max-steps", type=positive_int, default=None, help="override train.n_steps")
     args = parser.parse_args(argv)

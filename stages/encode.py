@@ -46,8 +46,12 @@ COCO_TEST_PROMPTS = [
 ]
 
 
-def encode_key(preset, dataset_key: str, split: str, encoder_ids: dict[str, str]) -> str:
-    """Content key: dataset, split, resolution, the space's stored form, encoders and their weights, code."""
+FORMATS = ("zarr", "webdataset", "both")  # what the artifact keeps: the zarr store, its webdataset export, both
+
+
+def encode_key(preset, dataset_key: str, split: str, encoder_ids: dict[str, str], format: str = "zarr") -> str:
+    """Content key: dataset, split, resolution, the space's stored form, encoders and their weights, the
+    formats kept (only when not the default zarr, so zarr keys stay as they were), code."""
     from storage.artifacts import artifact_key
     from uvit import encoders, encoding
     from uvit.spaces import LatentSpace, space_of
@@ -57,6 +61,8 @@ def encode_key(preset, dataset_key: str, split: str, encoder_ids: dict[str, str]
     labels = [preset.data.num_classes] if preset.data.conditioning == "class" else False
     config = {"split": split, "resolution": preset.data.resolution, "part_size": PART_SIZE, "labels": labels,
               **space.identity()}  # fmt: skip
+    if format != "zarr":
+        config["format"] = format
     if isinstance(space, LatentSpace):  # latent stores have caption slots (empty unless text); VAE code counts
         config |= {"max_captions": MAX_CAPTIONS, "text": preset.data.conditioning == "text"}
         if preset.data.conditioning == "text":  # the preview prompts' embeddings and the caption strings
@@ -244,22 +250,30 @@ def run_encode(
     part_runner=None,
     batch_size: int = 32,
     rebuild: bool = False,
+    format: str = "zarr",
 ) -> StageOutput:
     """Encode a downloaded dataset split into a latent store artifact (or reuse it); plain Python.
 
     `part_runner(list_of_(part_url, items)) -> list[result]` runs the parts (default: in order here;
     the Prefect flow passes one that maps them over Dask workers). `rebuild=True` discards the
-    artifact and encodes it again.
+    artifact and encodes it again. `format`: "zarr" (the store under `latents/`), "webdataset" (tar
+    shards under `webdataset/`, exported from the zarr store, which is then deleted) or "both"; the
+    shards are files of the artifact, so its manifest lists and hashes them.
     """
     from storage import outputs, paths
     from storage.artifacts import ArtifactStore, Manifest
+    from storage.webdataset import EXPORT_FOLDER, export_webdataset
     from uvit.spaces import space_of
 
     log = reporter().logger()
     content = space_of(preset).stored
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format != "zarr" and content == "pixels":
+        raise ValueError(f"preset {preset.name!r} stores pixels, which have no webdataset export; use format zarr")
     encoder_ids = encoder_identities(preset)
     store = ArtifactStore(store_root)
-    key = encode_key(preset, dataset_key, split, encoder_ids)
+    key = encode_key(preset, dataset_key, split, encoder_ids, format)
     cached = True  # until build runs: a run that waited on another writer reuses what it published
     folder = outputs.STORE_FOLDER[content]
 
@@ -284,6 +298,11 @@ def run_encode(
         elif todo:
             part_runner(preset_json, todo, batch_size, progress=progress)
         summary = assemble_store(preset, part_urls, writer.path(folder), encoder_ids, dataset_name)
+        if format != "zarr":
+            shards = export_webdataset(writer.path(folder), writer.path(EXPORT_FOLDER))
+            log.info("encode: exported %d webdataset shards", len(shards))
+        if format == "webdataset":  # the export holds everything training reads (spec, text constants)
+            paths.remove_tree(writer.path(folder))
         problems = json_problems + summary["problems"]
         if problems:
             reporter().table(f"{preset.name}-encode-problems", problems[:500], "skipped or repaired inputs")
@@ -304,15 +323,22 @@ def run_encode(
                 "resolution": preset.data.resolution,
                 "encoders": encoder_ids,
                 "problems": problems[:1000],
-                "latents": folder,
+                "latents": folder if format != "webdataset" else None,
+                "webdataset": EXPORT_FOLDER if format != "zarr" else None,
+                "format": format,
             },  # fmt: skip
         )
 
     manifest = ensure_logged(store, STAGE, key, build, rebuild=rebuild)
     url = store.url_for(STAGE, key)
     what = {"pixels": "cropped pixel store", "moments": "encoded latent store"}[content]
-    reporter().link(f"{preset.name}-{folder}", paths.join(url, folder), what)
-    facts = {"latents_url": paths.join(url, folder), **manifest.counts}
+    facts = {**manifest.counts}
+    if format != "webdataset":
+        reporter().link(f"{preset.name}-{folder}", paths.join(url, folder), what)
+        facts["latents_url"] = paths.join(url, folder)
+    if format != "zarr":
+        reporter().link(f"{preset.name}-webdataset", paths.join(url, EXPORT_FOLDER), "webdataset shards")
+        facts["webdataset_url"] = paths.join(url, EXPORT_FOLDER)
     return StageOutput(stage=STAGE, key=key, url=url, cached=cached, facts=facts)
 
 

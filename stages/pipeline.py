@@ -163,7 +163,9 @@ def run_pipeline(
     dataset = dataset or DATASET_OF.get(preset.data.dataset, preset.data.dataset)
     ds = timed("download", run_download, dataset, source, store_root, optional_splits=optional_splits(preset))
     # Pixel presets: the encode stage crops the images into a pixel store (no VAE); the rest is shared.
-    latents = timed("encode", run_encode, preset, ds.url, ds.key, store_root, dataset_name=dataset,
+    # data.format=webdataset: the train split keeps its zarr store too (sampling reads store-drawn conditions).
+    fmt = "both" if preset.data.format == "webdataset" else "zarr"
+    latents = timed("encode", run_encode, preset, ds.url, ds.key, store_root, dataset_name=dataset, format=fmt,
                     part_runner=part_runner)  # fmt: skip
     val_latents = None
     if preset.data.conditioning == "text":

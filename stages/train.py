@@ -19,7 +19,7 @@ _NOT_IN_KEY = {"log_interval", "save_interval", "eval_interval", "sample_interva
 
 
 def train_key(preset, latents_key: str) -> str:
-    """Content key of a training run: model, diffusion, data scale, training settings, latents, code."""
+    """Content key of a training run: model, diffusion, data scale and reader, training settings, latents, code."""
     import dataclasses
 
     from stages import training as loop
@@ -35,6 +35,8 @@ def train_key(preset, latents_key: str) -> str:
         "random_flip": preset.data.random_flip,
         "train": train_cfg,
     }
+    if preset.data.format != "zarr":  # the webdataset reader orders batches otherwise; zarr keys stay as they were
+        config["format"] = preset.data.format
     return artifact_key(STAGE, config, inputs={"latents": latents_key},
                         code_version=code_version(training, loop, diffusion, model))  # fmt: skip
 

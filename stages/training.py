@@ -101,6 +101,31 @@ def _check_store(preset: Preset, store) -> None:
         raise TrainingError(f"latent store does not fit preset {preset.name!r}: " + "; ".join(problems))
 
 
+def _open_data(preset: Preset, latents_url: str):
+    """The store's metadata (spec, empty caption, preview prompts) and the URL the reader reads, by `data.format`.
+
+    webdataset: the export at `latents_url`, or the one beside that zarr store in its encode artifact.
+    """
+    if preset.data.format == "webdataset":
+        from storage.webdataset import find_export, open_export
+
+        export_url = find_export(latents_url)
+        return open_export(export_url), export_url
+    from storage.latents import open_latent_store
+
+    return open_latent_store(latents_url), latents_url
+
+
+def _data_loader(preset: Preset, data_url: str, micro_batch: int, rank: int, world_size: int):
+    """This rank's resumable batch reader: the zarr `LatentLoader` or the webdataset `WebdatasetLoader`."""
+    from storage.reader import LatentLoader
+    from storage.webdataset_reader import WebdatasetLoader
+
+    loader = WebdatasetLoader if preset.data.format == "webdataset" else LatentLoader
+    return loader(data_url, micro_batch, seed=preset.train.seed, rank=rank, world_size=world_size,
+                  num_workers=preset.train.num_workers, random_flip=preset.data.random_flip)  # fmt: skip
+
+
 def train(
     preset: Preset,
     latents_url: str,
@@ -131,8 +156,6 @@ def train(
 
     from storage import paths
     from storage.checkpoints import CheckpointStore, capture_rng_state, restore_rng_state
-    from storage.latents import open_latent_store
-    from storage.reader import LatentLoader
     from uvit.spaces import space_of
 
     t_cfg = preset.train
@@ -152,7 +175,7 @@ def train(
     if accelerator.device.type == "cpu" and t_cfg.mixed_precision == "fp16":
         raise TrainingError("fp16 mixed precision needs a GPU; on CPU use train.mixed_precision=no (or bf16)")
     device = accelerator.device
-    store = open_latent_store(latents_url)  # raises a clear error for a missing/incomplete store
+    store, data_url = _open_data(preset, latents_url)  # raises a clear error for a missing/incomplete store
     _check_store(preset, store)
     cond_key, null_cond = _condition_setup(preset, store)
     try:
@@ -172,15 +195,7 @@ def train(
     schedule = diffusion.from_config(preset.diffusion)
     # Per-rank randomness of the loss (time, noise, dropout, latent sampling): its state is checkpointed.
     generator = torch.Generator(device=device).manual_seed(t_cfg.seed * 1000 + accelerator.process_index)
-    loader = LatentLoader(
-        latents_url,
-        micro_batch,
-        seed=t_cfg.seed,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        num_workers=t_cfg.num_workers,
-        random_flip=preset.data.random_flip,
-    )
+    loader = _data_loader(preset, data_url, micro_batch, accelerator.process_index, accelerator.num_processes)
 
     ckpts = CheckpointStore(checkpoints_url, keep_last=t_cfg.keep_last)
     step, resumed_from = 0, None

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from storage.latents import LatentStore, open_latent_store
 
-__all__ = ["epoch_stream", "LatentBatches", "LatentLoader", "ReaderStateError"]
+__all__ = ["epoch_stream", "resume_slot", "LatentBatches", "LatentLoader", "ReaderStateError"]
 
 
 class ReaderStateError(ValueError):
@@ -57,6 +57,16 @@ def epoch_stream(
         order.append(np.random.default_rng([seed, epoch, 1, g]).permutation(images))
         groups.append(np.full(len(images), g, dtype=np.int64))
     return np.concatenate(order), np.concatenate(groups)
+
+
+def resume_slot(start_batch: int, loader_worker: int, workers: int) -> tuple[int, int]:
+    """(logical reader, batches it already yielded) of a dataloader worker when an epoch resumes at `start_batch`.
+
+    The DataLoader fetches batches round-robin from its workers, starting at worker 0; after a resume
+    at batch k the next batch belongs to logical reader k % workers, so the workers are rotated.
+    """
+    worker = (loader_worker + start_batch) % workers
+    return worker, start_batch // workers + (1 if worker < start_batch % workers else 0)
 
 
 class LatentBatches(IterableDataset):
@@ -142,10 +152,7 @@ class LatentBatches(IterableDataset):
         loader_worker = 0 if info is None else info.id
         if (info.num_workers if info is not None else 1) != workers:
             raise ValueError(f"LatentBatches built for {workers} workers runs under {info.num_workers}")
-        # The DataLoader fetches batches round-robin from its workers, starting at worker 0; after a
-        # resume at batch k the next batch belongs to logical reader k % workers, so rotate.
-        worker = (loader_worker + self.start_batch) % workers
-        done = self.start_batch // workers + (1 if worker < self.start_batch % workers else 0)
+        worker, done = resume_slot(self.start_batch, loader_worker, workers)
         per_reader = self.batches_per_reader()
         reader = self.rank * workers + worker
         spec = self.store.spec
@@ -311,6 +318,8 @@ class LatentLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a position saved by `state_dict()`; the sampling settings must match."""
+        if state.get("format", "zarr") != "zarr":
+            raise ReaderStateError(f"reader position was saved by the {state['format']} reader, this run reads zarr")
         for key in ("seed", "batch_size", "world_size", "num_workers", "shuffle_chunks"):
             if state[key] != getattr(self, key):
                 raise ReaderStateError(

@@ -106,6 +106,7 @@ class DataConfig:
     autoencoder: str | None = None  # diffusers id or path of the SD VAE
     latent_scale: float | None = None  # multiply sampled VAE latents by this
     text_encoder: str | None = None  # CLIP text tower for captions
+    format: Literal["zarr", "webdataset"] = "zarr"  # what training reads: the zarr store or its webdataset export
 
 
 @dataclass(frozen=True)
@@ -247,10 +248,18 @@ def _check_bounds(preset: Preset) -> None:
                     raise ConfigError(f"{section}.{name} must be {wanted}, got {value!r}")
 
 
+# Fields added after preset JSON was first written (in manifests, checkpoints, flow-run parameters):
+# JSON from before lacks them and means this value, what the code did then. Every other field must
+# be present, so a truncated or hand-edited JSON is still an error naming what is missing.
+ADDED_FIELDS: dict[str, dict[str, Any]] = {"preset.data": {"format": "zarr"}}
+
+
 def _from_dict(cls: type, data: Any, where: str) -> Any:
-    """A frozen config dataclass from its `dataclasses.asdict` form; every field present, none extra."""
+    """A frozen config dataclass from its `dataclasses.asdict` form; every field present (but the
+    `ADDED_FIELDS`, which take their value of before), none extra."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    data = {**ADDED_FIELDS.get(where, {}), **data}
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     missing, extra = sorted(set(names) - set(data)), sorted(set(data) - set(names))

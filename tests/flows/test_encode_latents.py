@@ -164,6 +164,54 @@ def test_pixel_preset_encodes_a_pixel_store_with_parts_resume_and_bad_inputs(tmp
     assert len({out.key, latent_key, bigger}) == 3
 
 
+def test_webdataset_format_is_in_the_artifact_and_trains(tmp_path):
+    """--format both|webdataset: shards in the encode artifact (listed, hashed), the same latents; training
+    with data.format=webdataset reads them; a damaged shard is one error naming it."""
+    from stages.train import run_train
+    from storage.artifacts import ArtifactCorruptError, ArtifactStore
+    from storage.webdataset import open_export
+
+    preset = get_preset("tiny")
+    root = str(tmp_path)
+    ds = download_dataset("shapes", None, root, shapes={"n_train_per_class": 8, "n_val": 4})
+    zarr = enc.run_encode(preset, ds.url, ds.key, root, dataset_name="shapes")
+    both = enc.run_encode(preset, ds.url, ds.key, root, dataset_name="shapes", format="both")
+    only = enc.run_encode(preset, ds.url, ds.key, root, dataset_name="shapes", format="webdataset")
+    assert len({zarr.key, both.key, only.key}) == 3
+    assert zarr.key == enc.encode_key(preset, ds.key, "train", enc.encoder_identities(preset))  # zarr key unchanged
+    assert "webdataset_url" not in zarr.facts and "latents_url" not in only.facts
+    manifest = ArtifactStore(root).manifest("encode", only.key)
+    shards = sorted(f for f in manifest.files if f.startswith("webdataset/shard-"))
+    assert len(shards) == 16 and "webdataset/index.json" in manifest.files  # 32 images: 16 shards of 2
+    assert not any(f.startswith("latents/") for f in manifest.files)  # webdataset alone keeps only the shards
+    store, export = open_latent_store(both.facts["latents_url"]), open_export(only.facts["webdataset_url"])
+    for shard in (0, 15):
+        for sample in export.read_shard(shard):
+            np.testing.assert_array_equal(sample["moments"], store.moments[sample["index"]])
+            assert sample["label"] == store.labels[sample["index"]]
+
+    small = get_preset("tiny", {"data.format": "webdataset", "train.n_steps": 3, "train.batch_size": 4,
+                                "train.sample_interval": 0, "train.save_interval": 3, "model.depth": 2})  # fmt: skip
+    trained = run_train(small, only.facts["webdataset_url"], root)
+    assert trained.facts["steps"] == 3 and np.isfinite(trained.facts["final_loss"])
+    assert trained.key != run_train(small.with_overrides({"data.format": "zarr"}), both.facts["latents_url"],
+                                    root).key  # fmt: skip
+
+    damaged = tmp_path / "encode" / only.key / "webdataset" / "shard-000007.tar"
+    data = bytearray(damaged.read_bytes())
+    data[100] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    longer = small.with_overrides({"train.n_steps": 12})  # 2 workers x 8 shards of 2 a rank: 8 batches an epoch
+    with pytest.raises(ArtifactCorruptError, match=r"webdataset/shard-000007\.tar: sha256 differs"):
+        run_train(longer.with_overrides({"train.num_workers": 0}), only.facts["webdataset_url"], root)
+
+
+def test_pixel_presets_have_no_webdataset_format(tmp_path):
+    preset = get_preset("tiny-pixel")
+    with pytest.raises(ValueError, match="stores pixels, which have no webdataset export"):
+        enc.run_encode(preset, "unused", "dataset-key", str(tmp_path), format="webdataset")
+
+
 def test_class_conditional_pixel_store_keeps_labels(tmp_path):
     preset = get_preset("tiny-pixel", ["data.conditioning=class", "data.num_classes=4"])
     ds = download_dataset("shapes", None, str(tmp_path), shapes={"n_train_per_class": 3, "n_val": 2})

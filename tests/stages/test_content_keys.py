@@ -42,7 +42,8 @@ def _all(section: str, preset, *, but: tuple[str, ...] = ()) -> dict:
 
 def TRAIN_DEPENDS(p) -> dict:
     """The trained weights: the network, the diffusion process, the latent scale and condition handling,
-    every training setting but the reporting/checkpoint cadence. `num_workers` is in: the reader splits
+    every training setting but the reporting/checkpoint cadence, and the reader (`data.format`: the
+    webdataset reader orders an epoch by shards, the zarr one by chunks). `num_workers` is in: the reader splits
     each epoch's stream over rank x worker readers, so the batches' composition depends on it.
     `model.use_checkpoint`, `train.compile` and `train.mixed_precision` change the float operations.
     The diffusion section counts as a whole (the other schedule's betas are a harmless over-approximation).
@@ -55,6 +56,7 @@ def TRAIN_DEPENDS(p) -> dict:
         "latent_scale": p.data.latent_scale,
         "conditioning": p.data.conditioning,
         "random_flip": p.data.random_flip,
+        "format": p.data.format,
     }
 
 
@@ -254,8 +256,8 @@ def _calls(preset) -> dict:
             {"weights": "weights-sha", "n": 64, "conditions": "balanced"},
         ),  # fmt: skip
         "encode": (
-            lambda dataset, split, ids: encode.encode_key(preset, dataset, split, ids),
-            {"dataset": "dataset-key", "split": "train", "ids": {"vae:x": "h1"}},
+            lambda dataset, split, ids, format: encode.encode_key(preset, dataset, split, ids, format),
+            {"dataset": "dataset-key", "split": "train", "ids": {"vae:x": "h1"}, "format": "zarr"},
         ),  # fmt: skip
         "reference": (
             lambda dataset, inception: reference_key(preset, dataset, inception),
@@ -268,7 +270,7 @@ def _calls(preset) -> dict:
     }
 
 
-OTHER_VALUES = {"n": 65, "split": "val", "ids": {"vae:x": "h2"}}
+OTHER_VALUES = {"n": 65, "split": "val", "ids": {"vae:x": "h2"}, "format": "both"}
 # The library modules whose source each stage's output depends on (their hash is in the key).
 CODE = {
     "train": {"uvit.training", "stages.training", "uvit.diffusion", "uvit.model"},

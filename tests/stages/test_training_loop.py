@@ -136,6 +136,27 @@ def test_kill_and_resume_is_bit_identical(tmp_path, store, caplog):
     assert torch.equal(x["torch"], y["torch"])
 
 
+def test_webdataset_reader_trains_and_resumes_bit_identically(tmp_path, store):
+    """data.format=webdataset: the export beside the zarr store is found, and a killed run resumes exactly."""
+    from storage.webdataset import export_webdataset
+
+    export = str(tmp_path / "webdataset")  # beside tmp_path/latents, where an encode artifact keeps it
+    export_webdataset(store, export, samples_per_shard=4)  # 32 images: 8 shards, 4 batches of 8 an epoch
+    preset = _preset(**{"data.format": "webdataset"})
+    full, crashed = str(tmp_path / "full"), str(tmp_path / "crashed")
+    uninterrupted = train(preset, store, full, max_steps=9)  # the zarr store's URL: its export is read
+    partial = train(preset, export, crashed, max_steps=9, stop_after=5)
+    assert partial.step == 5 and CheckpointStore(crashed).latest() == 3
+    resumed = train(preset, export, crashed, max_steps=9)
+    assert resumed.resumed_from == 3 and resumed.step == 9
+    _assert_resumed_run_is_the_uninterrupted_one(full, crashed, vars(uninterrupted), vars(resumed),
+                                                 preset.train.batch_size, IN_PROCESS_IGNORE)  # fmt: skip
+    position = CheckpointStore(full).load(9).data_position
+    assert (position["format"], position["epoch"], position["batch_in_epoch"]) == ("webdataset", 2, 1)
+    zarr = train(_preset(), store, str(tmp_path / "zarr"), max_steps=9)
+    assert zarr.losses != uninterrupted.losses  # the other reader orders the batches otherwise
+
+
 def test_sigkill_and_resume_in_a_fresh_process_is_bit_identical(tmp_path, store):
     """A child process SIGKILLed right after publishing checkpoint 3, resumed by a new process."""
     import signal

@@ -165,6 +165,23 @@ def test_preset_json_errors_name_the_field():
         Preset.from_json("{")
 
 
+def test_preset_json_from_before_a_field_was_added_reads_as_it_meant():
+    """Preset JSON written before `data.format` existed (old manifests, checkpoints) means the zarr reader."""
+    from uvit.config import ADDED_FIELDS
+
+    tiny = get_preset("tiny")
+    data = json.loads(tiny.to_json())
+    for where, fields in ADDED_FIELDS.items():
+        section = data
+        for part in where.split(".")[1:]:
+            section = section[part]
+        for name, value in fields.items():
+            assert name in section  # written today
+            del section[name]
+    old = Preset.from_json(json.dumps(data))
+    assert old.data.format == "zarr" and old == tiny
+
+
 def test_pixel_presets_are_pixel_space_vp_without_a_vae():
     for name in ["cifar10-s2", "celeba64-s4", "imagenet64-m4", "imagenet64-l4", "tiny-pixel"]:
         preset = get_preset(name)
