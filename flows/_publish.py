@@ -33,13 +33,28 @@ def publish_table(key: str, rows: list[dict[str, Any]], description: str = "") -
 
 
 def publish_link(key: str, url: str, description: str = "") -> None:
-    """A Prefect link artifact to a storage URL (credentials redacted)."""
-    if in_prefect_run():
-        from prefect.artifacts import create_link_artifact
+    """Where a stage's output is, as a browser can use it: a link artifact for http(s) URLs and, with
+    `$UVIT_PRESIGNED_LINKS_S` set, a presigned link for s3/gs stores (valid that many seconds); else a
+    markdown artifact with the location as text (a link to a local path or a bucket only opens the
+    dashboard's 404 page). Credentials are redacted."""
+    if not in_prefect_run():
+        return
+    import os
 
-        from storage.paths import redact_url
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-        create_link_artifact(key=artifact_key_slug(key), link=redact_url(url), description=description)
+    from storage.paths import presigned_url, redact_url
+
+    shown = redact_url(url)
+    link = shown if shown.startswith(("http://", "https://")) else None
+    expires = os.environ.get("UVIT_PRESIGNED_LINKS_S", "").strip()
+    if link is None and expires.isdigit() and int(expires) > 0:
+        link = presigned_url(url, int(expires))
+    if link is not None:
+        create_link_artifact(key=artifact_key_slug(key), link=link, link_text=shown, description=description)
+    else:
+        text = f"{description}\n\n`{shown}`" if description else f"`{shown}`"
+        create_markdown_artifact(key=artifact_key_slug(key), markdown=text, description=description)
 
 
 def publish_png(key: str, png_url: str, description: str = "", max_bytes: int = 2_000_000) -> None:
@@ -63,21 +78,34 @@ def publish_png(key: str, png_url: str, description: str = "", max_bytes: int = 
 
 
 class Progress:
-    """A Prefect progress artifact (0-100) inside a run; a no-op outside."""
+    """A Prefect progress artifact (0-100) inside a run, keyed and titled by its description; a no-op
+    outside. `end(why)` marks one that will not reach 100% (the stage failed or was cancelled)."""
 
     def __init__(self, description: str):
         self.id = None
+        self.description = description
+        self.value = 0.0
         if in_prefect_run():
             from prefect.artifacts import create_progress_artifact
 
-            self.id = create_progress_artifact(progress=0.0, description=description)
+            key = artifact_key_slug("progress " + " ".join(w for w in description.split() if not w.isdigit()))
+            self.id = create_progress_artifact(progress=0.0, key=key, description=description)
 
     def update(self, fraction: float) -> None:
         """Set the progress to `fraction` in [0, 1]."""
         if self.id is not None:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(artifact_id=self.id, progress=round(100.0 * min(max(fraction, 0.0), 1.0), 1))
+            self.value = round(100.0 * min(max(fraction, 0.0), 1.0), 1)
+            update_progress_artifact(artifact_id=self.id, progress=self.value)
+
+    def end(self, why: str) -> None:
+        """Say in the artifact's title that it stopped (at its last value) and why."""
+        if self.id is not None and self.value < 100.0:
+            from prefect.artifacts import update_progress_artifact
+
+            update_progress_artifact(artifact_id=self.id, progress=self.value,
+                                     description=f"{self.description}: {why} at {self.value:g}%")  # fmt: skip
 
 
 class PrefectReporter(Reporter):
@@ -98,28 +126,69 @@ class PrefectReporter(Reporter):
     def png(self, key: str, png_url: str, description: str = "") -> None:
         publish_png(key, png_url, description)
 
+    def __init__(self) -> None:
+        self.opened: list[Progress] = []
+
     def progress(self, description: str) -> Callable[[float], None]:
-        return Progress(description).update
+        bar = Progress(description)
+        self.opened.append(bar)
+        return bar.update
+
+    def end_open(self, why: str) -> None:
+        """End every progress artifact of this reporter that did not reach 100%."""
+        for bar in self.opened:
+            try:
+                bar.end(why)
+            except Exception:  # the API may be gone with the run; the failure itself is what matters
+                pass
 
 
 def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` run with the Prefect reporter installed (wrap stage functions with it in tasks and flows)."""
+    """`fn` run with the Prefect reporter installed (wrap stage functions with it in tasks and flows);
+    a failure or cancellation (SIGTERM reaches here as an exception) ends its open progress artifacts."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with reporting(PrefectReporter()):
-            return fn(*args, **kwargs)
+        chosen = PrefectReporter()
+        with reporting(chosen):
+            try:
+                return fn(*args, **kwargs)
+            except Exception:
+                chosen.end_open("failed")
+                raise
+            except BaseException:
+                chosen.end_open("stopped")
+                raise
 
     return wrapper
 
 
 def prefect_stage_runner():
-    """`stage_runner` for stages.pipeline: each stage a Prefect task, reporting to the run."""
+    """`stage_runner` for stages.pipeline: each stage a Prefect task, reporting to the run. A stage whose
+    artifact was already published (a cache hit of our content key, or a duplicate run that waited
+    on the lease and reused what the other run built) ends in a Completed state named "Cached" whose
+    message names the artifact and its key, so the dashboard shows the hit in Prefect's own terms."""
     from prefect import task
     from prefect.cache_policies import NONE
+    from prefect.client.schemas.objects import State
 
     def runner(name: str, fn, *args, **kwargs):
+        staged = reported(fn)
+
+        @functools.wraps(fn)
+        def body(*a: Any, **k: Any) -> Any:
+            out = staged(*a, **k)
+            if getattr(out, "cached", False) and getattr(out, "url", None):
+                from prefect.states import Completed
+
+                from storage.paths import redact_url
+
+                message = f"reused {redact_url(out.url)} (content key {out.key[:12]}); nothing rebuilt"
+                return Completed(data=out, name="Cached", message=message)
+            return out
+
         # Our content keys are the cache; Prefect's own input hashing would only add overhead.
-        return task(name=name, cache_policy=NONE, retries=0)(reported(fn))(*args, **kwargs)
+        result = task(name=name, cache_policy=NONE, retries=0, persist_result=False)(body)(*args, **kwargs)
+        return result.result() if isinstance(result, State) else result
 
     return runner

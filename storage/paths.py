@@ -134,6 +134,19 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def presigned_url(url: str, expires_s: int) -> str | None:
+    """A time-limited https link to an object-store file or folder (fsspec's `sign`: s3fs, gcsfs), or None
+    where the filesystem cannot sign (local paths, memory, most others)."""
+    if "://" not in url or url.startswith(("file://", "memory://")):
+        return None
+    fs, path = filesystem(url)
+    try:
+        signed = fs.sign(path, expiration=expires_s)
+    except (NotImplementedError, AttributeError, ValueError, OSError):
+        return None
+    return signed if isinstance(signed, str) and signed.startswith(("http://", "https://")) else None
+
+
 def has_credentials(url: str) -> bool:
     """Whether a URL carries `user[:password]@` or a secret-looking query parameter."""
     if "://" not in url:

@@ -112,29 +112,46 @@ def test_bad_override_is_a_one_line_error(tmp_path):
 
 
 def test_pipeline_through_prefect_publishes_artifacts(tmp_path):
-    """The `uvit` flow on the embedded Prefect API: completed, with the grid and metrics artifacts."""
+    """The `uvit` flow on the embedded Prefect API: completed, with the grid and metrics artifacts; the
+    rerun's five stage tasks end "Cached" (Prefect's name for a hit) saying what they reused."""
     script = (
         "import json, sys\n"
         "from flows.uvit_flow import uvit\n"
-        "state = uvit(preset='tiny', overrides=json.loads(sys.argv[2]), store_root=sys.argv[1], return_state=True)\n"
         "from prefect.client.orchestration import get_client\n"
         "from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId\n"
-        "run_id = state.state_details.flow_run_id\n"
+        "from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId\n"
+        "first = uvit(preset='tiny', overrides=json.loads(sys.argv[2]), store_root=sys.argv[1], return_state=True)\n"
+        "again = uvit(preset='tiny', overrides=json.loads(sys.argv[2]), store_root=sys.argv[1], return_state=True)\n"
+        "run_id = first.state_details.flow_run_id\n"
         "with get_client(sync_client=True) as c:\n"
         "    f = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))\n"
         "    arts = c.read_artifacts(artifact_filter=f)\n"
+        "    runs = {}\n"
+        "    for which, state in (('first', first), ('again', again)):\n"
+        "        flows = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))\n"
+        "        runs[which] = sorted((t.name.rsplit('-', 1)[0], t.state.name, t.state.message or '')\n"
+        "                             for t in c.read_task_runs(flow_run_filter=flows))\n"
         "kinds = sorted({(a.key or '') + ':' + a.type for a in arts})\n"
-        "print(json.dumps({'state': state.type.value, 'artifacts': kinds}))\n"
+        "links = [a.data for a in arts if a.type == 'link']\n"
+        "print(json.dumps({'state': first.type.value, 'again': again.type.value, 'artifacts': kinds,\n"
+        "                  'links': links, 'runs': runs}))\n"
     )  # fmt: skip
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps(FAST)], capture_output=True,
                          text=True, timeout=900)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["state"] == "COMPLETED"
+    assert result["state"] == result["again"] == "COMPLETED"
+    stages = ["download", "encode", "train", "sample", "evaluate"]
+    assert [(name, state) for name, state, _ in result["runs"]["first"]] == sorted((s, "Completed") for s in stages)
+    again = {name: (state, message) for name, state, message in result["runs"]["again"]}
+    assert set(again) == set(stages) and all(state == "Cached" for state, _ in again.values()), again
+    assert all(message.startswith(f"reused {tmp_path}/") for _, message in again.values()), again
+    assert not result["links"], result["links"]  # a local store's locations are text, not dead links
     kinds = result["artifacts"]
     assert "tiny-samples:image" in kinds, kinds
     assert "tiny-metrics:table" in kinds, kinds
     assert "tiny-evaluation-report:markdown" in kinds, kinds
+    assert any(k.startswith("progress-training-") and k.endswith(":progress") for k in kinds), kinds
     assert "tiny-loss-curve:image" in kinds, kinds
 
 

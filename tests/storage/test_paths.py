@@ -61,3 +61,14 @@ def test_atomic_and_exclusive_writes(any_root: str) -> None:
     paths.remove_tree(paths.join(any_root, "sub"))
     assert paths.list_names(paths.join(any_root, "sub")) == []
     assert paths.list_names(paths.join(any_root, "missing")) == []
+
+
+def test_presigned_links_for_object_stores_only(s3_root, tmp_path):
+    import httpx
+
+    paths.write_bytes_atomic(paths.join(s3_root, "grid.png"), b"png bytes")
+    link = paths.presigned_url(paths.join(s3_root, "grid.png"), 600)
+    assert link is not None and link.startswith("http") and "Signature" in link
+    assert httpx.get(link, timeout=30).content == b"png bytes"  # moto serves the signed request
+    assert paths.presigned_url(str(tmp_path / "grid.png"), 600) is None
+    assert paths.presigned_url("memory://x/grid.png", 600) is None

@@ -175,7 +175,7 @@ def test_preset_json_from_before_a_field_was_added_reads_as_it_meant():
         section = data
         for part in where.split(".")[1:]:
             section = section[part]
-        for name, value in fields.items():
+        for name in fields:
             assert name in section  # written today
             del section[name]
     old = Preset.from_json(json.dumps(data))
