@@ -259,6 +259,11 @@ def test_tiny_deployment_through_the_worker_then_all_cache_hits(server, cold_run
     assert set(cached) == {"download", "encode", "train", "sample", "evaluate"} and all(cached.values()), cached
     assert _stage_urls(again_artifacts) == _stage_urls(artifacts)  # the same artifacts, found not rebuilt
     assert _store_files(server["store"]) == before  # and not one file written or touched
+    # In Prefect's own terms: the rerun's five stage tasks are Cached, the first run's Completed.
+    for run, state in ((flow_run, "Completed"), (again, "Cached")):
+        tasks = _api(server, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        names = {t["name"].rsplit("-", 1)[0]: t["state"]["name"] for t in tasks}
+        assert names == dict.fromkeys(["download", "encode", "train", "sample", "evaluate"], state), names
 
 
 # --- the dashboard in headless Chromium ---------------------------------------------------------------
