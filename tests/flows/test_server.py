@@ -10,6 +10,7 @@ the cold run and the cached rerun.
 
 import base64
 import html
+import inspect
 import json
 import os
 import re
@@ -43,8 +44,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def test_prefect_yaml_declares_the_nine_deployments():
-    import inspect
-
     from flows import uvit_flow
     from uvit.config import PRESETS
 
@@ -73,6 +72,25 @@ def test_prefect_yaml_declares_the_nine_deployments():
     assert spec["pull"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $UVIT_PROJECT_DIR }}"}}
     ]
+
+
+def test_the_flows_parameter_form_has_choices_and_descriptions():
+    """The dashboard's run form comes from the flow's parameter schema: every parameter described, the
+    preset a choice among all presets, final_checkpoint among its two values, overrides with an example."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows import uvit_flow
+    from uvit.config import PRESETS
+
+    props = parameter_schema(uvit_flow.uvit.fn).model_dump()["properties"]
+    assert set(props) == set(inspect.signature(uvit_flow.uvit.fn).parameters)
+    assert [name for name, p in props.items() if len(p.get("description") or "") < 20] == []
+    assert props["preset"]["enum"] == list(PRESETS) and props["preset"]["default"] == "tiny"
+    assert props["final_checkpoint"]["enum"] == ["last", "best"]
+    assert (
+        "section.key=value" in props["overrides"]["description"]
+        and "train.n_steps=30" in props["overrides"]["description"]
+    )
 
 
 def test_pool_templates_take_a_gpu_count_per_deployment():
