@@ -322,12 +322,42 @@ def _page_text(chromium: str, url: str) -> tuple[str, str]:
     return dom, " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())
 
 
+def _screenshot(chromium: str, url: str, out: Path) -> bytes:
+    """A PNG of `url` as headless Chromium renders it (1400x900, after 30 s of virtual time)."""
+    with tempfile.TemporaryDirectory() as profile:
+        process = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}",
+                                    url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)  # fmt: skip
+        try:
+            process.wait(timeout=240)
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+    return out.read_bytes()
+
+
 @pytest.mark.slow
-def test_dashboard_shows_the_run_and_its_artifacts(server, cold_run, chromium):
+def test_dashboard_shows_the_run_and_its_artifacts(server, cold_run, chromium, tmp_path):
     flow_run, artifacts = cold_run
-    _, text = _page_text(chromium, f"{server['ui']}/runs/flow-run/{flow_run['id']}")
+    page = f"{server['ui']}/runs/flow-run/{flow_run['id']}"
+    _, text = _page_text(chromium, page)
     assert flow_run["name"] in text and "Completed" in text, text[:2000]
     assert "Artifacts" in text and "uvit-process" in text, text[:2000]
+    for stage in ("download", "encode", "train", "sample", "evaluate"):  # the five named stage task runs
+        assert re.search(rf"\b{stage}-[0-9a-f]{{3}}\b", text), (stage, text[:2000])
+    # The run page as a user sees it (docs/run-page.png in the README is one of these, copied by hand:
+    # UVIT_SCREENSHOT=docs/run-page.png keeps it).
+    png = _screenshot(chromium, page, Path(os.environ.get("UVIT_SCREENSHOT") or tmp_path / "run-page.png"))
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert shot.shape == (900, 1400, 3) and shot.std() > 10, shot.shape  # a rendered page, not blank
 
     _, text = _page_text(chromium, f"{server['ui']}/artifacts/artifact/{artifacts['tiny-metrics']['id']}")
     assert "tiny-metrics" in text and flow_run["name"] in text, text[:2000]
