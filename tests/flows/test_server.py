@@ -93,6 +93,26 @@ def test_the_flows_parameter_form_has_choices_and_descriptions():
     )
 
 
+def test_the_kubernetes_multinode_job_matches_the_tested_launch():
+    """deploy/k8s-multinode.yaml: one pod per machine, its rank from the Job's completion index, pod 0
+    the rendezvous, the process count machines x GPUs, and the arguments `stages.training` takes."""
+    service, job = yaml.safe_load_all((ROOT / "deploy" / "k8s-multinode.yaml").read_text())
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    spec = job["spec"]
+    assert job["kind"] == "Job" and spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"]
+    (container,) = spec["template"]["spec"]["containers"]
+    words = container["args"][0].split()
+    value = {flag: words[i + 1] for i, flag in enumerate(words[:-1]) if flag.startswith("--")}
+    assert int(value["--num_machines"]) == spec["completions"]
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+    assert int(value["--num_processes"]) == spec["completions"] * gpus
+    assert value["--machine_rank"] == '"$JOB_COMPLETION_INDEX"'
+    assert value["--main_process_ip"] == f"{job['metadata']['name']}-0.{spec['template']['spec']['subdomain']}"
+    assert {"--preset", "--latents", "--checkpoints"} <= set(value)
+    assert words[words.index("-m") + 1] == "stages.training"
+
+
 def test_pool_templates_take_a_gpu_count_per_deployment():
     """deploy/'s Docker and Kubernetes templates request `{{ gpus }}` GPUs (default 1), never all of them."""
     sys.path.insert(0, str(ROOT / "deploy"))
