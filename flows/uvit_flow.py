@@ -2,9 +2,11 @@
 
 Kept apart from the CLI (flows/pipeline.py) so that `python -m flows.pipeline --help` does not import
 Prefect. The stages are chained in `stages.pipeline.run_pipeline`, each as a Prefect task here.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: Prefect validates a run's parameters against the
+annotations, and as strings they would be resolved in the module of the wrapper
+(`flows._errors.one_line_failures`), where `PresetName` does not exist.
+"""
 
 import functools
 from typing import Literal
