@@ -42,6 +42,8 @@ __all__ = [
     "time_quadratic_grid",
     "GRIDS",
     "multistep_orders",
+    "multistep_time_grid",
+    "multistep_update",
     "dpm_solver",
     "dpm_solver_2m",
     "dpm_solver_3m",
@@ -258,18 +260,66 @@ def multistep_orders(steps: int, order: int, lower_order_final: bool) -> list[in
     return orders
 
 
-def _multistep_times(
-    schedule: Schedule, grid: Grid | None, steps: int, t_start: float, t_end: float | None
+def multistep_time_grid(
+    schedule: Schedule, grid: Grid | None, steps: int, t_start: float = 1.0, t_end: float | None = None
 ) -> torch.Tensor:
-    """The multistep grid (steps + 1,): time-uniform ones as the official code; a logSNR grid has its
-    endpoints set to exactly `t_start` and `t_end` (inverse_lambda rounds them, e.g. to 0.99998)."""
-    if not isinstance(t_start, (int, float)) or not 0 < t_start <= 1:
-        raise ValueError(f"t_start must lie in (0, 1], got {t_start!r}")
+    """The multistep samplers' times (steps + 1,) from `t_start` to `t_end` (default schedule.t_end);
+    grid None: the schedule's official one. A logSNR grid has its endpoints set to exactly `t_start`
+    and `t_end` (inverse_lambda rounds them, e.g. to 0.99998)."""
+    _check_steps(steps)
+    t_end = schedule.t_end if t_end is None else t_end
+    if not 0 < t_end < t_start <= 1:
+        raise ValueError(f"need 0 < t_end < t_start <= 1, got t_start={t_start!r}, t_end={t_end!r}")
     times = _grid_for(schedule, grid, steps, t_start, t_end)
     if (grid or ("time_uniform" if isinstance(schedule, DiscreteSchedule) else "logsnr")) == "logsnr":
-        t_end = schedule.t_end if t_end is None else t_end
         times = torch.cat([torch.tensor([t_start]), times[1:-1], torch.tensor([t_end])])
     return times
+
+
+def multistep_update(
+    x: torch.Tensor,
+    x0s: list[torch.Tensor],
+    lambdas: torch.Tensor,
+    ratio: torch.Tensor,
+    alpha_t: torch.Tensor,
+    order: int,
+) -> torch.Tensor:
+    """One multistep DPM-Solver++ update of `order` from s to t, the official formulas (data prediction).
+
+    `x0s`: the data predictions at the latest points, newest (at s) last, at least `order` of them;
+    `lambdas`: their lambdas followed by lambda_t (the last order + 1 are used); `ratio` sigma_t /
+    sigma_s and `alpha_t` (B,). With h = lambda_t - lambda_s, m0, m1, m2 the newest predictions and
+    d1 ~ h m'(lambda_s), d2 ~ h^2 m''(lambda_s) their divided differences, the Taylor form of the
+    exponential integrator: x_t = ratio x_s - alpha_t (phi_1 m0 - phi_2 d1 + phi_3 d2), phi_1 =
+    expm1(-h), phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1/2; local error O(h^(order + 1)).
+
+    Orders 1 and 2 are the official `dpm_multistep_update` (order 2 in its 'dpm_solver' form). Order 3
+    is not the official `dpm_multistep_third_update` (nor DPM-Solver v2's or diffusers' 3M): those
+    use (d1_0 - d1_1) / (r0 + r1) = d2 / 2 as the second difference, which halves the h^2 term and
+    leaves an O(h^3) local error (tests/uvit/test_fast_samplers.py measures both orders).
+    """
+    if order not in (1, 2, 3) or len(x0s) < order or lambdas.shape[0] < order + 1:
+        raise ValueError(f"an order-{order} update needs {order} data predictions and {order + 1} lambdas")
+    h = lambdas[-1] - lambdas[-2]
+    x0 = x0s[-1]
+    phi_1 = _bcast(alpha_t * torch.expm1(-h), x)
+    x_next = _bcast(ratio, x) * x - phi_1 * x0
+    if order == 2:  # the official dpm_multistep_second_update ('dpm_solver' form)
+        x0_prev = x0s[-2]
+        r = (lambdas[-2] - lambdas[-3]) / h
+        x_next = x_next - 0.5 * phi_1 * ((x0 - x0_prev) / r)
+    elif order == 3:  # the official dpm_multistep_third_update's structure, d2 = h^2 m'' (see above)
+        r0 = (lambdas[-2] - lambdas[-3]) / h
+        r1 = (lambdas[-3] - lambdas[-4]) / h
+        d1_0 = (x0 - x0s[-2]) / r0  # h m'(lambda_s) - r0 h^2 m'' / 2 + O(h^3)
+        d1_1 = (x0s[-2] - x0s[-3]) / r1  # h m'(lambda_s) - (2 r0 + r1) h^2 m'' / 2 + O(h^3)
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)
+        h64 = h.double()  # phi_2, phi_3 cancel to O(h), O(h^2): float64 keeps them exact
+        phi_2 = (torch.expm1(-h64) / h64 + 1.0).to(x.dtype)
+        phi_3 = ((torch.expm1(-h64) + h64) / h64**2 - 0.5).to(x.dtype)
+        x_next = x_next + _bcast(alpha_t * phi_2, x) * d1 - _bcast(alpha_t * phi_3, x) * d2
+    return x_next
 
 
 def _dpm_solver_multistep(
@@ -284,46 +334,22 @@ def _dpm_solver_multistep(
     t_start: float,
     t_end: float | None,
 ) -> torch.Tensor:
-    """Multistep DPM-Solver++ (data prediction), NFE = `steps`, orders `multistep_orders`.
-
-    Update from s = t_i to t = t_{i+1} with h = lambda_t - lambda_s and the last data predictions
-    m0, m1, m2 at lambda_s, lambda_s - r0 h, lambda_s - (r0 + r1) h:
-    x_t = (sigma_t / sigma_s) x_s - alpha_t phi_1 m0 (+ order-2 and order-3 corrections from the
-    divided differences of m), phi_1 = expm1(-h), phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1/2.
-    """
+    """Multistep DPM-Solver++ (data prediction), NFE = `steps`, orders `multistep_orders`, each update
+    `multistep_update` from the data predictions of the latest grid points."""
     _check_steps(steps)
     _check_x(x_T)
     orders = multistep_orders(steps, order, lower_order_final)
     solver = _Solver(eps_fn, schedule, predict_x0=True)
     batch, device = x_T.shape[0], x_T.device
-    times = _multistep_times(schedule, grid, steps, t_start, t_end).to(device)  # (steps+1,)
+    times = multistep_time_grid(schedule, grid, steps, t_start, t_end).to(device)  # (steps+1,)
     lambdas = schedule.lambda_(times)
     x = x_T
-    history: list[torch.Tensor] = []  # data predictions of the previous points, newest last
+    x0s: list[torch.Tensor] = []  # data predictions of the latest points, newest last
     for i, step_order in enumerate(orders):
         s, t = times[i].expand(batch), times[i + 1].expand(batch)  # (B,)
-        x0 = solver.model_output(x, s)
-        h = lambdas[i + 1] - lambdas[i]
+        x0s = [*x0s[-2:], solver.model_output(x, s)]
         ratio, alpha_t = solver.coefficients(s, t)
-        phi_1 = _bcast(alpha_t * torch.expm1(-h), x)
-        x_next = _bcast(ratio, x) * x - phi_1 * x0
-        if step_order == 2:  # the official dpm_multistep_second_update ('dpm_solver' form)
-            x0_prev = history[-1]
-            r = (lambdas[i] - lambdas[i - 1]) / h
-            x_next = x_next - 0.5 * phi_1 * ((x0 - x0_prev) / r)
-        elif step_order == 3:  # the official dpm_multistep_third_update
-            r0 = (lambdas[i] - lambdas[i - 1]) / h
-            r1 = (lambdas[i - 1] - lambdas[i - 2]) / h
-            d1_0 = (x0 - history[-1]) / r0
-            d1_1 = (history[-1] - history[-2]) / r1
-            d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-            d2 = (d1_0 - d1_1) / (r0 + r1)
-            h64 = h.double()  # phi_2, phi_3 cancel to O(h), O(h^2): float64 keeps them exact
-            phi_2 = (torch.expm1(-h64) / h64 + 1.0).to(x.dtype)
-            phi_3 = ((torch.expm1(-h64) + h64) / h64**2 - 0.5).to(x.dtype)
-            x_next = x_next + _bcast(alpha_t * phi_2, x) * d1 - _bcast(alpha_t * phi_3, x) * d2
-        x = x_next
-        history = [*history[-1:], x0]
+        x = multistep_update(x, x0s, lambdas[max(0, i - 2) : i + 2], ratio, alpha_t, step_order)
     return x
 
 
