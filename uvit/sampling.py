@@ -12,10 +12,11 @@ schedule, fractional, first call at 1000.0 and never at t = 0.001; 999 t for the
 - `dpm_solver_2m`: multistep DPM-Solver++(2M) (first step of order 1), NFE = steps; by default as
   the official multistep loop runs it (time-uniform grid for the discrete schedule, every later step
   of order 2).
-- `dpm_solver_3m`: multistep DPM-Solver++(3M), NFE = steps: the fast preset. Default grid uniform
-  in lambda (logSNR) and lower-order final steps (the last step of order 1, the one before of
-  order 2), which measured best on Gaussian data and trained U-ViTs (BENCHMARKS.md, sampler
-  accuracy). Both multistep samplers take `grid` = "time_uniform" | "logsnr" | "time_quadratic".
+- `dpm_solver_3m`: multistep DPM-Solver++(3M), NFE = steps, the fast sampler: by default on a grid
+  uniform in lambda (logSNR), with lower-order final steps (the last of order 1, the one before of
+  order 2) at 5 steps or fewer only, what measured best (BENCHMARKS.md, sampler accuracy). Its
+  third-order update is Taylor-exact (see `multistep_update`). Both multistep samplers take
+  `grid` = "time_uniform" | "logsnr" | "time_quadratic" and `lower_order_final`.
 - `euler_maruyama`: the reverse VP-SDE as the official `sde.euler_maruyama` (pixel models).
 
 `guided_eps_fn` builds `eps_fn` from a U-ViT with classifier-free guidance (two passes or one pass
@@ -56,6 +57,7 @@ __all__ = [
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B,C,H,W), t_net (B,)) -> eps
 Grid = Literal["time_uniform", "logsnr", "time_quadratic"]
 GRIDS: tuple[str, ...] = ("time_uniform", "logsnr", "time_quadratic")
+LOWER_ORDER_FINAL_MAX_STEPS = 5  # dpm_solver_3m's default: lower-order final steps at <= 5 steps only
 
 
 def _check_steps(steps: int, minimum: int = 1) -> None:
@@ -382,15 +384,19 @@ def dpm_solver_3m(
     steps: int,
     schedule: Schedule,
     grid: Grid | None = "logsnr",
-    lower_order_final: bool = True,
+    lower_order_final: bool | None = None,
     t_start: float = 1.0,
     t_end: float | None = None,
 ) -> torch.Tensor:
     """Multistep DPM-Solver++(3M) with NFE = `steps` (orders 1, 2, then 3), no final denoising.
 
-    Defaults (the fast preset): a grid uniform in lambda and lower-order final steps (..., 3, 2, 1).
-    `grid=None` is the schedule's official grid (time-uniform discrete, logSNR VP).
+    Defaults (the fast preset): a grid uniform in lambda; lower-order final steps (..., 3, 2, 1) when
+    `lower_order_final` is True, or by default (None) at `steps` <= LOWER_ORDER_FINAL_MAX_STEPS,
+    where they measured better (at 8 or more steps they cost 2-3x in error on Gaussian data and
+    nothing on a trained tiny U-ViT). `grid=None` is the schedule's official grid.
     """
+    if lower_order_final is None:
+        lower_order_final = steps <= LOWER_ORDER_FINAL_MAX_STEPS if isinstance(steps, int) else False
     return _dpm_solver_multistep(eps_fn, x_T, steps=steps, schedule=schedule, order=3, grid=grid,
                                  lower_order_final=lower_order_final, t_start=t_start, t_end=t_end)  # fmt: skip
 

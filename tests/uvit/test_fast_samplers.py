@@ -210,7 +210,7 @@ def test_the_last_steps_are_of_order_1_and_2(schedule) -> None:
     steps = 8
     spy = Spy(schedule)
     x_T, _ = problem(schedule, n=2)
-    out = dpm_solver_3m(spy, x_T, steps=steps, schedule=schedule)
+    out = dpm_solver_3m(spy, x_T, steps=steps, schedule=schedule, lower_order_final=True)
     assert len(spy.calls) == steps  # NFE = steps, no call at t_end
     times = multistep_time_grid(schedule, "logsnr", steps).double().tolist()
     assert [t for _, t in spy.calls] == pytest.approx(times[:-1], rel=1e-6)
@@ -233,6 +233,17 @@ def test_the_last_steps_are_of_order_1_and_2(schedule) -> None:
     # Without lower-order final steps the last one is of order 3: another result.
     spy3 = Spy(schedule)
     assert (dpm_solver_3m(spy3, x_T, steps=steps, schedule=schedule, lower_order_final=False) - ddim).abs().max() > 1e-4
+
+
+def test_3m_takes_lower_order_final_steps_at_5_steps_or_fewer_by_default() -> None:
+    x_T, _ = problem(DISCRETE, n=2)
+    eps_fn = gaussian_eps_fn(DISCRETE)
+    for steps, expected in ((4, True), (5, True), (6, False), (20, False)):
+        default = dpm_solver_3m(eps_fn, x_T, steps=steps, schedule=DISCRETE)
+        assert torch.equal(default, dpm_solver_3m(eps_fn, x_T, steps=steps, schedule=DISCRETE,
+                                                  lower_order_final=expected)), steps  # fmt: skip
+        assert not torch.equal(default, dpm_solver_3m(eps_fn, x_T, steps=steps, schedule=DISCRETE,
+                                                      lower_order_final=not expected)), steps  # fmt: skip
 
 
 def test_network_times_start_at_t_1() -> None:
