@@ -22,10 +22,11 @@ are RMS over all latent elements of the final x (t = 1/1000) from the same noise
 for the tiny model also in pixels (both decoded by the tiny VAE, clamped, in 8-bit levels).
 Ours, each with its default final steps (3M: lower-order at <= 5 steps; 2M: none): `dpm_solver_3m`
 and `dpm_solver_2m` on the logSNR grid and `dpm_solver_3m` on the time-quadratic grid (S/2 dims:
-3M logSNR only), at 5-50 steps; on the Gaussian also `dpm_solver_2m` time-uniform (the official grid). The headline per model and
-guidance: the fewest steps at which ours is at least as accurate as official-50, and the wall-time
-ratio official-50 / ours at those steps, timed in the same run (each NFE is one network call, so it
-is ~50 / steps; the machine is shared, so the times are noisy).
+3M logSNR only), at 5-50 steps; on the Gaussian also `dpm_solver_2m` time-uniform (the official
+grid). The headline per model and guidance: the fewest steps at which ours is at least as accurate
+as official-50 (and at every larger count measured), and the wall-time ratio official-50 / ours at
+those steps, timed in the same run (one network call per step, so it is ~50 / steps; the machine
+is shared, so the times are noisy).
 """
 
 from __future__ import annotations

@@ -268,9 +268,9 @@ def test_sample_passes_the_grid() -> None:
     spy = Spy(DISCRETE)
     sample("dpm_solver_2m", spy, problem(DISCRETE, n=1)[0], steps=6, schedule=DISCRETE, grid="time_quadratic")
     assert [t for _, t in spy.calls] == pytest.approx(time_quadratic_grid(6, 1.0, DISCRETE.t_end)[:-1].tolist())
-    x_T = problem(DISCRETE, n=1)[0]
-    assert torch.equal(sample("dpm_solver_3m", gaussian_eps_fn(DISCRETE), x_T, steps=6, schedule=DISCRETE),
-                       dpm_solver_3m(gaussian_eps_fn(DISCRETE), x_T, steps=6, schedule=DISCRETE, grid="logsnr"))  # fmt: skip
+    x_T, eps_fn = problem(DISCRETE, n=1)[0], gaussian_eps_fn(DISCRETE)
+    by_name = sample("dpm_solver_3m", eps_fn, x_T, steps=6, schedule=DISCRETE)
+    assert torch.equal(by_name, dpm_solver_3m(eps_fn, x_T, steps=6, schedule=DISCRETE, grid="logsnr"))
     assert "dpm_solver_3m" in SAMPLERS
 
 
