@@ -18,6 +18,7 @@ BENCHMARKS = [
     "model_step",
     "sampling",
     "sampling_official",
+    "sampler_accuracy",
     "sample_stage",
     "sample_memory",
     "latent_reader",

@@ -220,7 +220,8 @@ def report_markdown(preset, results: dict[str, Any], rows: list[dict], samples_m
         f"- samples: {results.get('n_samples')} ({preset.eval.n_samples} in the paper's protocol)",
         f"- reference: `{reference}` (sha256 {reference_sha[:16]}...), {results.get('n_reference')} images"
         + ("" if origin is None else f"; {_describe_origin(origin)}"),
-        f"- sampler: {extra.get('sampler')} with {extra.get('steps')} steps",
+        f"- sampler: {extra.get('sampler')} with {extra.get('steps')} steps"
+        + ("" if extra.get("grid") is None else f" on a {extra['grid']} grid"),
         f"- guidance: official s = {s} (usual w = 1 + s = {1 + s})",
         f"- weights: `{extra.get('weights')}` (sha256 {str(extra.get('weights_sha256'))[:16]}...), "
         f"EMA: {extra.get('ema')}",
@@ -244,11 +245,13 @@ def _describe_origin(origin) -> str:
 
 
 def samples_sampler(samples_manifest) -> dict[str, Any] | None:
-    """The sampler settings a sample artifact was drawn with ({sampler, steps, cfg_scale}), from its manifest."""
+    """The sampler settings a sample artifact was drawn with ({sampler, steps, cfg_scale, grid}), from its
+    manifest; artifacts from before `sample.grid` drew on the sampler's default grid (None)."""
     extra = samples_manifest.extra
     if "sampler" not in extra:
         return None
-    return {"sampler": extra["sampler"], "steps": extra.get("steps"), "cfg_scale": extra.get("cfg_scale_official_s")}
+    return {"sampler": extra["sampler"], "steps": extra.get("steps"), "cfg_scale": extra.get("cfg_scale_official_s"),
+            "grid": extra.get("grid")}  # fmt: skip
 
 
 def _load_dinov2(preset, weights: str | None, arch: str | None, unavailable: dict[str, str]):

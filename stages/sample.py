@@ -344,6 +344,7 @@ def run_sample(
                 "preset": preset.name,
                 "sampler": s.sampler,
                 "steps": s.steps,
+                "grid": s.grid,  # None: the sampler's default (official for dpm_solver)
                 "cfg_scale_official_s": s.cfg_scale,
                 "cfg_scale_usual_w": 1.0 + s.cfg_scale,
                 "weights": paths.redact_url(weights),

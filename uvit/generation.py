@@ -104,6 +104,7 @@ def generate_images(
         context=None if conditions.contexts is None else conditions.contexts.to(device),
         empty_context=None if conditions.empty_context is None else conditions.empty_context.to(device),
         generator=generator,
+        grid=s.grid,
     )  # (B, C, h, w)
     return space_of(preset).to_images(z, vae)
 

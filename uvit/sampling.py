@@ -9,7 +9,14 @@ schedule, fractional, first call at 1000.0 and never at t = 0.001; 999 t for the
   `order_list(steps)`, an order-k update from grid[i] to grid[i+k] through the skipped grid
   points, no final denoising (NFE = steps). With a `VPSchedule`, the original DPM-Solver-fast
   (noise prediction) on K = steps // 3 + 1 intervals uniform in lambda from t = 1 to 1e-4.
-- `dpm_solver_2m`: multistep DPM-Solver++(2M) (first step of order 1), NFE = steps.
+- `dpm_solver_2m`: multistep DPM-Solver++(2M) (first step of order 1), NFE = steps; by default as
+  the official multistep loop runs it (time-uniform grid for the discrete schedule, every later step
+  of order 2).
+- `dpm_solver_3m`: multistep DPM-Solver++(3M), NFE = steps, the fast sampler: by default on a grid
+  uniform in lambda (logSNR), with lower-order final steps (the last of order 1, the one before of
+  order 2) at 5 steps or fewer only, what measured best (BENCHMARKS.md, sampler accuracy). Its
+  third-order update is Taylor-exact (see `multistep_update`). Both multistep samplers take
+  `grid` = "time_uniform" | "logsnr" | "time_quadratic" and `lower_order_final`.
 - `euler_maruyama`: the reverse VP-SDE as the official `sde.euler_maruyama` (pixel models).
 
 `guided_eps_fn` builds `eps_fn` from a U-ViT with classifier-free guidance (two passes or one pass
@@ -18,6 +25,7 @@ of a doubled batch) and `generate` runs a whole guided sampling in one call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -32,8 +40,14 @@ __all__ = [
     "order_list",
     "time_grid",
     "logsnr_time_grid",
+    "time_quadratic_grid",
+    "GRIDS",
+    "multistep_orders",
+    "multistep_time_grid",
+    "multistep_update",
     "dpm_solver",
     "dpm_solver_2m",
+    "dpm_solver_3m",
     "euler_maruyama",
     "sample",
     "guided_eps_fn",
@@ -41,7 +55,9 @@ __all__ = [
 ]
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (B,C,H,W), t_net (B,)) -> eps
-Grid = Literal["time_uniform", "logsnr"]
+Grid = Literal["time_uniform", "logsnr", "time_quadratic"]
+GRIDS: tuple[str, ...] = ("time_uniform", "logsnr", "time_quadratic")
+LOWER_ORDER_FINAL_MAX_STEPS = 5  # dpm_solver_3m's default: lower-order final steps at <= 5 steps only
 
 
 def _check_steps(steps: int, minimum: int = 1) -> None:
@@ -75,6 +91,21 @@ def logsnr_time_grid(
     lambda_start = schedule.lambda_(torch.tensor(t_start)).item()
     lambda_end = schedule.lambda_(torch.tensor(t_end)).item()
     return schedule.inverse_lambda(torch.linspace(lambda_start, lambda_end, num_intervals + 1)).reshape(-1)
+
+
+def time_quadratic_grid(steps: int, t_start: float = 1.0, t_end: float = 1e-3) -> torch.Tensor:
+    """`steps` intervals uniform in sqrt(t) from `t_start` to `t_end` (DDIM's quadratic grid, float32).
+
+    Computed in float64 from the exact square roots (the official `get_time_steps('time_quadratic')`
+    snaps the same points to a 1e7-point table); the endpoints are exactly `t_start` and `t_end`.
+    """
+    _check_steps(steps)
+    if not 0 < t_end < t_start:
+        raise ValueError(f"need 0 < t_end < t_start, got t_start={t_start}, t_end={t_end}")
+    roots = torch.linspace(math.sqrt(t_start), math.sqrt(t_end), steps + 1, dtype=torch.float64)
+    times = roots**2
+    times[0], times[-1] = t_start, t_end
+    return times.float()
 
 
 def _bcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -168,7 +199,9 @@ def _grid_for(
         return time_grid(num_intervals, t_start, t_end)
     if grid == "logsnr":
         return logsnr_time_grid(schedule, num_intervals, t_start, t_end)
-    raise ValueError(f"unknown grid {grid!r}; valid grids: 'time_uniform', 'logsnr'")
+    if grid == "time_quadratic":
+        return time_quadratic_grid(num_intervals, t_start, t_end)
+    raise ValueError(f"unknown grid {grid!r}; valid grids: {', '.join(map(repr, GRIDS))}")
 
 
 @torch.no_grad()
@@ -217,6 +250,111 @@ def dpm_solver(
     return x
 
 
+def multistep_orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
+    """Orders of the `steps` multistep updates: warm-up min(order, i + 1) (the history is short), and
+    with `lower_order_final` the last updates at min(order, steps - i) (the last of order 1)."""
+    _check_steps(steps)
+    if order not in (1, 2, 3):
+        raise ValueError(f"multistep order must be 1, 2 or 3, got {order!r}")
+    orders = [min(order, i + 1) for i in range(steps)]
+    if lower_order_final:
+        orders = [min(o, steps - i) for i, o in enumerate(orders)]
+    return orders
+
+
+def multistep_time_grid(
+    schedule: Schedule, grid: Grid | None, steps: int, t_start: float = 1.0, t_end: float | None = None
+) -> torch.Tensor:
+    """The multistep samplers' times (steps + 1,) from `t_start` to `t_end` (default schedule.t_end);
+    grid None: the schedule's official one. A logSNR grid has its endpoints set to exactly `t_start`
+    and `t_end` (inverse_lambda rounds them, e.g. to 0.99998)."""
+    _check_steps(steps)
+    t_end = schedule.t_end if t_end is None else t_end
+    if not 0 < t_end < t_start <= 1:
+        raise ValueError(f"need 0 < t_end < t_start <= 1, got t_start={t_start!r}, t_end={t_end!r}")
+    times = _grid_for(schedule, grid, steps, t_start, t_end)
+    if (grid or ("time_uniform" if isinstance(schedule, DiscreteSchedule) else "logsnr")) == "logsnr":
+        times = torch.cat([torch.tensor([t_start]), times[1:-1], torch.tensor([t_end])])
+    return times
+
+
+def multistep_update(
+    x: torch.Tensor,
+    x0s: list[torch.Tensor],
+    lambdas: torch.Tensor,
+    ratio: torch.Tensor,
+    alpha_t: torch.Tensor,
+    order: int,
+) -> torch.Tensor:
+    """One multistep DPM-Solver++ update of `order` from s to t, the official formulas (data prediction).
+
+    `x0s`: the data predictions at the latest points, newest (at s) last, at least `order` of them;
+    `lambdas`: their lambdas followed by lambda_t (the last order + 1 are used); `ratio` sigma_t /
+    sigma_s and `alpha_t` (B,). With h = lambda_t - lambda_s, m0, m1, m2 the newest predictions and
+    d1 ~ h m'(lambda_s), d2 ~ h^2 m''(lambda_s) their divided differences, the Taylor form of the
+    exponential integrator: x_t = ratio x_s - alpha_t (phi_1 m0 - phi_2 d1 + phi_3 d2), phi_1 =
+    expm1(-h), phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1/2; local error O(h^(order + 1)).
+
+    Orders 1 and 2 are the official `dpm_multistep_update` (order 2 in its 'dpm_solver' form). Order 3
+    is not the official `dpm_multistep_third_update` (nor DPM-Solver v2's or diffusers' 3M): those
+    use (d1_0 - d1_1) / (r0 + r1) = d2 / 2 as the second difference, which halves the h^2 term and
+    leaves an O(h^3) local error (tests/uvit/test_fast_samplers.py measures both orders).
+    """
+    if order not in (1, 2, 3) or len(x0s) < order or lambdas.shape[0] < order + 1:
+        raise ValueError(f"an order-{order} update needs {order} data predictions and {order + 1} lambdas")
+    h = lambdas[-1] - lambdas[-2]
+    x0 = x0s[-1]
+    phi_1 = _bcast(alpha_t * torch.expm1(-h), x)
+    x_next = _bcast(ratio, x) * x - phi_1 * x0
+    if order == 2:  # the official dpm_multistep_second_update ('dpm_solver' form)
+        x0_prev = x0s[-2]
+        r = (lambdas[-2] - lambdas[-3]) / h
+        x_next = x_next - 0.5 * phi_1 * ((x0 - x0_prev) / r)
+    elif order == 3:  # the official dpm_multistep_third_update's structure, d2 = h^2 m'' (see above)
+        r0 = (lambdas[-2] - lambdas[-3]) / h
+        r1 = (lambdas[-3] - lambdas[-4]) / h
+        d1_0 = (x0 - x0s[-2]) / r0  # h m'(lambda_s) - r0 h^2 m'' / 2 + O(h^3)
+        d1_1 = (x0s[-2] - x0s[-3]) / r1  # h m'(lambda_s) - (2 r0 + r1) h^2 m'' / 2 + O(h^3)
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)
+        h64 = h.double()  # phi_2, phi_3 cancel to O(h), O(h^2): float64 keeps them exact
+        phi_2 = (torch.expm1(-h64) / h64 + 1.0).to(x.dtype)
+        phi_3 = ((torch.expm1(-h64) + h64) / h64**2 - 0.5).to(x.dtype)
+        x_next = x_next + _bcast(alpha_t * phi_2, x) * d1 - _bcast(alpha_t * phi_3, x) * d2
+    return x_next
+
+
+def _dpm_solver_multistep(
+    eps_fn: EpsFn,
+    x_T: torch.Tensor,
+    *,
+    steps: int,
+    schedule: Schedule,
+    order: int,
+    grid: Grid | None,
+    lower_order_final: bool,
+    t_start: float,
+    t_end: float | None,
+) -> torch.Tensor:
+    """Multistep DPM-Solver++ (data prediction), NFE = `steps`, orders `multistep_orders`, each update
+    `multistep_update` from the data predictions of the latest grid points."""
+    _check_steps(steps)
+    _check_x(x_T)
+    orders = multistep_orders(steps, order, lower_order_final)
+    solver = _Solver(eps_fn, schedule, predict_x0=True)
+    batch, device = x_T.shape[0], x_T.device
+    times = multistep_time_grid(schedule, grid, steps, t_start, t_end).to(device)  # (steps+1,)
+    lambdas = schedule.lambda_(times)
+    x = x_T
+    x0s: list[torch.Tensor] = []  # data predictions of the latest points, newest last
+    for i, step_order in enumerate(orders):
+        s, t = times[i].expand(batch), times[i + 1].expand(batch)  # (B,)
+        x0s = [*x0s[-2:], solver.model_output(x, s)]
+        ratio, alpha_t = solver.coefficients(s, t)
+        x = multistep_update(x, x0s, lambdas[max(0, i - 2) : i + 2], ratio, alpha_t, step_order)
+    return x
+
+
 @torch.no_grad()
 def dpm_solver_2m(
     eps_fn: EpsFn,
@@ -225,33 +363,42 @@ def dpm_solver_2m(
     steps: int,
     schedule: Schedule,
     grid: Grid | None = None,
+    lower_order_final: bool = False,
     t_start: float = 1.0,
     t_end: float | None = None,
 ) -> torch.Tensor:
     """Multistep DPM-Solver++(2M) with NFE = `steps` (first step of order 1), no final denoising.
 
-    Grid default: time-uniform for the discrete schedule, uniform in lambda for VP.
+    Defaults are the official multistep loop: grid time-uniform for the discrete schedule (uniform
+    in lambda for VP), every step after the first of order 2 (`lower_order_final=False`).
     """
-    _check_steps(steps)
-    _check_x(x_T)
-    solver = _Solver(eps_fn, schedule, predict_x0=True)
-    batch, device = x_T.shape[0], x_T.device
-    times = _grid_for(schedule, grid, steps, t_start, t_end).to(device)  # (steps+1,)
-    lambdas = schedule.lambda_(times)
-    x = x_T
-    x0_prev = None
-    for i in range(steps):
-        s, t = times[i].expand(batch), times[i + 1].expand(batch)  # (B,)
-        x0 = solver.model_output(x, s)
-        h = lambdas[i + 1] - lambdas[i]
-        ratio, alpha_t = solver.coefficients(s, t)
-        phi_1 = _bcast(alpha_t * torch.expm1(-h), x)
-        x_next = _bcast(ratio, x) * x - phi_1 * x0
-        if x0_prev is not None:
-            r = (lambdas[i] - lambdas[i - 1]) / h
-            x_next = x_next - 0.5 * phi_1 * ((x0 - x0_prev) / r)
-        x, x0_prev = x_next, x0
-    return x
+    return _dpm_solver_multistep(eps_fn, x_T, steps=steps, schedule=schedule, order=2, grid=grid,
+                                 lower_order_final=lower_order_final, t_start=t_start, t_end=t_end)  # fmt: skip
+
+
+@torch.no_grad()
+def dpm_solver_3m(
+    eps_fn: EpsFn,
+    x_T: torch.Tensor,
+    *,
+    steps: int,
+    schedule: Schedule,
+    grid: Grid | None = "logsnr",
+    lower_order_final: bool | None = None,
+    t_start: float = 1.0,
+    t_end: float | None = None,
+) -> torch.Tensor:
+    """Multistep DPM-Solver++(3M) with NFE = `steps` (orders 1, 2, then 3), no final denoising.
+
+    Defaults (the fast preset): a grid uniform in lambda; lower-order final steps (..., 3, 2, 1) when
+    `lower_order_final` is True, or by default (None) at `steps` <= LOWER_ORDER_FINAL_MAX_STEPS,
+    where they measured better (at 8 or more steps they cost 2-3x in error on Gaussian data and
+    nothing on a trained tiny U-ViT). `grid=None` is the schedule's official grid.
+    """
+    if lower_order_final is None:
+        lower_order_final = steps <= LOWER_ORDER_FINAL_MAX_STEPS if isinstance(steps, int) else False
+    return _dpm_solver_multistep(eps_fn, x_T, steps=steps, schedule=schedule, order=3, grid=grid,
+                                 lower_order_final=lower_order_final, t_start=t_start, t_end=t_end)  # fmt: skip
 
 
 @torch.no_grad()
@@ -295,6 +442,7 @@ def euler_maruyama(
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "dpm_solver": dpm_solver,
     "dpm_solver_2m": dpm_solver_2m,
+    "dpm_solver_3m": dpm_solver_3m,
     "euler_maruyama": euler_maruyama,
 }
 
@@ -307,15 +455,25 @@ def sample(
     steps: int,
     schedule: Schedule,
     generator: torch.Generator | None = None,
+    grid: Grid | None = None,
 ) -> torch.Tensor:
-    """Run the named sampler (one of `SAMPLERS`), official defaults; only euler_maruyama uses `generator`."""
+    """Run the named sampler (one of `SAMPLERS`) with its defaults; only euler_maruyama uses `generator`.
+
+    `grid` (one of `GRIDS`) replaces the ODE sampler's default time grid; None keeps it (official for
+    `dpm_solver` and `dpm_solver_2m`, logSNR for `dpm_solver_3m`). euler_maruyama takes no grid.
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    if grid is not None and grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; valid grids: {', '.join(map(repr, GRIDS))} (or None)")
     if sampler == "euler_maruyama":
+        if grid is not None:
+            raise ValueError(f"euler_maruyama runs on its official grid only; got grid={grid!r} (use None)")
         if generator is None:
             raise ValueError("euler_maruyama is stochastic: pass a torch.Generator")
         return euler_maruyama(eps_fn, x_T, steps=steps, schedule=schedule, generator=generator)  # type: ignore[arg-type]
-    return SAMPLERS[sampler](eps_fn, x_T, steps=steps, schedule=schedule)
+    grid_kwargs = {} if grid is None else {"grid": grid}
+    return SAMPLERS[sampler](eps_fn, x_T, steps=steps, schedule=schedule, **grid_kwargs)
 
 
 def guided_eps_fn(
@@ -370,12 +528,13 @@ def generate(
     empty_context: torch.Tensor | None = None,
     batched_cfg: bool = True,
     generator: torch.Generator | None = None,
+    grid: Grid | None = None,
 ) -> torch.Tensor:
     """Guided sampling in one call: final latents (B, C, H, W) from noise `x_T`.
 
     Class models: `labels` (B,) and `null_label` (the null class, e.g. 1000). Text models: `context`
     (B, 77, 768) and `empty_context` (77, 768), the empty caption's embedding. Unconditional models:
-    neither. `cfg_scale` is the official s (w = 1 + s); 0 disables guidance.
+    neither. `cfg_scale` is the official s (w = 1 + s); 0 disables guidance. `grid`: see `sample`.
     """
     batch = x_T.shape[0]
     if labels is not None and context is not None:
@@ -402,4 +561,4 @@ def generate(
         raise ValueError("cfg_scale > 0 needs labels or context")
     eps_fn = guided_eps_fn(model, cond=cond, uncond=uncond, cfg_scale=cfg_scale, batched=batched_cfg)
     with torch.no_grad():
-        return sample(sampler, eps_fn, x_T, steps=steps, schedule=schedule, generator=generator)
+        return sample(sampler, eps_fn, x_T, steps=steps, schedule=schedule, generator=generator, grid=grid)

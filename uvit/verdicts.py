@@ -67,7 +67,8 @@ def _fid_reasons(
     reasons += _reference_reasons(reference) + _count_reasons(results, preset, "FID is biased upward at small N")
     registered = _registered(preset)
     s = registered.sample
-    paper = {"sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale}
+    # grid None is the sampler's own (official) grid; a sampler dict without "grid" predates the field.
+    paper = {"sampler": s.sampler, "steps": s.steps, "cfg_scale": s.cfg_scale, "grid": s.grid}
     if sampler is None:
         reasons.append("the sampler used is unknown")
     elif {k: sampler.get(k) for k in paper} != paper:

@@ -460,6 +460,11 @@ def test_the_verdict_is_yes_only_when_every_condition_holds() -> None:
         "other steps": (_fid_row(sampler={**PAPER_H2, "steps": 20}), "not the paper's protocol"),
         "other guidance": (_fid_row(sampler={**PAPER_H2, "cfg_scale": 1.0}), "not the paper's protocol"),
         "other sampler": (_fid_row(sampler={**PAPER_H2, "sampler": "euler_maruyama"}), "not the paper's protocol"),
+        "fast sampler": (
+            _fid_row(sampler={**PAPER_H2, "sampler": "dpm_solver_3m", "steps": 20, "grid": "logsnr"}),
+            "not the paper's protocol",
+        ),
+        "official sampler, other grid": (_fid_row(sampler={**PAPER_H2, "grid": "logsnr"}), "not the paper's protocol"),
         "unknown sampler": (_fid_row(sampler=None), "sampler used is unknown"),
     }
     for name, (row, needle) in cases.items():
