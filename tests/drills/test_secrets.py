@@ -353,13 +353,18 @@ def test_servers_default_to_loopback() -> None:
     server_sh = (ROOT / "deploy" / "server.sh").read_text()
     assert re.search(r"^HOST=\$\{UVIT_SERVER_HOST:-127\.0\.0\.1\}$", server_sh, re.M)
     assert '--host "$HOST"' in server_sh
-    encode = (ROOT / "stages" / "encode.py").read_text()
-    clusters = re.findall(r"LocalCluster\((.*?)\)\)", encode, re.S)
-    assert clusters and all('host="127.0.0.1"' in c and "dashboard_address=None" in c for c in clusters)
-    moto = (ROOT / "tests" / "storage" / "conftest.py").read_text()
-    assert 'ThreadedMotoServer(ip_address="127.0.0.1"' in moto
     import inspect
 
+    from stages.encode import local_dask_cluster
+
+    # The GPU branch cannot run here (test_dask_local_cluster_listens_on_loopback runs the CPU one).
+    encode = inspect.getsource(local_dask_cluster)
+    cuda = re.search(r"LocalCUDACluster\((.*?)\)  # fmt: skip", encode, re.S)
+    assert cuda and 'host="127.0.0.1"' in cuda.group(1) and "dashboard_address=None" in cuda.group(1)
+    assert '{"host": "127.0.0.1", "dashboard_address": None}' in encode  # the plain scheduler
+    assert '"nthreads": 1, "host": "127.0.0.1"' in encode  # and each nanny
+    moto = (ROOT / "tests" / "storage" / "conftest.py").read_text()
+    assert 'ThreadedMotoServer(ip_address="127.0.0.1"' in moto
     from stages.training import launch
 
     assert inspect.signature(launch).parameters["main_process_ip"].default == "127.0.0.1"
