@@ -16,7 +16,7 @@ CACHE_ROOT = Path(tempfile.mkdtemp(prefix="uvit-tests-cache-"))
 for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE", "HF_TOKEN",
               "PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "WANDB_PROJECT"):  # fmt: skip
     os.environ.pop(_name, None)
-for _name in [k for k in os.environ if k.startswith("UVIT_") and k != "UVIT_DRILL_RESULTS"]:
+for _name in [k for k in os.environ if k.startswith("UVIT_") and k not in ("UVIT_DRILL_RESULTS", "UVIT_SCREENSHOT")]:
     os.environ.pop(_name)  # UVIT_INCEPTION_WEIGHTS, UVIT_STORE, UVIT_DOWNLOAD_CACHE, ...
 os.environ.update(
     HF_HOME=str(CACHE_ROOT / "huggingface"),
