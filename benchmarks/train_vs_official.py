@@ -24,7 +24,8 @@ Interleaved: the stage logs every `block` steps; each `on_log` call first record
 time (since the end of the previous call), then runs `block` official steps and times them. The
 first block of each side (allocation, compilation) is left out; medians of the rest.
 
-    python -m benchmarks.train_vs_official --official PATH [--quick]          # U-ViT-S/2 dims, CPU
+    python -m benchmarks.train_vs_official --official PATH           # U-ViT-S/2 dims, CPU, ~4 min (quiet machine)
+    python -m benchmarks.train_vs_official --official PATH --quick   # batch 2, 2 steps, eager only: ~30 s
     python -m benchmarks.train_vs_official --official PATH --device cuda --model h2 --batch 128 --amp bf16
 """
 
@@ -264,7 +265,7 @@ def run(quick: bool = False, official: str | None = None, device: str = "cpu", m
     given = {"device": device if device != "cpu" else None, "model": model if model != "s2" else None,
              "batch": batch, "amp": amp if amp != "no" else None, "block": block, "blocks": blocks,
              "threads": threads}  # fmt: skip
-    batch = batch or (4 if model != "tiny" else 16)
+    batch = batch or (16 if model == "tiny" else 2 if quick else 4)
     block = block or 1
     blocks = blocks or (2 if quick else 6)
     if compile_settings is None:
@@ -303,10 +304,10 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: measure and print the rows."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official", default=None, help="baofff/U-ViT checkout or git repo (or UVIT_OFFICIAL_REPO)")
-    parser.add_argument("--quick", action="store_true", help="2 timed steps, the default compile setting only")
+    parser.add_argument("--quick", action="store_true", help="batch 2, 2 timed steps, the default compile setting only")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", choices=list(MODELS), default="s2")
-    parser.add_argument("--batch", type=int, default=None, help="default 4 (tiny: 16)")
+    parser.add_argument("--batch", type=int, default=None, help="default 4, quick 2 (tiny: 16)")
     parser.add_argument("--amp", choices=list(AMP), default="no", help="train.mixed_precision of both")
     parser.add_argument("--block", type=int, default=None, help="steps per timed block (default 1)")
     parser.add_argument("--blocks", type=int, default=None, help="timed blocks (default 6, quick 2)")

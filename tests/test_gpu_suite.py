@@ -4,8 +4,6 @@ import json
 import math
 import os
 
-import pytest
-
 from benchmarks import gpu_suite
 
 OFFICIAL = os.environ.get("UVIT_OFFICIAL_REPO", "")  # with it, the official baselines run too
@@ -19,8 +17,8 @@ def test_peak_flops_table_matches_gpu_names_and_knows_when_it_does_not():
     assert gpu_suite.peak_bf16("Tesla T4") is None
 
 
-@pytest.mark.slow  # ~40 s on 2 quiet cores (diffusers, Inception and two trainings), minutes under load
 def test_cpu_tiny_mode_gives_every_section_finite_figures(tmp_path):
+    """11 s here without the official code; 69 s with it while the machine's load average was 9."""
     out = tmp_path / "bench-gpu.json"
     suite = gpu_suite.run(device="cpu", tiny=True, official=OFFICIAL, out=str(out), stop_after_s=math.inf)
     assert suite.errors == []
