@@ -15,7 +15,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test test-all test-parity test-slow browser demo bench lint format clean server server-stop server-status pools mutate
+.PHONY: setup test test-all test-parity test-slow browser demo bench bench-gpu lint format clean server server-stop server-status pools mutate
 
 # pytest exits 5 when a selection collects no tests (e.g. a marker set that is empty on this
 # checkout): not a failure of the selection. Any other non-zero status still fails.
@@ -76,6 +76,14 @@ server-status:
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
+
+# The GPU figures in one run (~6 min on an H100/H200; see BENCHMARKS.md, "GPU suite"). On a machine whose
+# Python already holds torch (no .venv, no package index): `make bench-gpu PY=python3` skips the install.
+# BENCH_GPU_ARGS="--device cpu --tiny" is the CI-sized run; the results also go to $(BENCH_GPU_OUT) (+ .md).
+BENCH_GPU_OUT ?= bench-gpu.json
+BENCH_GPU_ARGS ?=
+bench-gpu: $(if $(filter command line environment,$(origin PY)),,$(STAMP))
+	PYTHONUNBUFFERED=1 $(PY) -m benchmarks.gpu_suite --out $(BENCH_GPU_OUT) $(BENCH_GPU_ARGS)
 
 # Mutation testing (not in CI, hours for the full set on 2 cores; see TESTING.md). mutmut is installed
 # here, not in the dev extra; settings (files, test files) are in pyproject.toml [tool.mutmut].

@@ -28,6 +28,7 @@ BENCHMARKS = [
     "evaluation",
     "encode",
     "train_stage",
+    "train_vs_official",
     "pipeline",
 ]
 ROOT = Path(__file__).resolve().parent.parent

@@ -75,18 +75,18 @@ AMP = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @contextlib.contextmanager
-def official_checkout(path: str | os.PathLike) -> Iterator[Path]:
-    """A folder of the official code: `path` if it is a checkout, else the files run, from `HEAD` of a git repo."""
+def official_checkout(path: str | os.PathLike, files: tuple[str, ...] = OFFICIAL_FILES) -> Iterator[Path]:
+    """A folder of the official code: `path` if it is a checkout, else `files`, from `HEAD` of a git repo."""
     path = Path(path)
-    if (path / "libs" / "uvit.py").is_file() and (path / "dpm_solver_pp.py").is_file():
+    if all((path / name).is_file() for name in files):
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="uvit_official_") as tmp:
-        for name in OFFICIAL_FILES:  # only these: a mirror may lack the large blobs (notebook, images)
+        for name in files:  # only these: a mirror may lack the large blobs (notebook, images)
             shown = subprocess.run(["git", "-C", str(path), "show", f"HEAD:{name}"], capture_output=True)
             if shown.returncode != 0:
                 raise FileNotFoundError(
-                    f"{path} is neither a baofff/U-ViT checkout (libs/uvit.py, dpm_solver_pp.py) nor a git "
+                    f"{path} is neither a baofff/U-ViT checkout ({', '.join(files)}) nor a git "
                     f"repository of it: {shown.stderr.decode().strip()}"
                 )
             (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)

@@ -116,14 +116,16 @@ def _open_data(preset: Preset, latents_url: str):
     return open_latent_store(latents_url), latents_url
 
 
-def _data_loader(preset: Preset, data_url: str, micro_batch: int, rank: int, world_size: int):
-    """This rank's resumable batch reader: the zarr `LatentLoader` or the webdataset `WebdatasetLoader`."""
+def _data_loader(preset: Preset, data_url: str, micro_batch: int, rank: int, world_size: int, pin_memory: bool):
+    """This rank's resumable batch reader: the zarr `LatentLoader` or the webdataset `WebdatasetLoader`;
+    `pin_memory` (on CUDA) lets the non-blocking copy to the device overlap the step."""
     from storage.reader import LatentLoader
     from storage.webdataset_reader import WebdatasetLoader
 
     loader = WebdatasetLoader if preset.data.format == "webdataset" else LatentLoader
     return loader(data_url, micro_batch, seed=preset.train.seed, rank=rank, world_size=world_size,
-                  num_workers=preset.train.num_workers, random_flip=preset.data.random_flip)  # fmt: skip
+                  num_workers=preset.train.num_workers, random_flip=preset.data.random_flip,
+                  pin_memory=pin_memory)  # fmt: skip
 
 
 def train(
@@ -178,6 +180,8 @@ def train(
     store, data_url = _open_data(preset, latents_url)  # raises a clear error for a missing/incomplete store
     _check_store(preset, store)
     cond_key, null_cond = _condition_setup(preset, store)
+    if isinstance(null_cond, torch.Tensor):
+        null_cond = null_cond.to(device)  # once, not at every step
     try:
         space = space_of(preset)
     except ValueError as e:
@@ -190,12 +194,13 @@ def train(
     np.random.seed(t_cfg.seed * 1000 + accelerator.process_index)
     model = build_model(preset)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    optimizer = recipe.make_optimizer(model, preset)
+    optimizer = recipe.make_optimizer(model, preset, device)
     scheduler = recipe.warmup_schedule(optimizer, t_cfg.warmup_steps)
     schedule = diffusion.from_config(preset.diffusion)
     # Per-rank randomness of the loss (time, noise, dropout, latent sampling): its state is checkpointed.
     generator = torch.Generator(device=device).manual_seed(t_cfg.seed * 1000 + accelerator.process_index)
-    loader = _data_loader(preset, data_url, micro_batch, accelerator.process_index, accelerator.num_processes)
+    loader = _data_loader(preset, data_url, micro_batch, accelerator.process_index, accelerator.num_processes,
+                          pin_memory=device.type == "cuda")  # fmt: skip
 
     ckpts = CheckpointStore(checkpoints_url, keep_last=t_cfg.keep_last)
     step, resumed_from = 0, None
@@ -223,8 +228,10 @@ def train(
 
     ema.to(device)
     model, optimizer = accelerator.prepare(model, optimizer)
-    if t_cfg.compile:
+    if recipe.compile_enabled(t_cfg.compile, device):
         model = torch.compile(model)
+    # The plain module (no DDP, no compile wrapper): its state dict has the model's own keys.
+    bare_model = accelerator.unwrap_model(model, keep_torch_compile=False)
     if _trackers(logdir):
         accelerator.init_trackers(os.environ.get("WANDB_PROJECT", preset.name), config={"preset": preset.name})
 
@@ -233,13 +240,13 @@ def train(
         # logs the same means as an uninterrupted one).
         rng_states = gather_object(
             [{"process": capture_rng_state(), "loss_generator": generator.get_state(),
-              "loss_sum": loss_sum, "loss_count": loss_count}]
+              "loss_sum": float(loss_sum), "loss_count": loss_count}]
         )  # fmt: skip
         url = None
         if accelerator.is_main_process:
             url = ckpts.save(
                 at_step,
-                model=accelerator.unwrap_model(model),
+                model=bare_model,
                 ema=ema,
                 optimizer=optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
                 scheduler=scheduler,
@@ -258,13 +265,16 @@ def train(
 
     result = TrainResult(step=step, checkpoint_url=None, resumed_from=resumed_from)
     started = time.perf_counter()
-    loss_sum, loss_count, steps_this_call = 0.0, 0, 0
+    # The loss is summed on the device (float64, as Python floats did) and read back only when a log
+    # line or a checkpoint is due: a `.item()` per step would stall the host until the GPU caught up.
+    loss_sum, loss_count, steps_this_call = torch.zeros((), dtype=torch.float64, device=device), 0, 0
     batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
     if latest is not None:
         rng = ckpt.rng[accelerator.process_index]
         restore_rng_state(rng["process"])
         generator.set_state(rng["loss_generator"].to(torch.uint8))
-        loss_sum, loss_count = float(rng.get("loss_sum", 0.0)), int(rng.get("loss_count", 0))
+        loss_sum = torch.tensor(float(rng.get("loss_sum", 0.0)), dtype=torch.float64, device=device)
+        loss_count = int(rng.get("loss_count", 0))
         result.losses = [(int(s), float(v)) for s, v in ckpt.extra.get("losses", [])]
         result.samples_seen = int(ckpt.extra.get("samples_seen", 0))
         del ckpt
@@ -298,25 +308,31 @@ def train(
                 optimizer.step()
                 scheduler.step() if accelerator.sync_gradients else None
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach().float().item()
+            loss_sum += loss.detach().double()
             loss_count += 1
-        recipe.ema_update(ema, accelerator.unwrap_model(model), t_cfg.ema_rate)
+        recipe.ema_update(ema, bare_model, t_cfg.ema_rate)
         step += 1
         steps_this_call += 1
         result.samples_seen += t_cfg.batch_size
 
-        if step % t_cfg.log_interval == 0 or step == total_steps:
-            mean_loss = accelerator.reduce(torch.tensor(loss_sum / loss_count, device=device), "mean").item()
+        log_due = step % t_cfg.log_interval == 0 or step == total_steps
+        save_due = step % t_cfg.save_interval == 0 or step == total_steps
+        if log_due or save_due:
+            # A non-finite loss at any step since the last check makes the sum non-finite (the loss is
+            # never negative): stop before it is logged or checkpointed.
+            summed = loss_sum.item()
+            if not math.isfinite(summed):
+                raise TrainingError(f"loss is {summed} at a step up to {step}; stopping (lower train.lr?)")
+        if log_due:
+            mean_loss = accelerator.reduce((loss_sum / loss_count).float(), "mean").item()
             metrics = {"loss": mean_loss, "lr": scheduler.get_last_lr()[0]}
             result.losses.append((step, mean_loss))
-            loss_sum, loss_count = 0.0, 0
+            loss_sum, loss_count = torch.zeros_like(loss_sum), 0
             if _trackers(logdir):
                 accelerator.log(metrics, step=step)
             if on_log and accelerator.is_main_process:
                 on_log(step, metrics)
-        if not math.isfinite(loss.item()):
-            raise TrainingError(f"loss is {loss.item()} at step {step}; stopping (lower train.lr?)")
-        if step % t_cfg.save_interval == 0 or step == total_steps:
+        if save_due:
             result.checkpoint_url = save_checkpoint(step) or result.checkpoint_url
             if on_checkpoint and accelerator.is_main_process:
                 on_checkpoint(step, result.checkpoint_url)
@@ -348,7 +364,7 @@ def train(
     result.seconds = time.perf_counter() - started
     result.micro_batch = micro_batch
     with torch.no_grad():
-        result.param_checksum = float(sum(p.double().sum() for p in accelerator.unwrap_model(model).parameters()))
+        result.param_checksum = float(sum(p.double().sum() for p in bare_model.parameters()))
     if result.checkpoint_url is None and step == total_steps and ckpts.latest() == step:
         result.checkpoint_url = ckpts.url_for(step)
     if _trackers(logdir):

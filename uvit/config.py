@@ -128,7 +128,7 @@ class TrainConfig:
     eval_interval: int = 50_000  # hand the EMA weights to the periodic evaluation (a multiple of save_interval)
     sample_interval: int = 5000  # sample grid from the EMA model every this many steps (0: never)
     grad_accum: int = 1  # gradient accumulation steps; per-device batch = batch / (devices * grad_accum)
-    compile: bool = False  # torch.compile the model
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the model; "auto": on CUDA only
     keep_last: int = 3  # checkpoints kept besides marked ones
     num_workers: int = 2  # data loader workers per process
 

@@ -106,6 +106,7 @@ class DiscreteSchedule(_ScheduleBase):
         self._t_knots = torch.linspace(1.0 / self.num_timesteps, 1.0, self.num_timesteps)  # (N,)
         self._log_alpha_knots = 0.5 * torch.log(1 - betas.float()).cumsum(dim=0)  # (N,) decreasing
         self._device_knots: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+        self._device_alpha_bar: dict[torch.device, torch.Tensor] = {}
         self.t_end = 1.0 / self.num_timesteps
 
     def __repr__(self) -> str:
@@ -138,7 +139,13 @@ class DiscreteSchedule(_ScheduleBase):
             raise TypeError(f"n must be an integer tensor, got {n.dtype}")
         if bool(((n < 0) | (n > self.num_timesteps)).any()):
             raise ValueError(f"timesteps must lie in 0..{self.num_timesteps}")
-        return self.alpha_bar.to(n.device)[n]
+        return self._alpha_bar_on(n.device)[n]
+
+    def _alpha_bar_on(self, device: torch.device) -> torch.Tensor:
+        """The alpha_bar table (N + 1,) on `device`, copied there once (not at every training step)."""
+        if device not in self._device_alpha_bar:
+            self._device_alpha_bar[device] = self.alpha_bar.to(device)
+        return self._device_alpha_bar[device]
 
 
 class VPSchedule(_ScheduleBase):
@@ -253,7 +260,9 @@ def training_loss(
         cond = drop_condition(cond, null_cond, p_uncond, generator)
     if isinstance(schedule, DiscreteSchedule):
         n = torch.randint(1, schedule.num_timesteps + 1, (batch,), generator=generator, device=device)  # (B,)
-        alpha_bar = schedule.alpha_bar_at(n)  # (B,) float64
+        # n is in 1..N by construction: index the table without `alpha_bar_at`'s range check, which
+        # reads a flag back from the device (a host sync at every step).
+        alpha_bar = schedule._alpha_bar_on(n.device)[n]  # (B,) float64
         alpha, sigma = alpha_bar.sqrt().to(x0.dtype), (1.0 - alpha_bar).sqrt().to(x0.dtype)
         t_net = n.to(x0.dtype)
     elif isinstance(schedule, VPSchedule):

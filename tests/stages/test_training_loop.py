@@ -279,8 +279,8 @@ def test_grad_accumulation_of_k_micro_batches_equals_one_batch_of_k_times_b(tmp_
     import uvit.training
 
     real_loss = uvit.diffusion.training_loss
-    monkeypatch.setattr(uvit.training, "make_optimizer",
-                        lambda model, preset: torch.optim.SGD(model.parameters(), lr=preset.train.lr))  # fmt: skip
+    sgd = lambda model, preset, device=None: torch.optim.SGD(model.parameters(), lr=preset.train.lr)  # noqa: E731
+    monkeypatch.setattr(uvit.training, "make_optimizer", sgd)
     url = make_pixel_store(str(tmp_path / "px"), n=16)
     runs = {}
     for k in (1, 2, 4):
@@ -328,6 +328,39 @@ def test_bf16_mixed_precision_runs(tmp_path, store):
 def test_fp16_on_cpu_is_refused(tmp_path, store):
     with pytest.raises(TrainingError, match="fp16 mixed precision needs a GPU"):
         train(_preset(**{"train.mixed_precision": "fp16"}), store, str(tmp_path / "ckpt"), max_steps=1)
+
+
+def test_a_non_finite_loss_stops_the_run_before_it_is_logged_or_checkpointed(tmp_path, store, monkeypatch):
+    """The loss is read back only when a log line or checkpoint is due; a NaN between them still stops."""
+    from uvit import diffusion
+
+    real_loss, calls = diffusion.training_loss, []
+
+    def loss_nan_at_step_2(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(diffusion, "training_loss", loss_nan_at_step_2)
+    logged = []
+    preset = _preset(**{"train.log_interval": 4, "train.save_interval": 3})
+    with pytest.raises(TrainingError, match="loss is nan at a step up to 3; stopping"):
+        train(preset, store, str(tmp_path / "ckpt"), max_steps=8, on_log=lambda step, m: logged.append(step))
+    assert len(calls) == 3 and logged == []  # steps 1-3 ran, step 3's checkpoint check caught step 2
+    assert CheckpointStore(str(tmp_path / "ckpt")).steps() == []
+
+
+@pytest.mark.slow  # compiling costs 15-60 s on 2 CPU cores
+def test_compiled_model_checkpoints_the_models_own_keys_and_resumes(tmp_path, store):
+    """`train.compile=true` (the CUDA default): checkpoints hold the plain keys (no `_orig_mod.`), and
+    the run resumes from them."""
+    preset = _preset(**{"train.compile": True, "train.log_interval": 1, "train.save_interval": 2})
+    first = train(preset, store, str(tmp_path / "ckpt"), max_steps=2)
+    model, _ = _weights(str(tmp_path / "ckpt"))
+    assert sorted(model) == sorted(build_model(preset).state_dict())
+    resumed = train(preset, store, str(tmp_path / "ckpt"), max_steps=3)
+    assert resumed.resumed_from == 2 and resumed.step == 3
+    assert [s for s, _ in resumed.losses] == [1, 2, 3] and resumed.losses[:2] == first.losses
 
 
 @pytest.mark.slow
