@@ -75,9 +75,9 @@ def test_the_next_save_removes_the_temporary_folders_of_killed_saves(tmp_path: P
 
 
 def test_a_failed_shard_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import webdataset as wds
-
-    monkeypatch.setattr(wds.TarWriter, "write", _full_disk)
+    # The shard is built in memory, then written to a temporary file and renamed: the disk fills up
+    # at the rename's step here (after the temporary file exists), the worst moment for leftovers.
+    monkeypatch.setattr(webdataset.os, "replace", _full_disk)
     url = str(tmp_path / "export" / "shard-000000.tar")
     sample = {"__key__": "000000000", "moments.npy": webdataset._npy_bytes(np.zeros(2)), "label.cls": b"0"}
     with pytest.raises(OSError, match="No space left"):
