@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from storage.latents import LatentStore, open_latent_store
 
-__all__ = ["epoch_stream", "resume_slot", "LatentBatches", "LatentLoader", "ReaderStateError"]
+__all__ = ["epoch_stream", "resume_slot", "resolve_rank", "epoch_loader", "LatentBatches", "LatentLoader",
+           "ReaderStateError"]  # fmt: skip
 
 
 class ReaderStateError(ValueError):
@@ -57,6 +58,32 @@ def epoch_stream(
         order.append(np.random.default_rng([seed, epoch, 1, g]).permutation(images))
         groups.append(np.full(len(images), g, dtype=np.int64))
     return np.concatenate(order), np.concatenate(groups)
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size) as given, or of the initialized torch.distributed group ((0, 1) without one)."""
+    if (rank is None) != (world_size is None):
+        raise ValueError("pass both rank and world_size, or neither")
+    if rank is None:
+        dist = torch.distributed
+        initialized = dist.is_available() and dist.is_initialized()
+        return (dist.get_rank(), dist.get_world_size()) if initialized else (0, 1)
+    return rank, world_size  # type: ignore[return-value]
+
+
+def epoch_loader(dataset: IterableDataset, *, num_workers: int, pin_memory: bool, seed: int, epoch: int) -> DataLoader:
+    """The DataLoader of one epoch of a rank's batches (`dataset` yields whole batches)."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        # The batches' randomness is seeded by (seed, epoch); a generator of its own keeps the
+        # DataLoader from drawing its base seed from the global torch RNG, which a resumed
+        # training run restores and must not see advanced by a mid-epoch restart.
+        generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+    )
 
 
 def resume_slot(start_batch: int, loader_worker: int, workers: int) -> tuple[int, int]:
@@ -244,13 +271,7 @@ class LatentLoader:
         random_flip: bool = True,
         verify: bool = True,
     ) -> None:
-        if (rank is None) != (world_size is None):
-            raise ValueError("pass both rank and world_size, or neither")
-        if rank is None:
-            dist = torch.distributed
-            initialized = dist.is_available() and dist.is_initialized()
-            rank = dist.get_rank() if initialized else 0
-            world_size = dist.get_world_size() if initialized else 1
+        rank, world_size = resolve_rank(rank, world_size)
         self.store_url = store_url
         self.batch_size = batch_size
         self.seed = seed
@@ -286,17 +307,8 @@ class LatentLoader:
             dataset = self._dataset(self.epoch, self.batch_in_epoch)
             if self.num_workers:
                 dataset.check_chunks()
-            loader = DataLoader(
-                dataset,
-                batch_size=None,
-                num_workers=self.num_workers,
-                pin_memory=self.pin_memory,
-                persistent_workers=False,
-                # The batches' randomness is seeded by (seed, epoch); a generator of its own keeps the
-                # DataLoader from drawing its base seed from the global torch RNG, which a resumed
-                # training run restores and must not see advanced by a mid-epoch restart.
-                generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
-            )
+            loader = epoch_loader(dataset, num_workers=self.num_workers, pin_memory=self.pin_memory, seed=self.seed,
+                                  epoch=self.epoch)  # fmt: skip
             for batch in loader:
                 self.batch_in_epoch += 1
                 yield batch

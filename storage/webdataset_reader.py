@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
-from storage.reader import ReaderStateError, resume_slot
+from storage.reader import ReaderStateError, epoch_loader, resolve_rank, resume_slot
 from storage.webdataset import WebdatasetExport, open_export
 
 __all__ = ["epoch_shards", "reader_shards", "ShardBatches", "WebdatasetLoader"]
@@ -184,13 +184,7 @@ class WebdatasetLoader:
         pin_memory: bool = False,
         random_flip: bool = True,
     ) -> None:
-        if (rank is None) != (world_size is None):
-            raise ValueError("pass both rank and world_size, or neither")
-        if rank is None:
-            dist = torch.distributed
-            initialized = dist.is_available() and dist.is_initialized()
-            rank = dist.get_rank() if initialized else 0
-            world_size = dist.get_world_size() if initialized else 1
+        rank, world_size = resolve_rank(rank, world_size)
         self.export_url = export_url
         self.batch_size = batch_size
         self.seed = seed
@@ -228,15 +222,8 @@ class WebdatasetLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while self.epochs is None or self.epoch < self.epochs:
-            loader = DataLoader(
-                self._dataset(self.epoch, self.batch_in_epoch),
-                batch_size=None,
-                num_workers=self.num_workers,
-                pin_memory=self.pin_memory,
-                persistent_workers=False,
-                # As in LatentLoader: a generator of its own keeps the DataLoader off the global torch RNG.
-                generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch),
-            )
+            loader = epoch_loader(self._dataset(self.epoch, self.batch_in_epoch), num_workers=self.num_workers,
+                                  pin_memory=self.pin_memory, seed=self.seed, epoch=self.epoch)  # fmt: skip
             for batch in loader:
                 self.batch_in_epoch += 1
                 yield batch
