@@ -14,6 +14,8 @@ pixels, one view (the reader flips on read), in a pixel store (format 2) under `
 from __future__ import annotations
 
 import math
+import os
+from collections import Counter
 from functools import lru_cache
 from typing import Any
 
@@ -141,8 +143,6 @@ def encode_part(preset_json: str, part_url: str, items: list[dict[str, Any]], ba
         arrays["captions"] = encode_captions(encoder, flat) if flat else np.zeros((0, 77, 768), np.float16)
         arrays["caption_texts"] = np.asarray(flat, dtype=str) if flat else np.zeros(0, dtype="<U1")  # (sum k,)
     write_part(part_url, {space.stored: stored, **arrays}, problems)
-    import os
-
     return {"part": part_url, "good": int(len(stored)), "problems": len(problems), "device": device,
             "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}  # fmt: skip
 
@@ -347,24 +347,13 @@ DASK_CONNECT_TIMEOUT_S = 10  # an unreachable scheduler address fails within thi
 
 def dask_workers_for(workers: int | str) -> int:
     """Local Dask workers of `workers` ("auto": one per visible GPU, 1 on CPU); at most one per GPU."""
-    from stages.processes import AUTO, visible_gpus
+    from stages.processes import resolve_processes
 
-    text = str(workers).strip().lower()
-    if text == AUTO:
-        return max(visible_gpus(), 1)
-    if isinstance(workers, bool) or not text.isdigit() or int(text) < 1:
-        raise ValueError(f"Dask workers must be a positive integer or 'auto', got {workers!r}")
-    gpus = visible_gpus()
-    if gpus and int(text) > gpus:
-        raise ValueError(f"{int(text)} Dask workers but only {gpus} GPU(s) visible here; use at most {gpus} "
-                         "(or 'auto')")  # fmt: skip
-    return int(text)
+    return resolve_processes(workers, what="Dask workers")
 
 
 def worker_devices(workers: int) -> list[str]:
     """The `CUDA_VISIBLE_DEVICES` of each local worker: the i-th visible device (on CPU: "i", unused)."""
-    import os
-
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else []
     return [ids[i] if i < len(ids) else str(i) for i in range(workers)]
@@ -427,9 +416,7 @@ def dask_part_runner(address: str | None, workers: int | str = "auto"):
                 results.append(future.result())
                 if progress is not None:
                     progress(len(results) / max(1, len(futures)))
-            by_device: dict[str, int] = {}
-            for r in results:
-                by_device[r["visible_devices"]] = by_device.get(r["visible_devices"], 0) + 1
+            by_device = Counter(r["visible_devices"] for r in results)
             reporter().logger().info("encode: %d parts on Dask, parts per worker device: %s", len(results),
                                      ", ".join(f"{d}: {k}" for d, k in sorted(by_device.items())))  # fmt: skip
             return sorted(results, key=lambda r: r["part"])

@@ -30,20 +30,22 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def resolve_processes(num_processes: int | str) -> int:
-    """The process count of `num_processes` ("auto": the visible GPUs, 1 on CPU); ValueError if it cannot run."""
+def resolve_processes(num_processes: int | str, what: str = "processes") -> int:
+    """The process count of `num_processes` ("auto": the visible GPUs, 1 on CPU); ValueError if it cannot run.
+
+    `what` names the count in the errors (e.g. "Dask workers", one per GPU as well)."""
     if isinstance(num_processes, str):
         text = num_processes.strip().lower()
         if text == AUTO:
             return max(visible_gpus(), 1)
         if not text.isdigit():
-            raise ValueError(f"processes must be a positive integer or 'auto', got {num_processes!r}")
+            raise ValueError(f"{what} must be a positive integer or 'auto', got {num_processes!r}")
         num_processes = int(text)
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"processes must be a positive integer or 'auto', got {num_processes!r}")
+        raise ValueError(f"{what} must be a positive integer or 'auto', got {num_processes!r}")
     gpus = visible_gpus()
     if gpus and num_processes > gpus:
-        raise ValueError(f"{num_processes} processes but only {gpus} GPU(s) visible here; use at most {gpus} "
+        raise ValueError(f"{num_processes} {what} but only {gpus} GPU(s) visible here; use at most {gpus} "
                          "(or 'auto')")  # fmt: skip
     return num_processes
 
