@@ -45,6 +45,7 @@ _log = logging.getLogger("uvit.storage")
 __all__ = [
     "MANIFEST_NAME",
     "LEASE_NAME",
+    "is_lease_file",
     "ArtifactError",
     "ArtifactExistsError",
     "ArtifactCorruptError",
@@ -63,6 +64,15 @@ __all__ = [
 
 MANIFEST_NAME = "_MANIFEST.json"
 LEASE_NAME = "_LEASE.json"
+
+
+def is_lease_file(name: str) -> bool:
+    """Whether a file name in an artifact folder is its lease or a temporary file of a lease write.
+
+    Other processes write the latter while they try to take the lease (`paths.create_exclusive`
+    links a temporary file to the lease name), so a holder must never clean them up.
+    """
+    return name == LEASE_NAME or (name.startswith(LEASE_NAME + ".tmp-") and paths.is_atomic_tmp(name))
 MANIFEST_FORMAT = 2  # 2 adds `files`; 1 (no file list) is still read
 READABLE_MANIFEST_FORMATS = (1, 2)
 KEY_LENGTH = 24  # hex characters of the sha256 (96 bits)
@@ -421,7 +431,7 @@ class ArtifactWriter:
         """Give up the lease without publishing; `remove=True` also deletes what was written."""
         if remove and self._lease.still_owned():
             for name in paths.list_names(self.url):
-                if name != LEASE_NAME:
+                if not is_lease_file(name):
                     paths.remove_tree(paths.join(self.url, name))
         self._lease.release()
 
@@ -505,11 +515,12 @@ class ArtifactStore:
                         raise ArtifactExistsError(f"artifact {stage}/{key} is already published")
                     self._unpublish(stage, key, self._damaged(stage, key))
                 writer = ArtifactWriter(self, stage, key, lease)
-                # A killed writer can leave the temporary files of its atomic writes (local disks).
-                paths.remove_atomic_leftovers(url)
+                # A killed writer can leave the temporary files of its atomic writes (local disks);
+                # the lease's own temporaries belong to waiters trying to take it now: left alone.
+                paths.remove_atomic_leftovers(url, keep=is_lease_file)
                 if not resume:
                     for name in paths.list_names(url):
-                        if name != LEASE_NAME:
+                        if not is_lease_file(name):
                             paths.remove_tree(paths.join(url, name))
                 return writer
             holder = read_lease(paths.join(url, LEASE_NAME)) or {}

@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import fsspec
@@ -233,10 +233,11 @@ def is_atomic_tmp(name: str) -> bool:
     return bool(_ATOMIC_TMP.search(name))
 
 
-def remove_atomic_leftovers(url: str) -> list[str]:
+def remove_atomic_leftovers(url: str, keep: Callable[[str], bool] = lambda name: False) -> list[str]:
     """Delete the temporary files that `write_bytes_atomic` calls killed mid-write left under a local folder.
 
-    Only call this while no other writer works in the folder (e.g. holding its lease).
+    Only call this while no other writer works in the folder (e.g. holding its lease), except on the
+    files `keep(name)` spares: those other processes may be writing now (a lease's temporaries).
     """
     fs, root = filesystem(url)
     if not isinstance(fs, LocalFileSystem) or not os.path.isdir(root):
@@ -244,7 +245,7 @@ def remove_atomic_leftovers(url: str) -> list[str]:
     removed = []
     for folder, _, names in os.walk(root):
         for name in names:
-            if _ATOMIC_TMP.search(name):
+            if _ATOMIC_TMP.search(name) and not keep(name):
                 os.remove(os.path.join(folder, name))
                 removed.append(os.path.join(folder, name))
     return removed

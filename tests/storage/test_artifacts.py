@@ -314,6 +314,29 @@ def test_live_writer_on_this_host_keeps_its_lease(tmp_path) -> None:
         proc.wait(10)
 
 
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_new_holder_leaves_the_lease_temporaries_of_waiters_alone(tmp_path, resume: bool) -> None:
+    """Waiters write `_LEASE.json.tmp-*` while they try to take the lease; the holder's clean-up spares them.
+
+    CI caught this as a concurrent pipeline dying on a FileNotFoundError for its own lease temporary:
+    the holder's crash clean-up had deleted it between the waiter's write and its link.
+    """
+    store = ArtifactStore(tmp_path, lease_heartbeat_s=600, lease_timeout_s=3600)
+    folder = tmp_path / "encode" / "abc123"
+    folder.mkdir(parents=True)
+    waiters = folder / f"{LEASE_NAME}.tmp-{'a' * 32}"
+    killed = folder / f"part-0.npy.tmp-{'b' * 32}"
+    waiters.write_bytes(b"{}")
+    killed.write_bytes(b"half")
+    writer = store.open_for_write("encode", "abc123", resume=resume)
+    try:
+        assert waiters.exists()
+        assert not killed.exists()  # a killed writer's leftover still goes
+    finally:
+        writer.abort(remove=True)
+    assert waiters.exists()  # an abort that removes what was written spares it too
+
+
 def test_garbage_collect(tmp_path) -> None:
     store = ArtifactStore(tmp_path, lease_heartbeat_s=0.05, lease_timeout_s=60)
     for key in ("aa", "bb"):
