@@ -145,12 +145,15 @@ class PrefectReporter(Reporter):
 
 def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` run with the Prefect reporter installed (wrap stage functions with it in tasks and flows);
-    a failure or cancellation (SIGTERM reaches here as an exception) ends its open progress artifacts."""
+    a failure or cancellation (SIGTERM reaches here as an exception) ends its open progress artifacts.
+    Every artifact it publishes records this flow run as its builder (`storage.artifacts.recording_builder`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from storage.artifacts import recording_builder
+
         chosen = PrefectReporter()
-        with reporting(chosen):
+        with reporting(chosen), recording_builder(flow_run_ref()):
             try:
                 return fn(*args, **kwargs)
             except Exception:
@@ -163,32 +166,116 @@ def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def flow_run_ref() -> dict[str, str] | None:
+    """This Prefect flow run's id, name and dashboard URL (None outside a run): what a manifest records
+    as `built_by`, so that a later run reusing the artifact can link the run that built it."""
+    if not in_prefect_run():
+        return None
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return None
+    run = context.flow_run
+    ref = {"flow_run_id": str(run.id), "flow_run_name": run.name}
+    try:
+        from prefect.runtime import flow_run as runtime
+
+        ui = runtime.ui_url
+    except Exception:  # no UI URL configured (or an older Prefect): the id and name still say which run
+        ui = None
+    if ui:
+        ref["url"] = str(ui)
+    return ref
+
+
+def flow_run_is_cancelling(exc: BaseException) -> bool:
+    """Whether `exc` (a SIGTERM turned TerminationSignal, or an interrupt) is this flow run being cancelled:
+    Prefect's own record of the runner's intent where this Prefect has it, else the run's state on the
+    server (the runner sets Cancelling before it signals the process)."""
+    from prefect.exceptions import TerminationSignal
+
+    if not isinstance(exc, (TerminationSignal, KeyboardInterrupt)):
+        return False
+    try:
+        from prefect._internal.control_listener import get_intent
+
+        if get_intent() == "cancel":
+            return True
+    except ImportError:
+        pass
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.context import FlowRunContext
+
+        context = FlowRunContext.get()
+        if context is None or context.flow_run is None:
+            return False
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(context.flow_run.id).state
+        return state is not None and (state.is_cancelling() or state.is_cancelled())
+    except Exception:  # the API is unreachable: not known to be a cancellation, so it stays a crash
+        return False
+
+
+def _reused_message(out: Any) -> tuple[str, dict[str, str] | None]:
+    """The Cached state's message for a reused artifact, and the flow run that built it (if recorded)."""
+    from storage.artifacts import MANIFEST_NAME
+    from storage.paths import join, read_json, redact_url
+
+    try:
+        built_by = read_json(join(out.url, MANIFEST_NAME)).get("extra", {}).get("built_by")
+    except Exception:  # a manifest from before `built_by`, or a store gone meanwhile: the URL is enough
+        built_by = None
+    message = f"reused {redact_url(out.url)} (content key {out.key[:12]}); nothing rebuilt"
+    if isinstance(built_by, dict) and built_by.get("flow_run_name"):
+        where = built_by.get("url") or f"flow run id {built_by.get('flow_run_id')}"
+        message += f"; built by flow run {built_by['flow_run_name']} ({where})"
+        return message, built_by
+    return message, None
+
+
 def prefect_stage_runner():
-    """`stage_runner` for stages.pipeline: each stage a Prefect task, reporting to the run. A stage whose
-    artifact was already published (a cache hit of our content key, or a duplicate run that waited
-    on the lease and reused what the other run built) ends in a Completed state named "Cached" whose
-    message names the artifact and its key, so the dashboard shows the hit in Prefect's own terms."""
+    """`stage_runner` for stages.pipeline: each stage a Prefect task, reporting to the run.
+
+    A stage whose artifact was already published (a cache hit of our content key, or a duplicate run
+    that waited on the lease and reused what the other run built) ends in a Completed state named
+    "Cached" whose message names the artifact, its key and the flow run that built it (also a
+    markdown artifact linking that run), so the dashboard shows the hit in Prefect's own terms.
+    A stage stopped by the flow run's cancellation ends Cancelled (not Crashed), and the signal
+    goes on to the flow, which Prefect ends Cancelled.
+    """
     from prefect import task
     from prefect.cache_policies import NONE
-    from prefect.client.schemas.objects import State
+    from prefect.states import Cancelled, Completed
 
     def runner(name: str, fn, *args, **kwargs):
         staged = reported(fn)
+        stopped: list[BaseException] = []
 
         @functools.wraps(fn)
         def body(*a: Any, **k: Any) -> Any:
-            out = staged(*a, **k)
+            try:
+                out = staged(*a, **k)
+            except BaseException as exc:
+                if not flow_run_is_cancelling(exc):
+                    raise
+                stopped.append(exc)
+                logger().info("%s stopped: the flow run was cancelled (a rerun resumes what it finished)", name)
+                return Cancelled(message=f"{name} stopped by the flow run's cancellation")
             if getattr(out, "cached", False) and getattr(out, "url", None):
-                from prefect.states import Completed
-
-                from storage.paths import redact_url
-
-                message = f"reused {redact_url(out.url)} (content key {out.key[:12]}); nothing rebuilt"
+                message, built_by = _reused_message(out)
+                if built_by and built_by.get("url"):
+                    publish_markdown(f"{name}-built-by", f"Reused: built by flow run "
+                                     f"[{built_by['flow_run_name']}]({built_by['url']}).", f"{name}: reused")  # fmt: skip
                 return Completed(data=out, name="Cached", message=message)
             return out
 
         # Our content keys are the cache; Prefect's own input hashing would only add overhead.
-        result = task(name=name, cache_policy=NONE, retries=0, persist_result=False)(body)(*args, **kwargs)
-        return result.result() if isinstance(result, State) else result
+        staged_task = task(name=name, cache_policy=NONE, retries=0, persist_result=False)(body)
+        state = staged_task(*args, return_state=True, **kwargs)
+        if stopped:
+            raise stopped[0]  # the cancellation goes on: the flow engine ends the run Cancelled
+        return state.result()
 
     return runner

@@ -23,6 +23,8 @@ manifests (before file lists) still open; they cannot be verified, and `verify` 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
 import hashlib
@@ -34,7 +36,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -46,6 +48,7 @@ __all__ = [
     "MANIFEST_NAME",
     "LEASE_NAME",
     "is_lease_file",
+    "recording_builder",
     "ArtifactError",
     "ArtifactExistsError",
     "ArtifactCorruptError",
@@ -64,6 +67,21 @@ __all__ = [
 
 MANIFEST_NAME = "_MANIFEST.json"
 LEASE_NAME = "_LEASE.json"
+
+
+_built_by: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("uvit_built_by", default=None)
+
+
+@contextlib.contextmanager
+def recording_builder(ref: Mapping[str, str] | None) -> Iterator[None]:
+    """Within the block, every manifest published records `ref` (who built it: e.g. a Prefect flow
+    run's id, name and URL) as `extra["built_by"]`, so that a run reusing the artifact can say which
+    run made it. Not part of any content key; `None` records nothing."""
+    token = _built_by.set(dict(ref) if ref else None)
+    try:
+        yield
+    finally:
+        _built_by.reset(token)
 
 
 def is_lease_file(name: str) -> bool:
@@ -410,8 +428,10 @@ class ArtifactWriter:
         hashing = time.time()
         files = filelists.file_entries(self.url, skip=(MANIFEST_NAME, LEASE_NAME))
         timings = {"write_s": round(hashing - self._started, 3), "hash_s": round(time.time() - hashing, 3)}
+        built_by = _built_by.get()
         manifest = dataclasses.replace(
             manifest,
+            extra={"built_by": built_by, **manifest.extra} if built_by else manifest.extra,
             stage=self.stage,
             key=self.key,
             created_at=manifest.created_at or _now_iso(),

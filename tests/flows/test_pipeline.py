@@ -113,7 +113,8 @@ def test_bad_override_is_a_one_line_error(tmp_path):
 
 def test_pipeline_through_prefect_publishes_artifacts(tmp_path):
     """The `uvit` flow on the embedded Prefect API: completed, with the grid and metrics artifacts; the
-    rerun's five stage tasks end "Cached" (Prefect's name for a hit) saying what they reused."""
+    rerun's five stage tasks end "Cached" (Prefect's name for a hit) saying what they reused and which
+    run built it."""
     script = (
         "import json, sys\n"
         "from flows.uvit_flow import uvit\n"
@@ -131,10 +132,11 @@ def test_pipeline_through_prefect_publishes_artifacts(tmp_path):
         "        flows = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))\n"
         "        runs[which] = sorted((t.name.rsplit('-', 1)[0], t.state.name, t.state.message or '')\n"
         "                             for t in c.read_task_runs(flow_run_filter=flows))\n"
+        "    first_name = c.read_flow_run(run_id).name\n"
         "kinds = sorted({(a.key or '') + ':' + a.type for a in arts})\n"
         "links = [a.data for a in arts if a.type == 'link']\n"
         "print(json.dumps({'state': first.type.value, 'again': again.type.value, 'artifacts': kinds,\n"
-        "                  'links': links, 'runs': runs}))\n"
+        "                  'links': links, 'runs': runs, 'first_name': first_name}))\n"
     )  # fmt: skip
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps(FAST)], capture_output=True,
                          text=True, timeout=900)  # fmt: skip
@@ -146,6 +148,9 @@ def test_pipeline_through_prefect_publishes_artifacts(tmp_path):
     again = {name: (state, message) for name, state, message in result["runs"]["again"]}
     assert set(again) == set(stages) and all(state == "Cached" for state, _ in again.values()), again
     assert all(message.startswith(f"reused {tmp_path}/") for _, message in again.values()), again
+    # ... and which run built what they reused (its manifest's `built_by`).
+    built = f"built by flow run {result['first_name']}"
+    assert all(built in message for _, message in again.values()), (built, again)
     assert not result["links"], result["links"]  # a local store's locations are text, not dead links
     kinds = result["artifacts"]
     assert "tiny-samples:image" in kinds, kinds

@@ -76,3 +76,60 @@ def test_a_cancelled_stage_ends_its_progress_as_stopped(recorded):
     with pytest.raises(KeyboardInterrupt):
         publish.reported(stage)()
     assert recorded[-1][1]["description"] == "training tiny for 30 steps: stopped at 50%"
+
+
+CANCELLED_STAGE = """
+import json, signal, sys
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.exceptions import TerminationSignal
+import flows._publish as publish
+
+publish.flow_run_is_cancelling = lambda exc: sys.argv[1] == "cancel"  # what the runner's Cancelling says
+# Prefect re-sends the SIGTERM to the process once the flow has handled it; here it must not end the script.
+signal.signal(signal.SIGTERM, lambda *_: None)
+
+def stage():
+    raise TerminationSignal(signal.SIGTERM)  # what a SIGTERM becomes in the flow run's main thread
+
+ids = []
+
+@flow(name="one-stage")
+def one_stage():
+    from prefect.context import FlowRunContext
+
+    ids.append(FlowRunContext.get().flow_run.id)
+    return publish.prefect_stage_runner()("train", stage)
+
+try:
+    one_stage()
+except TerminationSignal:  # the runner passes the signal on to the flow, which re-raises it
+    pass
+with get_client(sync_client=True) as client:
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=ids))
+    tasks = [(t.name.rsplit("-", 1)[0], t.state.name) for t in client.read_task_runs(flow_run_filter=runs)]
+print(json.dumps(tasks))
+"""
+
+
+@pytest.mark.parametrize("why, expected", [("cancel", "Cancelled"), ("other", "Crashed")])
+def test_a_stage_stopped_by_cancellation_ends_cancelled_and_other_terminations_crash(why, expected):
+    """On the embedded API: a stage task hit by the SIGTERM of a cancellation ends Cancelled, not Crashed
+    (the signal still reaches the flow); any other termination stays a crash."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", CANCELLED_STAGE, why], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [["train", expected]], out.stdout[-2000:]
+
+
+def test_only_a_termination_or_interrupt_can_be_a_cancellation():
+    from prefect.exceptions import TerminationSignal
+
+    assert not publish.flow_run_is_cancelling(ValueError("disk full"))
+    assert not publish.flow_run_is_cancelling(SystemExit(1))
+    # Outside a flow run there is no run to be cancelling.
+    assert not publish.flow_run_is_cancelling(TerminationSignal(15))

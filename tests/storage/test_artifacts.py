@@ -26,6 +26,7 @@ from storage.artifacts import (
     Manifest,
     artifact_key,
     canonical_json,
+    recording_builder,
     hash_bytes,
     hash_file,
     hash_state_dict,
@@ -335,6 +336,18 @@ def test_a_new_holder_leaves_the_lease_temporaries_of_waiters_alone(tmp_path, re
     finally:
         writer.abort(remove=True)
     assert waiters.exists()  # an abort that removes what was written spares it too
+
+
+def test_manifests_record_who_built_them_inside_recording_builder(tmp_path) -> None:
+    store = ArtifactStore(tmp_path, lease_heartbeat_s=0.05, lease_timeout_s=60)
+    ref = {"flow_run_id": "1234", "flow_run_name": "wondrous-bustard", "url": "http://ui/runs/flow-run/1234"}
+    with recording_builder(ref):
+        built = store.ensure("s", "aa", lambda w: Manifest(kind="test", extra={"n": 1}))
+    plain = store.ensure("s", "bb", lambda w: Manifest(kind="test"))
+    assert built.extra == {"n": 1, "built_by": ref} and store.manifest("s", "aa").extra["built_by"] == ref
+    assert "built_by" not in plain.extra
+    with recording_builder(ref):  # a cache hit is not rebuilt, so it keeps its builder (none here)
+        assert "built_by" not in store.ensure("s", "bb", lambda w: Manifest(kind="test")).extra
 
 
 def test_garbage_collect(tmp_path) -> None:
