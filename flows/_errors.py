@@ -30,6 +30,9 @@ _UNREACHABLE = (
     "ConnectionError",
 )
 _UNREACHABLE_HINT = "check the network and the endpoint in fsspec's configuration, e.g. FSSPEC_S3_ENDPOINT_URL"
+_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
+_NO_CREDENTIALS_HINT = ("give the store's credentials through the environment (AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) or fsspec's configuration")  # fmt: skip
 
 
 class CredentialsInURL(ValueError):
@@ -49,6 +52,8 @@ def failure_line(exc: BaseException) -> str | None:
     elif modules & set(_STORE_CLIENTS):
         if any(cls.__name__ in _UNREACHABLE for cls in type(exc).__mro__):
             line = f"cannot connect: {_first_line(exc)} ({_UNREACHABLE_HINT})"
+        elif any(cls.__name__ in _NO_CREDENTIALS for cls in type(exc).__mro__):
+            line = f"storage: {_first_line(exc)} ({_NO_CREDENTIALS_HINT})"
         else:
             line = f"storage: {_first_line(exc)}"
     elif isinstance(exc, OSError) and exc.errno is not None and exc.strerror:

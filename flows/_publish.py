@@ -178,10 +178,10 @@ def flow_run_ref() -> dict[str, str] | None:
         return None
     run = context.flow_run
     ref = {"flow_run_id": str(run.id), "flow_run_name": run.name}
-    try:
-        from prefect.runtime import flow_run as runtime
+    try:  # the dashboard's page of the run, as `prefect deployment run` prints it ("View at ...")
+        from prefect.utilities.urls import url_for
 
-        ui = runtime.ui_url
+        ui = url_for(run)
     except Exception:  # no UI URL configured (or an older Prefect): the id and name still say which run
         ui = None
     if ui:
@@ -266,8 +266,8 @@ def prefect_stage_runner():
             if getattr(out, "cached", False) and getattr(out, "url", None):
                 message, built_by = _reused_message(out)
                 if built_by and built_by.get("url"):
-                    publish_markdown(f"{name}-built-by", f"Reused: built by flow run "
-                                     f"[{built_by['flow_run_name']}]({built_by['url']}).", f"{name}: reused")  # fmt: skip
+                    link = f"[{built_by['flow_run_name']}]({built_by['url']})"
+                    publish_markdown(f"{name}-built-by", f"Reused: built by flow run {link}.", f"{name}: reused")
                 return Completed(data=out, name="Cached", message=message)
             return out
 

@@ -301,6 +301,20 @@ def sample_captions(samples_path: str) -> tuple[list[str] | None, str]:
     return None, "the sample artifact does not record the captions its samples were drawn with"
 
 
+def check_inputs(samples_url: str | None, reference: str | None) -> None:
+    """A one-line `FileNotFoundError` for a sample artifact that is not published or a reference file
+    that does not exist, saying what to pass instead (checked before any stage or model runs)."""
+    from storage import paths
+    from storage.artifacts import MANIFEST_NAME
+
+    if samples_url is not None and not paths.exists(paths.join(samples_url, MANIFEST_NAME)):
+        raise FileNotFoundError(f"no published sample artifact at {paths.redact_url(samples_url)} (no {MANIFEST_NAME}):"
+                                f" pass the URL that flows.sample printed, <store>/sample/<key>")  # fmt: skip
+    if reference is not None and not paths.exists(reference):
+        raise FileNotFoundError(f"reference statistics file {paths.redact_url(reference)} does not exist: pass an "
+                                f"ADM reference batch or an official fid_stats .npz (a path or fsspec URL)")  # fmt: skip
+
+
 def run_evaluate(
     preset,
     samples_url: str,
@@ -335,6 +349,8 @@ def run_evaluate(
     unknown = [m for m in chosen if m not in metrics.METRICS]
     if unknown or not chosen:
         raise ValueError(f"eval.metrics: unknown metrics {unknown}; choose from {list(metrics.METRICS)}")
+    # The inputs first: a wrong URL is one line before any weights are loaded (or downloaded).
+    check_inputs(samples_url, reference)
     extractor = metrics.load_inception(inception_weights, allow_random=preset.eval.offline_smoke)
     unavailable: dict[str, str] = {}
     dinov2 = _load_dinov2(preset, dinov2_weights, dinov2_arch, unavailable) if "fd_dinov2" in chosen else None

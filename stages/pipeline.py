@@ -14,7 +14,7 @@ from typing import Any
 
 from stages.download import run_download
 from stages.encode import part_runner_for, run_encode
-from stages.evaluate import run_evaluate
+from stages.evaluate import check_inputs, run_evaluate
 from stages.processes import resolve_processes
 from stages.report import reporter
 from stages.sample import run_sample
@@ -149,6 +149,7 @@ def run_pipeline(
         reference = reference or stats
     env = reference_env(preset)
     reference = reference or (os.environ.get(env) if env else None) or None
+    check_inputs(None, reference)  # a missing reference file fails now, not after training
     run = stage_runner or (lambda name, fn, *a, **k: fn(*a, **k))
     timings: dict[str, float] = {}
     outputs: dict[str, Any] = {}

@@ -91,6 +91,8 @@ def is_lease_file(name: str) -> bool:
     links a temporary file to the lease name), so a holder must never clean them up.
     """
     return name == LEASE_NAME or (name.startswith(LEASE_NAME + ".tmp-") and paths.is_atomic_tmp(name))
+
+
 MANIFEST_FORMAT = 2  # 2 adds `files`; 1 (no file list) is still read
 READABLE_MANIFEST_FORMATS = (1, 2)
 KEY_LENGTH = 24  # hex characters of the sha256 (96 bits)

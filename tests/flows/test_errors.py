@@ -203,6 +203,10 @@ def test_failure_lines() -> None:
     unreachable = EndpointConnectionError(endpoint_url="http://user:pw@127.0.0.1:9/b/k")
     assert failure_line(unreachable).startswith('cannot connect: Could not connect to the endpoint URL: "http://127')
     assert "pw" not in failure_line(unreachable)
+    from botocore.exceptions import NoCredentialsError
+
+    assert failure_line(NoCredentialsError()).startswith("storage: Unable to locate credentials (give the store's ")
+    assert "AWS_ACCESS_KEY_ID" in failure_line(NoCredentialsError())
     assert failure_line(OSError(errno.ENOSPC, "No space left on device", "/s/x")) == (
         "No space left on device: /s/x (free some space or choose another --store / --cache-dir)"
     )

@@ -3,8 +3,8 @@
 The slow tests start `deploy/server.sh` (server on 127.0.0.1 at a free port, the process pool, every
 deployment, one worker) with a temporary PREFECT_HOME and store, run `prefect deployment run
 uvit/tiny` twice through the CLI, read the runs and their artifacts from the API, and open the
-dashboard in headless Chromium. The server runs a snapshot of the code (uvit/, storage/, flows/,
-deploy/) so that edits made while the test runs cannot change the stages' code versions between
+dashboard in headless Chromium. The server runs a snapshot of the code (uvit/, storage/, stages/,
+flows/, deploy/) so that edits made while the test runs cannot change the stages' code versions between
 the cold run and the cached rerun.
 """
 
@@ -34,7 +34,7 @@ DEPLOYMENTS = {"tiny", "imagenet256-full", "imagenet256-l2", "imagenet512-full",
 FAST = ["train.n_steps=30", "train.log_interval=10", "train.save_interval=15", "train.sample_interval=15",
         "sample.n_samples=16", "sample.mini_batch_size=8", "sample.steps=8", "eval.n_samples=16",
         "eval.reference_n=16"]  # fmt: skip
-SNAPSHOT = ["uvit", "storage", "flows", "deploy", "pyproject.toml"]
+SNAPSHOT = ["uvit", "storage", "stages", "flows", "deploy", "pyproject.toml"]
 RUN_TIMEOUT_S = 1200
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -271,8 +271,22 @@ def cold_run(server):
     return flow_run, _artifacts(server, flow_run["id"])
 
 
+@pytest.fixture(scope="module")
+def warm_run(server, cold_run):
+    """The second, identical run (every stage a cache hit), its artifacts, and the store's files before it."""
+    before = _store_files(server["store"])
+    flow_run = _deployment_run(server)
+    return flow_run, _artifacts(server, flow_run["id"]), before
+
+
+def _task_states(server: dict, flow_run_id: str) -> dict[str, dict]:
+    """The flow run's task runs by stage name (`train-3ab` -> `train`): their state and message."""
+    tasks = _api(server, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    return {t["name"].rsplit("-", 1)[0]: t["state"] for t in tasks}
+
+
 @pytest.mark.slow
-def test_tiny_deployment_through_the_worker_then_all_cache_hits(server, cold_run):
+def test_tiny_deployment_through_the_worker_then_all_cache_hits(server, cold_run, warm_run):
     flow_run, artifacts = cold_run
     assert flow_run["parameters"]["store_root"] == str(server["store"])
     assert flow_run["parameters"]["overrides"] == FAST
@@ -290,18 +304,59 @@ def test_tiny_deployment_through_the_worker_then_all_cache_hits(server, cold_run
     assert list((server["store"] / "sample").iterdir()), "no sample artifact in the store"
 
     # The rerun: facts, not wall time (benchmarks/pipeline.py times a cached rerun against the cold run).
-    before = _store_files(server["store"])
-    again = _deployment_run(server)
-    again_artifacts = _artifacts(server, again["id"])
+    again, again_artifacts, before = warm_run
     cached = _stages(again_artifacts)
     assert set(cached) == {"download", "encode", "train", "sample", "evaluate"} and all(cached.values()), cached
     assert _stage_urls(again_artifacts) == _stage_urls(artifacts)  # the same artifacts, found not rebuilt
     assert _store_files(server["store"]) == before  # and not one file written or touched
     # In Prefect's own terms: the rerun's five stage tasks are Cached, the first run's Completed.
     for run, state in ((flow_run, "Completed"), (again, "Cached")):
-        tasks = _api(server, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
-        names = {t["name"].rsplit("-", 1)[0]: t["state"]["name"] for t in tasks}
+        names = {stage: s["name"] for stage, s in _task_states(server, run["id"]).items()}
         assert names == dict.fromkeys(["download", "encode", "train", "sample", "evaluate"], state), names
+    # Each Cached message names the run that built what it reused, with its dashboard page.
+    for stage, state in _task_states(server, again["id"]).items():
+        assert f"built by flow run {flow_run['name']} ({server['ui']}/runs/flow-run/{flow_run['id']})" in (
+            state["message"] or ""
+        ), (stage, state)
+    assert {"train-built-by", "sample-built-by", "evaluate-built-by"} <= set(again_artifacts), sorted(again_artifacts)
+
+
+@pytest.mark.slow
+def test_a_cancelled_run_ends_its_running_stage_cancelled_not_crashed(server, cold_run):
+    """Cancel a run while it trains (as the dashboard's Cancel does: the run is set Cancelling and the
+    worker signals its process): the flow run and its train task end Cancelled, no "Crash detected"."""
+    env = dict(server["env"], PREFECT_API_URL=server["api"])
+    params = json.dumps({"overrides": [*FAST, "train.n_steps=100000", "train.save_interval=100000",
+                                       "train.sample_interval=100000"]})  # fmt: skip
+    out = subprocess.run([server["env"]["PREFECT"], "deployment", "run", "uvit/tiny", "--params", params], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    match = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout)
+    assert match, out.stdout[-3000:] + out.stderr[-3000:]
+    run_id = match.group(1)
+    deadline = time.time() + RUN_TIMEOUT_S
+    # Events, not a guess at timing: the train task is running and its progress artifact has moved.
+    while True:
+        states = _task_states(server, run_id)
+        bars = [a for a in _artifacts(server, run_id).values() if a["key"].startswith("progress-training")]
+        if states.get("train", {}).get("type") == "RUNNING" and bars and float(bars[0]["data"] or 0) > 0:
+            break
+        state = _api(server, "GET", f"/flow_runs/{run_id}")["state_type"]
+        assert state not in TERMINAL and time.time() < deadline, (state, states, _logs(server))
+        time.sleep(1)
+    _api(server, "POST", f"/flow_runs/{run_id}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
+    while (flow_run := _api(server, "GET", f"/flow_runs/{run_id}"))["state_type"] not in TERMINAL:
+        assert time.time() < deadline, (flow_run["state"], _logs(server))
+        time.sleep(1)
+    states = _task_states(server, run_id)
+    assert flow_run["state_type"] == "CANCELLED", (flow_run["state"], states, _logs(server))
+    assert states["train"]["type"] == "CANCELLED", states
+    assert all(states[s]["type"] == "COMPLETED" for s in ("download", "encode")), states  # cache hits, done
+    logs = _api(server, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+    messages = [entry["message"] for entry in logs]
+    assert not any("Crash detected" in m for m in messages), messages
+    assert any("train stopped: the flow run was cancelled" in m for m in messages), messages
+    bar = next(a for a in _artifacts(server, run_id).values() if a["key"].startswith("progress-training"))
+    assert "stopped at" in (bar.get("description") or ""), bar  # not frozen as if still running
 
 
 # --- the dashboard in headless Chromium ---------------------------------------------------------------
@@ -342,6 +397,58 @@ def _page_text(chromium: str, url: str) -> tuple[str, str]:
     return dom, " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())
 
 
+def _devtools(chromium: str, url: str, expression: str, ready: str, timeout_s: float = 120) -> object:
+    """Open `url` in headless Chromium and drive it over the DevTools protocol: once the JavaScript
+    `ready` is true on the rendered page (the dashboard is an SPA that fills in after load), the value
+    of `expression` (JSON-serialisable). Only Debian's chromium and the websockets client Prefect has."""
+    import urllib.request
+
+    from websockets.sync.client import connect
+
+    with tempfile.TemporaryDirectory() as profile:
+        flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time-budget")]  # real time: the SPA polls
+        process = subprocess.Popen([chromium, *flags, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                                    "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)  # fmt: skip
+        try:
+            active = Path(profile) / "DevToolsActivePort"
+            deadline = time.time() + timeout_s
+            while not (active.exists() and len(active.read_text().split()) >= 2):
+                assert process.poll() is None and time.time() < deadline, "chromium did not open its DevTools port"
+                time.sleep(0.1)
+            port = active.read_text().split()[0]
+            targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30).read())
+            page = next(t for t in targets if t["type"] == "page")
+            with connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
+                ids = iter(range(1, 1_000_000))
+
+                def call(method: str, **params: object) -> dict:
+                    ident = next(ids)
+                    ws.send(json.dumps({"id": ident, "method": method, "params": params}))
+                    while True:  # events arrive in between; the reply carries our id
+                        reply = json.loads(ws.recv(timeout=max(1.0, deadline - time.time())))
+                        if reply.get("id") == ident:
+                            assert "error" not in reply, (method, reply)
+                            return reply["result"]
+
+                def evaluate(js: str) -> object:
+                    result = call("Runtime.evaluate", expression=js, returnByValue=True, awaitPromise=True)
+                    assert "exceptionDetails" not in result, (js, result)
+                    return result["result"].get("value")
+
+                call("Page.navigate", url=url)
+                while not evaluate(f"Boolean({ready})"):
+                    assert time.time() < deadline, f"{url}: never ready ({ready})"
+                    time.sleep(0.5)
+                return evaluate(expression)
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+
+
 def _screenshot(chromium: str, url: str, out: Path) -> bytes:
     """A PNG of `url` as headless Chromium renders it (1400x900, after 30 s of virtual time)."""
     with tempfile.TemporaryDirectory() as profile:
@@ -360,7 +467,7 @@ def _screenshot(chromium: str, url: str, out: Path) -> bytes:
 
 
 @pytest.mark.slow
-def test_dashboard_shows_the_run_and_its_artifacts(server, cold_run, chromium, tmp_path):
+def test_dashboard_shows_the_run_and_its_artifacts(server, cold_run, warm_run, chromium, tmp_path):
     flow_run, artifacts = cold_run
     page = f"{server['ui']}/runs/flow-run/{flow_run['id']}"
     _, text = _page_text(chromium, page)
@@ -379,14 +486,39 @@ def test_dashboard_shows_the_run_and_its_artifacts(server, cold_run, chromium, t
     shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert shot.shape == (900, 1400, 3) and shot.std() > 10, shot.shape  # a rendered page, not blank
 
+    # The rerun's page: its five stage task runs, each in state Cached (read from the DOM over DevTools).
+    again, _, _ = warm_run
+    body = "document.body ? document.body.innerText : ''"
+    stages_shown = "['download', 'encode', 'train', 'sample', 'evaluate'].every(s => new RegExp(s + '-[0-9a-f]{3}')" \
+                   f".test({body}))"  # fmt: skip
+    text = _devtools(chromium, f"{server['ui']}/runs/flow-run/{again['id']}", body, f"{stages_shown} && " \
+                     f"{body}.includes('Cached')")  # fmt: skip
+    assert again["name"] in text and text.count("Cached") >= 5, text[:3000]
+
+    # The sample grid: an image artifact, decoded and laid out at >= 512 px, not a 32 px thumbnail.
+    grid = f"{server['ui']}/artifacts/artifact/{artifacts['tiny-samples']['id']}"
+    images = "Array.from(document.images).filter(i => i.src.startsWith('data:image/png'))"
+    sizes = _devtools(chromium, grid, f"{images}.map(i => [i.naturalWidth, i.naturalHeight, i.width, i.height])",
+                      f"{images}.some(i => i.complete && i.naturalWidth > 0)")  # fmt: skip
+    assert sizes and all(w >= 512 and h >= 512 for w, h, _, _ in sizes), sizes
+    assert all(shown_w >= 512 and shown_h >= 512 for _, _, shown_w, shown_h in sizes), sizes  # shown that large
+
     _, text = _page_text(chromium, f"{server['ui']}/artifacts/artifact/{artifacts['tiny-metrics']['id']}")
     assert "tiny-metrics" in text and flow_run["name"] in text, text[:2000]
     for metric in ("FID", "KID", "precision"):
         assert metric in text, (metric, text[:2000])
 
-    _, text = _page_text(chromium, f"{server['ui']}/artifacts")
-    for key in ("tiny-metrics", "tiny-samples", "tiny-evaluation-report", "tiny-pipeline-summary"):
-        assert key in text, (key, text[:2000])
+    # The artifacts list: every artifact there, and no link a browser cannot follow (a local path or a
+    # bucket opens the dashboard's 404 page): no link artifacts at all for a local store.
+    links = "Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
+    keys = ("tiny-metrics", "tiny-samples", "tiny-evaluation-report", "tiny-pipeline-summary")
+    hrefs = _devtools(chromium, f"{server['ui']}/artifacts", links,
+                      " && ".join(f"{body}.includes('{key}')" for key in keys))  # fmt: skip
+    store = str(server["store"])
+    dead = [h for h in hrefs if h.startswith(("file:", "s3:", "gs:")) or store in h]
+    assert not dead, dead
+    found = _api(server, "POST", "/artifacts/filter", {"artifacts": {"type": {"any_": ["link"]}}})
+    assert not found, [a["data"] for a in found]
 
 
 RENDER = """

@@ -26,10 +26,10 @@ from storage.artifacts import (
     Manifest,
     artifact_key,
     canonical_json,
-    recording_builder,
     hash_bytes,
     hash_file,
     hash_state_dict,
+    recording_builder,
 )
 from uvit.config import get_preset
 
