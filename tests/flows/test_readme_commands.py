@@ -98,7 +98,9 @@ def test_the_network_and_placeholder_patterns_are_what_the_readme_shows():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", OFFLINE, ids=[f"{i:02d}-{shlex.split(c)[2]}" for i, c in enumerate(OFFLINE)])
+@pytest.mark.parametrize(
+    "command", OFFLINE, ids=[f"{i:02d}-{shlex.split(c, comments=True)[2]}" for i, c in enumerate(OFFLINE)]
+)
 def test_readme_command_works_or_fails_in_one_line(command, user_folder):
     import subprocess
     import sys
