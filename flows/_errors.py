@@ -31,8 +31,10 @@ _UNREACHABLE = (
 )
 _UNREACHABLE_HINT = "check the network and the endpoint in fsspec's configuration, e.g. FSSPEC_S3_ENDPOINT_URL"
 _NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
-_NO_CREDENTIALS_HINT = ("give the store's credentials through the environment (AWS_ACCESS_KEY_ID and "
-                        "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) or fsspec's configuration")  # fmt: skip
+_NO_CREDENTIALS_HINT = (
+    "give the store's credentials through the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+    "AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) or fsspec's configuration"
+)
 
 
 class CredentialsInURL(ValueError):

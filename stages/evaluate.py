@@ -312,7 +312,7 @@ def check_inputs(samples_url: str | None, reference: str | None) -> None:
                                 f" pass the URL that flows.sample printed, <store>/sample/<key>")  # fmt: skip
     if reference is not None and not paths.exists(reference):
         raise FileNotFoundError(f"reference statistics file {paths.redact_url(reference)} does not exist: pass an "
-                                f"ADM reference batch or an official fid_stats .npz (a path or fsspec URL)")  # fmt: skip
+                                "ADM reference batch or an official fid_stats .npz (a path or URL)")  # fmt: skip
 
 
 def run_evaluate(

@@ -96,6 +96,10 @@ def resolve_weights(url: str, ema: bool = True) -> str:
     """
     fs, path = paths.filesystem(url)
     if not fs.isdir(path):
+        if not fs.exists(path):
+            raise FileNotFoundError(f"checkpoint {paths.redact_url(url)} does not exist: pass a weights file (an "
+                                    "official nnet_ema.pth, a .safetensors export), an official <step>.ckpt/ folder "
+                                    "or one of ours (<store>/train/<key>/checkpoints/step_*)")  # fmt: skip
         return url
     names = set(paths.list_names(url))
     wanted = [pair[0 if ema else 1] for pair in WEIGHTS_IN_FOLDER]

@@ -116,3 +116,10 @@ def test_an_official_checkpoint_folder_samples_its_ema_or_raw_weights(tmp_path, 
     (folder / "nnet_ema.pth").unlink()
     with pytest.raises(FileNotFoundError, match="looked for nnet_ema.pth"):
         run_sample(preset, str(tmp_path / "store"), checkpoint=str(folder), n=2)
+
+
+def test_a_missing_training_run_says_what_to_pass(tmp_path) -> None:
+    from stages.sample import weights_for
+
+    with pytest.raises(FileNotFoundError, match="no training run at .*: pass the URL that flows.train printed"):
+        weights_for(str(tmp_path / "train" / "abc"), None)

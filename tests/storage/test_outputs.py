@@ -77,3 +77,5 @@ def test_a_checkpoint_folder_resolves_to_its_weights(tmp_path) -> None:
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="holds no EMA weights: looked for nnet_ema.pth, nnet_ema.safetensors"):
         outputs.resolve_weights(str(empty))
+    with pytest.raises(FileNotFoundError, match="checkpoint .*nnet_ema.pth does not exist: pass a weights file"):
+        outputs.resolve_weights(str(tmp_path / "nnet_ema.pth"))  # a typo: one line saying what it takes
