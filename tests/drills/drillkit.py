@@ -154,6 +154,7 @@ def _announce_work(start_file: str, hold_until: str | None = None, lease_busy_fi
     time the stage finds its artifact's lease held by another writer.
     """
     import storage.artifacts
+    import storage.leases
     from storage.artifacts import ArtifactStore
 
     original = ArtifactStore.open_for_write
@@ -168,7 +169,7 @@ def _announce_work(start_file: str, hold_until: str | None = None, lease_busy_fi
 
     ArtifactStore.open_for_write = open_for_write
     if lease_busy_file:
-        try_acquire = storage.artifacts._Lease.try_acquire
+        try_acquire = storage.leases.Lease.try_acquire
 
         def noting_try_acquire(self: Any) -> bool:
             taken = try_acquire(self)
@@ -176,7 +177,7 @@ def _announce_work(start_file: str, hold_until: str | None = None, lease_busy_fi
                 Path(lease_busy_file).write_text(repr(time.monotonic()))
             return taken
 
-        storage.artifacts._Lease.try_acquire = noting_try_acquire
+        storage.leases.Lease.try_acquire = noting_try_acquire
 
 
 def _fork_target(spec: dict[str, Any]) -> None:
