@@ -5,8 +5,9 @@ Where the data comes from: the official U-ViT code, baofff/U-ViT @ ce551708dc9cd
 float32. `get_model(path)` builds `FrozenAutoencoderKL` with the real ddconfig (ch 128, ch_mult
 1-2-4-4, 2 res blocks, z 4, double_z) and loads `path` strictly. The weights cannot be stored (83M
 parameters), so they are made by `official_weights(names_and_shapes)` below, a seeded fill any
-machine reproduces bit for bit (torch's CPU generator): conv/linear weights N(0, 1/fan_in), norm
-weights 1 + 0.1 N(0, 1), biases 0.1 N(0, 1), each key from its own seed (its position).
+machine reproduces bit for bit (numpy PCG64 integers and float64 arithmetic, no libm): with U a
+uniform of mean 0 and variance 1, conv/linear weights U / sqrt(fan_in), norm weights 1 + 0.1 U,
+biases 0.1 U, each key from its own seed (its position).
 
 Stored (`safetensors.torch.load_file`; `safe_open(...).metadata()` holds `keys` (JSON list of
 [official key, shape]), `weights_sha256` (of the filled tensors in key order), `official_commit`):
@@ -32,6 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 OFFICIAL_COMMIT = "ce551708dc9cde9818d2af7d84dfadfeb7bd9034"
@@ -39,18 +41,24 @@ OUT = Path(__file__).with_name("vae_autoencoder_kl.safetensors")
 
 
 def official_weights(keys: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
-    """The golden's weights: a seeded fill of each official key (see the module docstring)."""
+    """The golden's weights: a seeded fill of each official key (see the module docstring).
+
+    Integers from numpy's PCG64 and IEEE float64 arithmetic only (each operation correctly rounded),
+    then one rounding to float32: no libm call and no CPU-kernel choice enters, so every x86 machine
+    and kernel set (ATEN_CPU_CAPABILITY) gives the same bits. (torch.randn did not: its Box-Muller
+    goes through libm or SLEEF depending on the kernel.)
+    """
     state = {}
     for i, (name, shape) in enumerate(keys):
-        g = torch.Generator().manual_seed(1000 + i)
-        x = torch.randn(*shape, generator=g, dtype=torch.float32)
+        k = np.random.Generator(np.random.PCG64(1000 + i)).integers(0, 1 << 24, size=shape, dtype=np.int64)
+        x = ((k.astype(np.float64) + 0.5) / float(1 << 23) - 1.0) * math.sqrt(3.0)  # uniform, mean 0, variance ~1
         if len(shape) > 1:
             x = x / math.sqrt(math.prod(shape[1:]))
         elif name.endswith("weight"):  # GroupNorm scale
             x = 1.0 + 0.1 * x
         else:
             x = 0.1 * x
-        state[name] = x
+        state[name] = torch.from_numpy(x.astype(np.float32))
     return state
 
 
