@@ -25,11 +25,13 @@ def weights_for(train_run_url: str | None, checkpoint: str | None, ema: bool = T
     if checkpoint:
         return outputs.resolve_weights(checkpoint, ema)
     if train_run_url:
-        weights = paths.join(train_run_url, outputs.EMA_WEIGHTS if ema else outputs.OFFICIAL_WEIGHTS)
+        name = outputs.EMA_WEIGHTS if ema else outputs.OFFICIAL_WEIGHTS
+        weights = paths.join(train_run_url, name)
         if not paths.exists(weights):
-            raise FileNotFoundError(f"no training run at {paths.redact_url(train_run_url)} (no "
-                                    f"{weights.rsplit('/', 1)[-1]}): pass the URL that flows.train printed, "
-                                    "<store>/train/<key>, or --checkpoint a weights file")  # fmt: skip
+            raise FileNotFoundError(
+                f"no training run at {paths.redact_url(train_run_url)} (no {name}): pass the URL that flows.train "
+                "printed, <store>/train/<key>, or --checkpoint a weights file"
+            )
         return weights
     raise ValueError("pass --train-run (a training artifact) or --checkpoint (a weights file)")
 
