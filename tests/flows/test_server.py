@@ -9,6 +9,7 @@ the cold run and the cached rerun.
 """
 
 import base64
+import contextlib
 import html
 import inspect
 import json
@@ -20,7 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -379,20 +382,25 @@ def chromium() -> str:
     pytest.skip(message)
 
 
+@contextlib.contextmanager
+def _browser(chromium: str, *args: str, flags: list[str] = CHROMIUM_FLAGS, **popen: Any) -> Iterator[tuple]:
+    """Headless Chromium on its own temporary profile: (process, profile folder); on exit its whole
+    process group (renderer and GPU helpers share it) is killed and reaped."""
+    with tempfile.TemporaryDirectory() as profile:
+        popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, **popen}
+        process = subprocess.Popen([chromium, *flags, f"--user-data-dir={profile}", *args], start_new_session=True,
+                                   **popen)  # fmt: skip
+        try:
+            yield process, Path(profile)
+        finally:
+            _kill_groups([process.pid])
+            process.wait()
+
+
 def _page_text(chromium: str, url: str) -> tuple[str, str]:
     """The rendered DOM of `url` (headless, 30 s of virtual time) and its visible text."""
-    with tempfile.TemporaryDirectory() as profile:
-        process = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                   start_new_session=True)  # fmt: skip
-        try:
-            dom, _ = process.communicate(timeout=240)
-        finally:  # renderer and GPU helpers share the group
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
+    with _browser(chromium, "--dump-dom", url, stdout=subprocess.PIPE, text=True) as (process, _):
+        dom, _ = process.communicate(timeout=240)
     body = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
     return dom, " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())
 
@@ -405,64 +413,44 @@ def _devtools(chromium: str, url: str, expression: str, ready: str, timeout_s: f
 
     from websockets.sync.client import connect
 
-    with tempfile.TemporaryDirectory() as profile:
-        flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time-budget")]  # real time: the SPA polls
-        process = subprocess.Popen([chromium, *flags, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                                    "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)  # fmt: skip
-        try:
-            active = Path(profile) / "DevToolsActivePort"
-            deadline = time.time() + timeout_s
-            while not (active.exists() and len(active.read_text().split()) >= 2):
-                assert process.poll() is None and time.time() < deadline, "chromium did not open its DevTools port"
-                time.sleep(0.1)
-            port = active.read_text().split()[0]
-            targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30).read())
-            page = next(t for t in targets if t["type"] == "page")
-            with connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
-                ids = iter(range(1, 1_000_000))
+    flags = [f for f in CHROMIUM_FLAGS if not f.startswith("--virtual-time-budget")]  # real time: the SPA polls
+    with _browser(chromium, "--remote-debugging-port=0", "about:blank", flags=flags) as (process, profile):
+        active = profile / "DevToolsActivePort"
+        deadline = time.time() + timeout_s
+        while not (active.exists() and len(active.read_text().split()) >= 2):
+            assert process.poll() is None and time.time() < deadline, "chromium did not open its DevTools port"
+            time.sleep(0.1)
+        port = active.read_text().split()[0]
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30).read())
+        page = next(t for t in targets if t["type"] == "page")
+        with connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30) as ws:
+            ids = iter(range(1, 1_000_000))
 
-                def call(method: str, **params: object) -> dict:
-                    ident = next(ids)
-                    ws.send(json.dumps({"id": ident, "method": method, "params": params}))
-                    while True:  # events arrive in between; the reply carries our id
-                        reply = json.loads(ws.recv(timeout=max(1.0, deadline - time.time())))
-                        if reply.get("id") == ident:
-                            assert "error" not in reply, (method, reply)
-                            return reply["result"]
+            def call(method: str, **params: object) -> dict:
+                ident = next(ids)
+                ws.send(json.dumps({"id": ident, "method": method, "params": params}))
+                while True:  # events arrive in between; the reply carries our id
+                    reply = json.loads(ws.recv(timeout=max(1.0, deadline - time.time())))
+                    if reply.get("id") == ident:
+                        assert "error" not in reply, (method, reply)
+                        return reply["result"]
 
-                def evaluate(js: str) -> object:
-                    result = call("Runtime.evaluate", expression=js, returnByValue=True, awaitPromise=True)
-                    assert "exceptionDetails" not in result, (js, result)
-                    return result["result"].get("value")
+            def evaluate(js: str) -> object:
+                result = call("Runtime.evaluate", expression=js, returnByValue=True, awaitPromise=True)
+                assert "exceptionDetails" not in result, (js, result)
+                return result["result"].get("value")
 
-                call("Page.navigate", url=url)
-                while not evaluate(f"Boolean({ready})"):
-                    assert time.time() < deadline, f"{url}: never ready ({ready})"
-                    time.sleep(0.5)
-                return evaluate(expression)
-        finally:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
+            call("Page.navigate", url=url)
+            while not evaluate(f"Boolean({ready})"):
+                assert time.time() < deadline, f"{url}: never ready ({ready})"
+                time.sleep(0.5)
+            return evaluate(expression)
 
 
 def _screenshot(chromium: str, url: str, out: Path) -> bytes:
     """A PNG of `url` as headless Chromium renders it (1400x900, after 30 s of virtual time)."""
-    with tempfile.TemporaryDirectory() as profile:
-        process = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={out}",
-                                    url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)  # fmt: skip
-        try:
-            process.wait(timeout=240)
-        finally:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
+    with _browser(chromium, f"--screenshot={out}", url) as (process, _):
+        process.wait(timeout=240)
     return out.read_bytes()
 
 
